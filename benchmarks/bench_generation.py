@@ -147,6 +147,12 @@ def main() -> None:
     p.add_argument("--skip-bare", action="store_true", help="skip the bare-engine timing (tuning runs)")
     p.add_argument("--batch-invariant", choices=["on", "off"], default="on")
     p.add_argument("--control", type=int, default=64, help="noise-floor control prompts in our pass")
+    p.add_argument("--skip-pass", action="store_true", help="skip our pass (needle-test-only runs)")
+    p.add_argument("--needle-trials", type=int, default=0,
+                   help="after the pass, run the needle test on the same engine this many times (0: off)")
+    p.add_argument("--needle-count", type=int, default=16, help="needle prompts hidden in each trial's batch")
+    p.add_argument("--needle-batch", type=int, default=512, help="haystack prompts around the needles")
+    p.add_argument("--needle-max-tokens", type=int, default=128)
     p.add_argument("--engine", default="{}", help='JSON dict passed to vllm.LLM, e.g. \'{"max_num_seqs": 512}\'')
     p.add_argument("--out-json", help="also write the results here")
     p.add_argument("--no-markdown", action="store_true", help="do not append to docs/benchmarks.md")
@@ -194,9 +200,6 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     from generation import backends
-    from generation.config import GenerateConfig
-    from generation.run import main as run_generate
-    from records.schema import Scenario, content_id
 
     engine = json.loads(args.engine)
     t = time.perf_counter()
@@ -209,7 +212,38 @@ def main() -> None:
         results["bare_vllm_out_tok_s"] = round(out_tokens / bare)
         llm.reset_prefix_cache()  # our pass must not reuse the bare run's cached prompts
 
-    # -- our whole pass on the same engine: rendering, streaming, fsynced shard, labelling, records, splits --
+    if not args.skip_pass:
+        bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, results,
+                       bare if not args.skip_bare else None)
+    if args.needle_trials:
+        from generation.determinism import needle_test, vllm_generate
+
+        ids = [ids for _, ids in reqs]
+        t = time.perf_counter()
+        needle = needle_test(vllm_generate(llm, args.needle_max_tokens), ids[:args.needle_count],
+                             ids[args.needle_count:], args.needle_trials, args.needle_batch)
+        results["needle_mismatches"] = f"{needle.mismatches}/{needle.comparisons}"
+        results["needle_setup"] = (f"{args.needle_count} needles x {needle.trials} trials in batches of "
+                                   f"{args.needle_batch}, {args.needle_max_tokens} tokens")
+        results["needle_first_divergence"] = str(sorted(needle.first_divergence)[:10])
+        results["needle_s"] = round(time.perf_counter() - t, 1)
+    if not args.skip_hf and "our_pass_out_tok_s" in results:
+        results["ours_over_hf"] = round(results["our_pass_out_tok_s"] / results[f"hf_generate_b{args.hf_batch}_out_tok_s"], 1)
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        results["gpu_mem_used_gib_at_end"] = round((total - free) / 2**30, 1)
+
+    width = max(len(k) for k in results)
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    write_results(args, results, engine, command)
+
+
+def bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, results, bare) -> None:
+    """Our whole pass on the same engine: rendering, streaming, fsynced shard, labelling, records, splits."""
+    from generation.config import GenerateConfig
+    from generation.run import main as run_generate
+    from records.schema import Scenario, content_id
+
     work = Path(os.environ.get("BENCH_WORK", "/tmp/af_bench_generation"))
     shutil.rmtree(work, ignore_errors=True)
     cfg = GenerateConfig(output_dir=str(work / "out"), model=model_dir, backend="vllm", dtype=dtype,
@@ -224,18 +258,14 @@ def main() -> None:
     pass_tokens = out_tokens + args.control * args.max_tokens
     results["our_pass_out_tok_s"] = round(pass_tokens / results["our_pass_generation_s"])
     results["our_pass_out_tok_s_incl_finalise"] = round(pass_tokens / results["our_pass_total_s"])
-    if not args.skip_bare:
+    if bare is not None:
         results["our_overhead_pct"] = round(100 * (results["our_pass_total_s"] * out_tokens / pass_tokens / bare - 1), 1)
     if args.control:
         results["control_output_changed"] = f"{round(summary['control_output_changed_rate'] * args.control)}/{args.control}"
-    if not args.skip_hf:
-        results["ours_over_hf"] = round(results["our_pass_out_tok_s"] / results[f"hf_generate_b{args.hf_batch}_out_tok_s"], 1)
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        results["gpu_mem_used_gib_at_end"] = round((total - free) / 2**30, 1)
 
-    width = max(len(k) for k in results)
-    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+
+def write_results(args, results, engine, command) -> None:
+    import torch
     import vllm
 
     title = args.title or ("Task 3 paired pass (toy organism, CPU)" if args.tiny
