@@ -304,8 +304,20 @@ def save_checkpoint(root: Path, step: int, explainer: Explainer, optimizer, stat
     torch.save({**state, "rng": _rng_state()}, tmp / "trainer_state.pt")
     _publish(tmp, final)
     for old in complete_checkpoints(root)[:-keep]:
+        # The marker goes first: a kill in the middle of rmtree must not leave a "complete" half folder.
+        (old / COMPLETE).unlink()
         shutil.rmtree(old)
     return final
+
+
+def remove_partial_saves(root: Path) -> None:
+    """Delete what killed saves left behind: temporary folders, stale copies, folders without a marker."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.is_dir() and (p.name.startswith(".") or not (p / COMPLETE).is_file()):
+            log.info("removing %s, left by an interrupted checkpoint save", p)
+            shutil.rmtree(p)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -373,9 +385,10 @@ class MetricsLog:
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Entries past the checkpoint were made by the interrupted run and are about to be redone.
-            kept = [line for line in self.path.read_text().splitlines()
+            # A kill can leave a torn last line; only whole lines are kept.
+            kept = [line for line in self.path.read_bytes().split(b"\n")[:-1]
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            write_atomic(self.path, "".join(k + "\n" for k in kept).encode())
+            write_atomic(self.path, b"".join(k + b"\n" for k in kept))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(str(out / "tensorboard"))
 
@@ -488,6 +501,8 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         limit = min(limit, t.debug_steps)
 
     step, epoch, pos, resumed_from = 0, 0, 0, None
+    tokens_seen, padded_seen = 0, 0
+    remove_partial_saves(ckpt_root)
     if resume:
         found = complete_checkpoints(ckpt_root)
         if found:
@@ -496,6 +511,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                 log.warning("resuming %s made with another config (hash %s, now %s)", found[-1],
                             state["config_hash"], config_hash(cfg))
             step, epoch, pos, resumed_from = state["step"], state["epoch"], state["step_in_epoch"], str(found[-1])
+            tokens_seen, padded_seen = state.get("tokens_seen", 0), state.get("padded_seen", 0)
             log.info("resumed from %s: step %d, epoch %d, step %d of the epoch", found[-1], step, epoch, pos)
         else:
             log.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
@@ -508,7 +524,13 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
 
     losses: list[float] = []
     last_eval: dict = {}
-    tokens_seen, padded_seen = 0, 0
+    tokens_at_start = tokens_seen
+
+    def checkpoint_state() -> dict:
+        """Where the loop stands: with the RNG states, enough to continue bit-for-bit."""
+        return {"step": step, "epoch": epoch, "step_in_epoch": pos, "config_hash": config_hash(cfg),
+                "total_steps": total_steps, "tokens_seen": tokens_seen, "padded_seen": padded_seen}
+
     pad = tokenizer.pad_token_id
     last_saved = step
     t_loop = time.perf_counter()
@@ -543,23 +565,20 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             losses.append(loss_value)
             metrics.write({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                            "tokens": tokens_seen, "padding_fraction": 1 - tokens_seen / max(1, padded_seen),
-                           "elapsed_s": time.perf_counter() - t0}, "train")
+                           "elapsed_s": time.perf_counter() - t0,
+                           "examples": [e.index for mb in micro for e in mb]}, "train")
             if debug:
                 print(f"debug step {step}/{limit}: loss {loss_value:.4f}")
             elif step % 10 == 0 or step == limit:
-                rate = tokens_seen / (time.perf_counter() - t_loop)
+                rate = (tokens_seen - tokens_at_start) / (time.perf_counter() - t_loop)
                 print(f"step {step}/{limit} epoch {epoch} loss {loss_value:.4f} lr {lr:.2e} ({rate:,.0f} tok/s)")
             if step % t.eval_steps == 0 and not debug:
                 last_eval = _evaluate(explainer, test_enc, data.test, cfg, step, metrics)
             if step % t.save_steps == 0 or step == limit:
-                save_checkpoint(ckpt_root, step, explainer, optimizer,
-                                {"step": step, "epoch": epoch, "step_in_epoch": pos, "config_hash": config_hash(cfg),
-                                 "total_steps": total_steps}, t.save_total_limit)
+                save_checkpoint(ckpt_root, step, explainer, optimizer, checkpoint_state(), t.save_total_limit)
                 last_saved = step
         if last_saved != step:
-            save_checkpoint(ckpt_root, step, explainer, optimizer,
-                            {"step": step, "epoch": epoch, "step_in_epoch": pos, "config_hash": config_hash(cfg),
-                             "total_steps": total_steps}, t.save_total_limit)
+            save_checkpoint(ckpt_root, step, explainer, optimizer, checkpoint_state(), t.save_total_limit)
         if debug:
             last_eval = _debug_eval(explainer, test_enc, data.test, cfg, step, metrics)
         elif step % t.eval_steps != 0:
