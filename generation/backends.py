@@ -76,6 +76,14 @@ def build_vllm(model: str, tokenizer: str, dtype: str, seed: int, batch_invarian
     return LLM(**kwargs)
 
 
+def shutdown_vllm(llm) -> None:
+    """Stop an engine now, before another one starts: frees its GPU memory, and in-process (CPU) keeps
+    its later garbage collection from tearing down the distributed state the new engine uses."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
 def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
                 force_length: bool = False) -> Iterator[Completion]:
     """Queue every request on the engine, then yield each completion as soon as it finishes.

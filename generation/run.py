@@ -9,6 +9,7 @@ prompts; the final files are rebuilt from it, so they equal an uninterrupted run
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from generation import backends, labels, prompts
 from generation.config import GenerateConfig
 from records.config import config_hash, encode_config
-from records.errors import InputError
+from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
 from records.jsonl import ShardWriter, read_records, write_json_atomic, write_records_atomic
 from records.provenance import make_manifest
@@ -104,7 +105,8 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
     buffer: list[RawCompletion] = []
     finished = set(done)
     pairs_since_flush = 0
-    with tqdm(total=len(requests), initial=len(done), desc="generate", unit="prompt") as bar:
+    with tqdm(total=len(requests), initial=len(done), desc="generate", unit="prompt") as bar, \
+            _flush_on_failure(writer, buffer, llm):
         for c in stream:
             buffer.append(RawCompletion(key=c.key, token_ids=c.token_ids, finish_reason=c.finish_reason,
                                         text=tokenizer.decode(c.token_ids, skip_special_tokens=True),
@@ -116,10 +118,24 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
                 pairs_since_flush += 1
             if pairs_since_flush >= cfg.save_every:
                 writer.append(buffer)
-                buffer, pairs_since_flush = [], 0
+                buffer.clear()
+                pairs_since_flush = 0
             bar.update(1)
     writer.append(buffer)
     return llm, version, engine_start
+
+
+@contextlib.contextmanager
+def _flush_on_failure(writer: ShardWriter, buffer: list[RawCompletion], llm):
+    """On failure: keep the completions that finished (they are whole) and stop the engine, so a retry
+    starts its own engine with the memory free."""
+    try:
+        yield
+    except BaseException:
+        writer.append(buffer)
+        if llm is not None:
+            backends.shutdown_vllm(llm)
+        raise
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -147,11 +163,18 @@ def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Pat
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    for attempt in Retrying(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(3),
-                            before_sleep=lower_memory, reraise=True):
-        with attempt, ShardWriter(work / "completions.jsonl", RawCompletion) as writer:
-            return stream_completions(cfg, model_dir, tokenizer, requests, writer, batch_invariant, engine_kwargs,
-                                      llm)
+    try:
+        for attempt in Retrying(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(3),
+                                before_sleep=lower_memory, reraise=True):
+            with attempt, ShardWriter(work / "completions.jsonl", RawCompletion) as writer:
+                return stream_completions(cfg, model_dir, tokenizer, requests, writer, batch_invariant,
+                                          engine_kwargs, llm)
+    except Exception as e:
+        if not _is_transient(e):
+            raise
+        done = len(read_records(work / "completions.jsonl", RawCompletion))
+        raise StageFailure(f"{classify_failure(e)} (3 attempts); {done} of {len(requests)} completions are "
+                           f"saved in {work}; rerun the same command to resume") from e
 
 
 def classify_failure(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from records.errors import EXIT_BAD_INPUT, InputError
+from records.errors import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, InputError, StageFailure
 
 # subcommand -> (module, one-line help)
 STAGES = {
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StageFailure as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -50,7 +50,27 @@ def convert_config(raw: dict, config_type: type[T], where: str = "config") -> T:
     try:
         return msgspec.convert(raw, config_type)
     except msgspec.ValidationError as e:
-        raise InputError(f"{where}: {e}") from None
+        found = _value_at(raw, str(e))
+        raise InputError(f"{where}: {e}{f' (value: {found!r})' if found is not _MISSING else ''}") from None
+
+
+_MISSING = object()
+
+
+def _value_at(raw: dict, message: str):
+    """The offending value named by a msgspec error's `$.a.b[0]` path, or _MISSING."""
+    import re
+
+    match = re.search(r"at `\$((?:\.[\w-]+|\[\d+\])*)`", message)
+    if not match:
+        return _MISSING
+    node = raw
+    for key, index in re.findall(r"\.([\w-]+)|\[(\d+)\]", match.group(1)):
+        try:
+            node = node[key] if key else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
 
 
 def encode_config(config) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EXIT_BAD_INPUT = 2
+EXIT_STAGE_FAILED = 1
 
 
 class InputError(Exception):
@@ -40,3 +41,9 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise InputError(self.items)
+
+
+class StageFailure(Exception):
+    """A stage could not finish for a reason outside the input (the engine died, memory ran out, after
+    the bounded retries). The message is one line that classifies the failure; what was already written
+    stays on disk and the same command resumes from it."""

@@ -19,6 +19,7 @@ from records.errors import InputError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+BOM = b"\xef\xbb\xbf"
 
 
 def _complete_prefix(data: bytes, record_type: type | None) -> tuple[int, list]:
@@ -27,6 +28,9 @@ def _complete_prefix(data: bytes, record_type: type | None) -> tuple[int, list]:
     A last line without its newline is torn and excluded. A complete line that does not decode is
     corruption, not a torn write, and raises (its line number is reported).
     """
+    if data.startswith(BOM):
+        raise InputError("starts with a UTF-8 byte-order mark (saved by an editor?); records files are plain "
+                         "UTF-8 JSONL: remove the first 3 bytes")
     decoder = msgspec.json.Decoder(record_type) if record_type is not None else msgspec.json.Decoder()
     end = data.rfind(b"\n") + 1  # 0 when there is no complete line
     items = []
@@ -40,10 +44,12 @@ def _complete_prefix(data: bytes, record_type: type | None) -> tuple[int, list]:
     return end, items
 
 
-def read_records(path: str | Path, record_type: type[T] | None = None) -> list[T]:
+def read_records(path: str | Path, record_type: type[T] | None = None, strict: bool = False) -> list[T]:
     """All complete records in a JSONL file; a torn last line is ignored (and logged).
 
-    A missing file reads as no records. Raises InputError naming the file and line for corruption.
+    `strict` (finished splits, which are written atomically and so are never torn): a last line without
+    its newline is an error instead. A missing file reads as no records. Raises InputError naming the
+    file and line for corruption.
     """
     path = Path(path)
     if not path.exists():
@@ -54,6 +60,10 @@ def read_records(path: str | Path, record_type: type[T] | None = None) -> list[T
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
     if end < len(data) and data[end:].strip():
+        if strict:
+            line = data.count(b"\n") + 1
+            raise InputError(f"{path}: line {line}: incomplete last line (no newline, "
+                             f"{len(data) - end} bytes): the file was cut short")
         log.warning("%s: ignoring a torn last line (%d bytes)", path, len(data) - end)
     return items
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from records.errors import InputError
+from generation.labels import BEHAVIOURS
+from records.errors import InputError, Problems
 from records.jsonl import read_records
 from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id, normalise_text
 from training.config import SLOT, TaskConfig, TrainConfig
@@ -68,9 +69,10 @@ def load_split(folder: str | Path, task: str, split: str) -> list:
     path = Path(folder) / f"{split}.json"
     if not path.is_file():
         raise InputError(f"{path}: not found; run the {task} records stage first (or fix train.dataset)")
-    records = read_records(path, RECORD_TYPES[task])
+    records = read_records(path, RECORD_TYPES[task], strict=True)
     if not records:
         raise InputError(f"{path}: holds no records")
+    validate_records(records, path)
     return records
 
 
@@ -81,7 +83,43 @@ def load_record_file(path: str | Path, task: str) -> list:
         path = path / "test.json"
     if not path.is_file():
         raise InputError(f"{path}: eval set not found")
-    return read_records(path, RECORD_TYPES[task])
+    records = read_records(path, RECORD_TYPES[task], strict=True)
+    validate_records(records, path)
+    return records
+
+
+_BEHAVIOUR_FIELDS = {
+    ContextAblationRecord: ("monitored_behavior", "unmonitored_behavior", "random_hint_prediction",
+                            "zeroshot_prediction"),
+    SteeringRecord: ("baseline_behavior", "steered_behavior", "gt_original_target", "gt_counterfactual_target"),
+}
+
+
+def record_key(r) -> tuple:
+    """What identifies a record within a split: a repeat would be trained on twice."""
+    if isinstance(r, FeatureRecord):
+        return ("feature", r.layer, r.feature_idx)
+    if isinstance(r, SteeringRecord):
+        return ("steering", r.sample_id, r.context, r.arm)
+    return ("scenario", r.sample_id)
+
+
+def validate_records(records: list, path: Path) -> None:
+    """Refuse repeated records and behaviour labels outside the labeller's set; every problem at once."""
+    problems = Problems()
+    seen: dict[tuple, int] = {}
+    for line, r in enumerate(records, start=1):  # finished splits have one record a line, no blanks
+        key = record_key(r)
+        if key in seen:
+            problems.add(str(path), f"line {line}: duplicate record {key[1:]} (first at line {seen[key]})")
+        else:
+            seen[key] = line
+        for name in _BEHAVIOUR_FIELDS.get(type(r), ()):
+            value = getattr(r, name)
+            if value not in BEHAVIOURS:
+                problems.add(str(path), f"line {line}: `{name}` {value!r} is not a behaviour label we know "
+                                        f"({', '.join(BEHAVIOURS)})")
+    problems.raise_if_any()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -268,7 +306,7 @@ def heldout_from_config(cfg: TrainConfig, tasks: list[str], decode=None) -> Held
 _ID_ONLY_MIN_CHARS = 20  # shorter held-out texts are matched by id only (a substring test would be noise)
 
 
-def check_no_heldout(train_records: list, held: HeldOut, decode=None) -> None:
+def check_no_heldout(train_records: list, held: HeldOut, decode=None, where: str = "training data") -> None:
     """Refuse to train when any training record carries a held-out scenario; list every offender.
 
     A record matches by content id (its sample_id, or the id recomputed from its scenario text) or when
@@ -285,7 +323,7 @@ def check_no_heldout(train_records: list, held: HeldOut, decode=None) -> None:
             offenders.append(f"training record index {getattr(r, 'index', '?')} (sample_id "
                              f"{getattr(r, 'sample_id', '?')}) is held-out scenario of {hit}")
     if offenders:
-        raise InputError(["refusing to train: the training data contains held-out evaluation scenarios "
+        raise InputError([f"{where}: refusing to train: it contains held-out evaluation scenarios "
                           f"({len(offenders)} record(s)); remove them from the training split:"] + offenders)
 
 

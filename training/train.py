@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from records.assets import check_output_dir
 from records.config import config_hash
 from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic
@@ -201,7 +202,8 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
                                  E.VectorStore(Path(path) if Path(path).is_dir() else Path(path).parent), decode))
     if check_heldout:
         held = E.heldout_from_config(cfg, list(cfg.train.tasks), decode)
-        E.check_no_heldout([r for rs in records.values() for r in rs], held, decode)
+        for task, rs in records.items():
+            E.check_no_heldout(rs, held, decode, where=str(E.dataset_dir(cfg, task) / "train.json"))
         log.info("held-out guard: %d training records checked against %d held-out scenarios: no overlap",
                  sum(map(len, records.values())), len(held))
     dims = {ex.vector.shape[0] for ex in train + test if ex.vector is not None}
@@ -463,13 +465,13 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     if not debug:
         check_debug_gate(cfg, force)
     out = Path(cfg.output_dir) / "debug" if debug else Path(cfg.output_dir)
+    check_output_dir(out, [E.dataset_dir(cfg, task) for task in cfg.train.tasks])
     ckpt_root = out / "checkpoints"
     if debug:
         shutil.rmtree(out, ignore_errors=True)
     elif complete_checkpoints(ckpt_root) and not resume:
         raise InputError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it, or choose "
                          "another --output-dir")
-    out.mkdir(parents=True, exist_ok=True)
     device, dtype = pick_device(cfg)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -484,6 +486,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         log.warning("%d training examples longer than max_length=%d dropped", dropped, cfg.train.max_length)
     if not train_enc:
         raise InputError("no training examples left after encoding")
+    out.mkdir(parents=True, exist_ok=True)  # only now: refused input leaves nothing behind
     if debug:
         _print_debug_data(cfg, data, train_enc, tokenizer)
 
