@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import count
+from trials import count
 from toy_records import tiny_random_explainer, write_toy_task3
 from training import train as T
 from training.config import load_train_config
