@@ -38,7 +38,8 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     test_size: int = 200  # the last N scenarios (input order) form test.json
     limit: int = 0  # 0 = all scenarios; N = the first N (quick tries)
     control_size: int = 64  # scenarios re-run with the same system prompt to measure the noise floor
-    batch_invariant: Literal["auto", "on", "off"] = "auto"  # auto: on with a CUDA GPU
+    # auto: on with a CUDA GPU. YAML reads a bare on/off as true/false, so booleans are accepted too.
+    batch_invariant: Literal["auto", "on", "off"] | bool = "auto"
     labeller: Literal["rules", "lm_judge"] = "rules"
     judge_model: str = ""  # lm_judge: local instruct model; "" = the organism itself
     hf_batch_size: int = 64

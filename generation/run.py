@@ -138,6 +138,17 @@ def _flush_on_failure(writer: ShardWriter, buffer: list[RawCompletion], llm):
         raise
 
 
+def check_engine_settings(engine: dict, batch_invariant: bool) -> None:
+    """Refuse engine settings that silently break what the records claim."""
+    kv = str(engine.get("kv_cache_dtype", "auto"))
+    if batch_invariant and kv.startswith("fp8"):
+        # Measured on an H100 (docs/benchmarks.md, run 4): 64/64 control outputs changed with an FP8 KV
+        # cache under VLLM_BATCH_INVARIANT=1, 0/64 with the default cache.
+        raise InputError(f"engine.kv_cache_dtype={kv} breaks batch invariance (the noise-floor control changed "
+                         "64/64 outputs on an H100), so behaviour changes could not be told from engine noise; "
+                         "drop it, or set batch_invariant: off to accept that noise knowingly")
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Engine failures are retried; bad input and interrupts are not."""
     return not isinstance(exc, (InputError, KeyboardInterrupt))
@@ -301,7 +312,12 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     rendering = prompts.detect_chat_rendering(tokenizer, cfg.model)
     on_gpu = torch.cuda.is_available()
-    batch_invariant = cfg.backend == "vllm" and (cfg.batch_invariant == "on" or (cfg.batch_invariant == "auto" and on_gpu))
+    mode = {True: "on", False: "off"}.get(cfg.batch_invariant, cfg.batch_invariant)
+    batch_invariant = cfg.backend == "vllm" and (mode == "on" or (mode == "auto" and on_gpu))
+    if batch_invariant and not on_gpu:
+        raise InputError("batch_invariant=on needs a CUDA GPU (vLLM's batch-invariant kernels are Triton); "
+                         "use batch_invariant: auto or off on CPU")
+    check_engine_settings(cfg.engine, batch_invariant)
     rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
     work = out / "_work"
     _check_resume(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant))

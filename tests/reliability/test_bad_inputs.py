@@ -205,6 +205,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
     ("output-inside-source", lambda ws: generate(ws, "--output-dir", str(ws.src / "runs")), ["inside"]),
     ("config-unknown-key", lambda ws: generate(ws, "--set", "max_tokns=3"), ["unknown field `max_tokns`"]),
     ("config-wrong-type", lambda ws: generate(ws, "--set", "max_tokens=many"), ["Expected `int`", "max_tokens"]),
+    ("batch-invariant-on-cpu", lambda ws: generate(ws, "--set", "batch_invariant=on"),
+     ["batch_invariant=on needs a CUDA GPU"]),
     # ---- steering: direction arrays, layers, alpha grid
     ("direction-nan", lambda ws: steer(ws, direction=_direction(ws, lambda v: _put(v, 3, np.nan))),
      ["direction.npy", "non-finite", "first at index 3"]),
@@ -302,3 +304,13 @@ def test_bad_input_is_refused_with_one_collected_report(ws, capsys, case, setup,
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 30
+
+
+def test_fp8_kv_cache_is_refused_when_the_records_claim_batch_invariance():
+    from generation.run import check_engine_settings
+    from records.errors import InputError
+
+    with pytest.raises(InputError, match="kv_cache_dtype=fp8 breaks batch invariance"):
+        check_engine_settings({"kv_cache_dtype": "fp8"}, batch_invariant=True)
+    check_engine_settings({"kv_cache_dtype": "fp8"}, batch_invariant=False)  # a knowing choice
+    check_engine_settings({}, batch_invariant=True)
