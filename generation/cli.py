@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-batch-invariant", action="store_true",
                    help="GPU: trade batch invariance (VLLM_BATCH_INVARIANT=1) for ~13%% speed; the noise "
                         "floor in the summary then shows what that costs")
+    p.add_argument("--data-parallel", type=int, metavar="N",
+                   help="N engines, one per GPU, each on its own shard of the scenarios; the shards merge "
+                        "into the same records as one engine (and a run resumes with any N)")
+    p.add_argument("--tensor-parallel", type=int, metavar="N",
+                   help="split one model over N GPUs (vLLM tensor_parallel_size), for models that do not fit "
+                        "one; multi-node: --set engine.distributed_executor_backend=ray (see docs/scale-out.md)")
     p.add_argument("--labeller", choices=["rules", "lm_judge"], help="behaviour labeller")
     p.add_argument("--judge-model", help="lm_judge: local instruct model (default: the organism)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -51,7 +57,8 @@ def config_from_args(args: argparse.Namespace):
     overrides = parse_set_args(args.set)
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "backend": args.backend,
              "max_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
-             "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model}
+             "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
+             "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.no_batch_invariant:
         overrides["batch_invariant"] = "off"

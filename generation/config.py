@@ -45,6 +45,7 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     hf_batch_size: int = 64
     ignore_eos: bool = False  # benchmarks only: force every output to max_tokens so timings are honest
     seed: int = 0
+    data_parallel: int = 1  # engines, one per GPU, each on its own shard of the scenarios
     paths: str = "configs/paths.yaml"
     progress_log: str = "PROGRESS.md"
     prompts: PromptTemplates = msgspec.field(default_factory=PromptTemplates)

