@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                             "generate, the reference)")
     p.add_argument("--batch-size", type=int, help="rows (scenario x arm) per batch; OOM halves it")
     p.add_argument("--max-new-tokens", type=int, help="greedy output length cap")
+    p.add_argument("--data-parallel", type=int, metavar="N",
+                   help="N processes, one per GPU, each on its own shard of the scenarios; merged into the "
+                        "same records as one process (and a run resumes with any N)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
     p.add_argument("--test-size", type=int, help="last N scenarios held out as test.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -91,7 +94,7 @@ def config_from_args(args: argparse.Namespace):
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "direction": args.direction,
              "scale": args.scale, "positions": args.positions, "engine": args.engine,
              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit,
-             "test_size": args.test_size}
+             "test_size": args.test_size, "data_parallel": args.data_parallel}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.alphas is not None:
         overrides["alphas"] = parse_number_list(args.alphas, "--alphas")

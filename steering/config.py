@@ -30,6 +30,7 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     contexts: list[Literal["monitored", "unmonitored"]] = msgspec.field(default_factory=lambda: ["unmonitored"])
     max_new_tokens: int = 256
     batch_size: int = 256  # rows (scenario x arm) per generation batch; OOM halves it and retries
+    data_parallel: int = 1  # processes, one per GPU, each on its own shard of the scenarios
     engine: Literal["fast", "hf"] = "fast"  # fast: static cache + CUDA-graph decode; hf: transformers generate
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on with a CUDA GPU
     test_size: int = 200  # the last N scenarios (input order) form test.json

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from generation import backends, labels, prompts
 from records.config import config_hash, encode_config
 from records.errors import InputError
-from records.jsonl import ShardWriter, read_records, write_atomic, write_json_atomic, write_records_atomic
+from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_records_atomic
+from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.schema import EngineInfo, PatchPosition, RawCompletion, Scenario, SteeringRecord
 from steering import grid
 from steering.config import SteerConfig
@@ -36,6 +37,8 @@ from steering.engine import FastSteeredGenerator, Row, hf_generate
 
 log = logging.getLogger(__name__)
 MAX_OOM_RETRIES = 4
+SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
+NORMS_FILE = "residual_norms.json"
 
 
 def row_key(index: int, context: str, arm: str) -> str:
@@ -239,6 +242,75 @@ def save_heatmap(summary: dict, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray, work: Path,
+               rank: int | None = None, world: int = 1) -> tuple[dict | None, str]:
+    """Load the model, measure residual norms (once per run), and generate every planned row this
+    process owns that no shard holds yet, each batch fsynced to this process's shard as it finishes.
+
+    Returns (fast-engine stats or None, device name).
+    """
+    tokenizer_dir = cfg.tokenizer or model_dir
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = backends.load_hf_model(model_dir, cfg.dtype)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
+    norms = _load_norms(work)
+    if cfg.scale == "residual_norm" and norms is None:
+        # The first scenarios of every context, whichever worker measures: all measure the same.
+        sample = [ids for i, _, ids in groups if i < cfg.norm_prompts]
+        norms = grid.measure_residual_norms(model, sample, sorted(set(cfg.layers)), pad)
+        write_json_atomic(work / NORMS_FILE, {str(k): v for k, v in norms.items()})
+    for layer in sorted(norms or {}):
+        log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer]["mean"],
+                 norms[layer]["median"], norms[layer]["n_tokens"])
+
+    mine = [g for g in groups if rank is None or owns(g[0], rank, world)]
+    batches = plan_batches(mine, arms, cfg.batch_size)
+    arm_by_name = {a.name: a for a in arms}
+    group_id = {(i, c): k for k, (i, c, _) in enumerate(groups)}
+    prompt_ids = {(i, c): ids for i, c, ids in groups}
+    runner = BatchRunner(cfg, model, torch.from_numpy(unit).to(device), eos_ids, pad)
+    total = sum(len(b) for b in batches)
+    with ShardWriter(shard_file(work, SHARD_STEM, rank), RawCompletion) as writer:
+        done = {c.key for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
+        finished = sum(row_key(i, c, a.name) in done for b in batches for i, c, a in b)
+        if finished:
+            log.info("resuming: %d of %d rows already finished", finished, total)
+        with tqdm(total=total, initial=finished, desc="steer" if rank is None else f"steer[{rank}]",
+                  unit="row") as bar:
+            for batch in batches:
+                if all(row_key(*r[:2], r[2].name) in done for r in batch):
+                    continue
+                rows = []
+                for i, c, arm in batch:
+                    eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)
+                    rows.append(Row(prompt_ids[(i, c)], group_id[(i, c)], dict(zip(arm.layers, eff))))
+                results = runner.run(rows)
+                writer.append(RawCompletion(key=row_key(i, c, arm.name), token_ids=g.token_ids, text="",
+                                            finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]))
+                              for (i, c, arm), g in zip(batch, results))
+                bar.update(len(batch))
+    stats = dict(runner.fast.stats) if runner.fast is not None else None
+    return stats, torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+
+
+def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, groups, arms, unit, work: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{rank} %(levelname)s %(name)s: %(message)s")
+    steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world)
+
+
+def _load_norms(work: Path) -> dict | None:
+    """Residual norms measured by this run (a resumed run scales exactly as the first attempt did)."""
+    import json
+
+    path = work / NORMS_FILE
+    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else None
+
+
 def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str) -> dict:
     """Run the grid on already-validated scenarios; returns the summary dict."""
     from records.assets import check_output_dir, select_scenarios
@@ -264,61 +336,24 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     system = {"monitored": cfg.prompts.monitored, "unmonitored": cfg.prompts.unmonitored}
     rendered = {(i, c): prompts.render(tokenizer, system[c], s.text, rendering)
                 for i, s in enumerate(scenarios) for c in cfg.contexts}
+    check_world(cfg.data_parallel)
     work = out / "_work"
     _check_resume(work, resume_key(cfg, model_dir, dir_info["id"], len(scenarios)))
     if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
         shutil.copyfile(direction_path, work / "direction.npy")
 
-    model = backends.load_hf_model(model_dir, cfg.dtype)
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
     t_setup = time.perf_counter()
-
-    norms = None
-    norms_file = work / "residual_norms.json"
-    if cfg.scale == "residual_norm":
-        import json
-
-        if norms_file.exists():  # a resumed run scales exactly as the first attempt did
-            norms = {int(k): v for k, v in json.loads(norms_file.read_text()).items()}
-        else:
-            sample = [rendered[(i, c)].token_ids for i in range(min(cfg.norm_prompts, len(scenarios)))
-                      for c in cfg.contexts]
-            norms = grid.measure_residual_norms(model, sample, sorted(set(cfg.layers)), pad)
-            write_json_atomic(norms_file, {str(k): v for k, v in norms.items()})
-        for layer in sorted(norms):
-            log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer]["mean"],
-                     norms[layer]["median"], norms[layer]["n_tokens"])
-
     groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
     batches = plan_batches(groups, arms, cfg.batch_size)
-    arm_by_name = {a.name: a for a in arms}
-    group_id = {(i, c): k for k, (i, c, _) in enumerate(groups)}
-    direction = torch.from_numpy(unit).to(device)
-    runner = BatchRunner(cfg, model, direction, eos_ids, pad)
-    total = sum(len(b) for b in batches)
-    with ShardWriter(work / "completions.jsonl", RawCompletion) as writer:
-        done = {c.key for c in writer.existing}
-        if done:
-            log.info("resuming: %d of %d rows already finished", len(done), total)
-        with tqdm(total=total, initial=len(done), desc="steer", unit="row") as bar:
-            for batch in batches:
-                if all(row_key(*r[:2], r[2].name) in done for r in batch):
-                    continue
-                rows = []
-                for i, c, arm in batch:
-                    eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)
-                    rows.append(Row(rendered[(i, c)].token_ids, group_id[(i, c)], dict(zip(arm.layers, eff))))
-                results = runner.run(rows)
-                writer.append(RawCompletion(key=row_key(i, c, arm.name), token_ids=g.token_ids, text="",
-                                            finish_reason=g.finish_reason, prompt_tokens=len(rendered[(i, c)].token_ids))
-                              for (i, c, arm), g in zip(batch, results))
-                bar.update(len(batch))
+    if cfg.data_parallel > 1:
+        run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work))
+        engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    else:
+        engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work)
+    norms = _load_norms(work)
     t_gen = time.perf_counter()
 
-    completions = {c.key: c for c in read_records(work / "completions.jsonl", RawCompletion)}
+    completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
     missing = [row_key(i, c, a.name) for i, c, a in (r for b in batches for r in b)
                if row_key(i, c, a.name) not in completions]
     if missing:
@@ -329,7 +364,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                         dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                         engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
                         chat_rendering=rendering,
-                        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+                        device=device_name)
     records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine)
     n_train_scen = len(scenarios) - cfg.test_size
     write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
@@ -339,8 +374,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
     summary["wall_seconds"] = wall
     summary["direction"] = {"path": dir_info["path"], "id": dir_info["id"], "norm": dir_info["norm"]}
-    if runner.fast is not None:
-        summary["engine_stats"] = dict(runner.fast.stats)
+    if engine_stats is not None:
+        summary["engine_stats"] = engine_stats
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
                                                           {"scenarios": cfg.input, "direction": str(direction_path)}))

@@ -80,3 +80,92 @@ def test_more_workers_than_gpus_or_none_is_refused(assets, organism_dir, tmp_pat
     assert generate(assets, organism_dir, tmp_path / "o", "--data-parallel", "0") == 2
     assert "--data-parallel 0: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def steer(assets: Path, model, out: Path, *extra: str) -> int:
+    return cli_main(["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config",
+                     str(assets / "paths.yaml"), "--model", str(model), "--direction", str(assets / "direction.npy"),
+                     "--output-dir", str(out), "--limit", "5", "--test-size", "1", "--layers", "1,2", "--alphas",
+                     "1,2", "--batch-size", "4", "--max-new-tokens", "16", "--set", "norm_prompts=4",
+                     "--set", f"progress_log={out.parent / 'P.md'}", *extra])
+
+
+def test_data_parallel_steering_merges_into_the_single_process_records(assets, organism_dir, tmp_path):
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    assert steer(assets, organism_dir, single) == 0
+    assert steer(assets, organism_dir, parallel, "--data-parallel", "2") == 0
+    rank0 = keys(parallel / "_work" / "completions.rank0.jsonl")
+    rank1 = keys(parallel / "_work" / "completions.rank1.jsonl")
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert {int(k.split(":")[0]) % 2 for k in rank1} == {1}
+    assert sorted(rank0 + rank1) == sorted(keys(single / "_work" / "completions.jsonl"))
+    same_files(parallel, single, ("train.json", "test.json"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data-parallel training: two processes (gloo) vs one, same effective batch
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_losses(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def task3_records(tmp_path_factory):
+    from toy_records import write_toy_task3
+
+    root = tmp_path_factory.mktemp("ddp_records")
+    return write_toy_task3(root, n_train=24, n_test=4, n_gold=4)
+
+
+def train_argv(records: dict, out: Path) -> list[str]:
+    # the toy organism explains itself; no dropout, so the processes' RNG streams cannot matter
+    return ["train", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"), "--output-dir", str(out),
+            "--force", "--max-steps", "6", "--progress-log", str(out.parent / "P.md"),
+            "--set", f"train.dataset={records['records']}", "--set", f"train.paths={records['paths']}",
+            "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2", "--set", "train.lora_dropout=0",
+            "--set", "train.save_steps=3", "--set", "train.eval_steps=1000", "--set", "train.eval_samples=2",
+            "--set", "test.max_new_tokens=4"]
+
+
+def test_two_process_training_follows_the_single_process_loss_curve(task3_records, organism_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert cli_main(train_argv(task3_records, single)) == 0
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "records.cli", *train_argv(task3_records, ddp)], cwd=REPO,
+                              env=dict(os.environ, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                                       PYTHONPATH=str(REPO)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "data parallel: 2 processes" in outputs[0]
+
+    a, b = train_losses(single), train_losses(ddp)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    assert [r["examples"] for r in a] == [r["examples"] for r in b]  # the same examples make each step
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    for ra, rb in zip(a, b):  # only the order of floating-point sums differs
+        assert abs(ra["loss"] - rb["loss"]) <= 1e-5 * max(1.0, abs(ra["loss"])), (ra["loss"], rb["loss"])
+    assert a[0]["loss"] > a[-1]["loss"]  # and the curve does go down
+    wa = load_file(single / "final" / "adapter" / "adapter_model.safetensors")
+    wb = load_file(ddp / "final" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4) for k in wa)
+    state = torch.load(ddp / "checkpoints" / "checkpoint-00000006" / "trainer_state.pt", weights_only=True)
+    assert len(state["rng_by_rank"]) == 2  # each process resumes its own RNG stream

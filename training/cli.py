@@ -39,9 +39,16 @@ def main(args: argparse.Namespace) -> int:
         marker = debug_marker(cfg)
         print(f"{'ok' if marker.is_file() else 'missing'}: {marker}")
         return 0 if marker.is_file() else 1
+    from training import distributed
     from training.train import main as train
 
-    summary = train(cfg, debug=args.debug, force=args.force, resume=args.resume, max_steps=args.max_steps)
+    try:
+        summary = train(cfg, debug=args.debug, force=args.force, resume=args.resume, max_steps=args.max_steps)
+        main_process = distributed.is_main()
+    finally:
+        distributed.shutdown()
+    if not main_process:  # data parallel: the main process reports
+        return 0
     print(f"{'debug run' if args.debug else 'training'} finished: {summary['steps']} steps, "
           f"last loss {summary['last_loss']:.4f}; adapter in {summary['final']}", file=sys.stderr)
     if not args.debug:

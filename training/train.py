@@ -34,6 +34,7 @@ from records.config import config_hash
 from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic
 from training import data as D
+from training import distributed as dist
 from training import examples as E
 from training.config import TrainConfig
 from training.continuous import ContinuousEmbedder, prompt_markers, resolve_markers
@@ -296,14 +297,20 @@ def _publish(tmp: Path, final: Path) -> None:
     write_atomic(final / COMPLETE, b"ok\n")
 
 
-def save_checkpoint(root: Path, step: int, explainer: Explainer, optimizer, state: dict, keep: int) -> Path:
+def save_checkpoint(root: Path, step: int, explainer: Explainer, optimizer, state: dict, keep: int,
+                    rng_by_rank: list[dict] | None = None) -> Path:
+    """Write a checkpoint (weights, optimizer, loop state, RNG states) atomically; keep the newest `keep`.
+
+    `rng_by_rank`: every data-parallel process's RNG state, so each resumes its own stream.
+    """
     final = root / f"{CKPT_PREFIX}{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_weights(tmp, explainer)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({**state, "rng": _rng_state()}, tmp / "trainer_state.pt")
+    extra = {"rng_by_rank": rng_by_rank} if rng_by_rank and len(rng_by_rank) > 1 else {}
+    torch.save({**state, "rng": _rng_state(), **extra}, tmp / "trainer_state.pt")
     _publish(tmp, final)
     for old in complete_checkpoints(root)[:-keep]:
         # The marker goes first: a kill in the middle of rmtree must not leave a "complete" half folder.
@@ -350,7 +357,8 @@ def load_checkpoint(folder: Path, explainer: Explainer, optimizer) -> dict:
     load_weights(folder, explainer)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=explainer.device, weights_only=True))
     state = torch.load(folder / "trainer_state.pt", weights_only=True)
-    _set_rng_state(state["rng"])
+    by_rank = state.get("rng_by_rank")
+    _set_rng_state(by_rank[dist.rank()] if by_rank and len(by_rank) == dist.world_size() else state["rng"])
     return state
 
 
@@ -381,9 +389,12 @@ def check_debug_gate(cfg: TrainConfig, force: bool) -> None:
 class MetricsLog:
     """JSONL metrics (one object a line, flushed) plus TensorBoard scalars."""
 
-    def __init__(self, out: Path, resume_step: int | None):
+    def __init__(self, out: Path, resume_step: int | None, enabled: bool = True):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.enabled = enabled  # data-parallel: only the main process writes
+        if not enabled:
+            return
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Entries past the checkpoint were made by the interrupted run and are about to be redone.
@@ -395,6 +406,8 @@ class MetricsLog:
         self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, entry: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
         self.file.write(json.dumps(entry) + "\n")
         self.file.flush()
         for key, value in entry.items():
@@ -402,8 +415,9 @@ class MetricsLog:
                 self.tb.add_scalar(f"{prefix}/{key}", value, entry["step"])
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        if self.enabled:
+            self.file.close()
+            self.tb.close()
 
 
 def make_optimizer(cfg: TrainConfig, explainer: Explainer) -> torch.optim.Optimizer:
@@ -462,12 +476,14 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     from records.models import resolve_model
 
     t0 = time.perf_counter()
+    _, world = dist.setup()
+    main_process = dist.is_main()
     if not debug:
         check_debug_gate(cfg, force)
     out = Path(cfg.output_dir) / "debug" if debug else Path(cfg.output_dir)
     check_output_dir(out, [E.dataset_dir(cfg, task) for task in cfg.train.tasks])
     ckpt_root = out / "checkpoints"
-    if debug:
+    if debug and main_process:
         shutil.rmtree(out, ignore_errors=True)
     elif complete_checkpoints(ckpt_root) and not resume:
         raise InputError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it, or choose "
@@ -486,7 +502,8 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         log.warning("%d training examples longer than max_length=%d dropped", dropped, cfg.train.max_length)
     if not train_enc:
         raise InputError("no training examples left after encoding")
-    out.mkdir(parents=True, exist_ok=True)  # only now: refused input leaves nothing behind
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)  # only now: refused input leaves nothing behind
     if debug:
         _print_debug_data(cfg, data, train_enc, tokenizer)
 
@@ -505,7 +522,9 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
 
     step, epoch, pos, resumed_from = 0, 0, 0, None
     tokens_seen, padded_seen = 0, 0
-    remove_partial_saves(ckpt_root)
+    if main_process:
+        remove_partial_saves(ckpt_root)
+    dist.barrier()
     if resume:
         found = complete_checkpoints(ckpt_root)
         if found:
@@ -518,21 +537,29 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             log.info("resumed from %s: step %d, epoch %d, step %d of the epoch", found[-1], step, epoch, pos)
         else:
             log.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
-    _write_run_files(out, cfg, resolve_model(cfg.model_path, "model_path"), explainer)
-    metrics = MetricsLog(out, step if resume else None)
+    if main_process:
+        _write_run_files(out, cfg, resolve_model(cfg.model_path, "model_path"), explainer)
+    metrics = MetricsLog(out, step if resume else None, enabled=main_process)
     n_trainable = sum(p.numel() for p in params)
-    print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
-          f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
-          f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
+    if world > 1 and main_process:
+        print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
+              f"({t.batch_size} x {t.gradient_accumulation})")
+    if main_process:
+        print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
+              f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
+              f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
 
     losses: list[float] = []
     last_eval: dict = {}
     tokens_at_start = tokens_seen
 
-    def checkpoint_state() -> dict:
-        """Where the loop stands: with the RNG states, enough to continue bit-for-bit."""
-        return {"step": step, "epoch": epoch, "step_in_epoch": pos, "config_hash": config_hash(cfg),
-                "total_steps": total_steps, "tokens_seen": tokens_seen, "padded_seen": padded_seen}
+    def save(step: int) -> None:
+        """Checkpoint where the loop stands: with the RNG states, enough to continue bit-for-bit."""
+        rngs = dist.gather(_rng_state())  # collective: every process takes part
+        if main_process:
+            state = {"step": step, "epoch": epoch, "step_in_epoch": pos, "config_hash": config_hash(cfg),
+                     "total_steps": total_steps, "tokens_seen": tokens_seen, "padded_seen": padded_seen}
+            save_checkpoint(ckpt_root, step, explainer, optimizer, state, t.save_total_limit, rngs)
 
     pad = tokenizer.pad_token_id
     last_saved = step
@@ -544,17 +571,24 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                 epoch, pos = epoch + 1, 0
                 continue
             micro = [[train_enc[i] for i in mb] for mb in plan[pos]]
-            denom = sum(D.answer_weight(mb) for mb in micro)
+            step_examples = [e for mb in micro for e in mb]
+            denom = D.answer_weight(step_examples)  # the whole step's, on every process
+            if world > 1:  # this process's share, in micro-batches of at most batch_size
+                mine = dist.my_share(step_examples)
+                micro = [mine[k:k + t.batch_size] for k in range(0, len(mine), t.batch_size)]
             explainer.model.train()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = 0.0
+            loss_value, step_tokens, step_padded = 0.0, 0, 0
             for mb in micro:
                 batch = D.collate(mb, pad).to(device)
                 loss = explainer.loss_sum(batch) / denom
                 loss.backward()
                 loss_value += float(loss.detach())
-                tokens_seen += batch.n_tokens
-                padded_seen += batch.n_padded
+                step_tokens += batch.n_tokens
+                step_padded += batch.n_padded
+            dist.sum_gradients(params)
+            loss_value, step_tokens, step_padded = dist.sum_values(loss_value, step_tokens, step_padded)
+            tokens_seen, padded_seen = tokens_seen + int(step_tokens), padded_seen + int(step_padded)
             if not math.isfinite(loss_value) or (debug and loss_value == 0.0):
                 raise RuntimeError(f"loss is {loss_value} at step {step + 1}: stopping (check the data and the "
                                    "answer masking; an exactly-0 loss means nothing is being scored)")
@@ -569,36 +603,41 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             metrics.write({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                            "tokens": tokens_seen, "padding_fraction": 1 - tokens_seen / max(1, padded_seen),
                            "elapsed_s": time.perf_counter() - t0,
-                           "examples": [e.index for mb in micro for e in mb]}, "train")
-            if debug:
+                           "examples": [e.index for e in step_examples]}, "train")
+            if debug and main_process:
                 print(f"debug step {step}/{limit}: loss {loss_value:.4f}")
-            elif step % 10 == 0 or step == limit:
+            elif main_process and (step % 10 == 0 or step == limit):
                 rate = (tokens_seen - tokens_at_start) / (time.perf_counter() - t_loop)
                 print(f"step {step}/{limit} epoch {epoch} loss {loss_value:.4f} lr {lr:.2e} ({rate:,.0f} tok/s)")
-            if step % t.eval_steps == 0 and not debug:
+            if step % t.eval_steps == 0 and not debug and main_process:
                 last_eval = _evaluate(explainer, test_enc, data.test, cfg, step, metrics)
             if step % t.save_steps == 0 or step == limit:
-                save_checkpoint(ckpt_root, step, explainer, optimizer, checkpoint_state(), t.save_total_limit)
+                save(step)
                 last_saved = step
         if last_saved != step:
-            save_checkpoint(ckpt_root, step, explainer, optimizer, checkpoint_state(), t.save_total_limit)
-        if debug:
-            last_eval = _debug_eval(explainer, test_enc, data.test, cfg, step, metrics)
-        elif step % t.eval_steps != 0:
-            last_eval = _evaluate(explainer, test_enc, data.test, cfg, step, metrics)
-        final = out / "final"
-        tmp = out / f".tmp-final-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        write_weights(tmp, explainer)
-        write_json_atomic(tmp / "state.json", {"step": step, "total_steps": total_steps, "config_hash": config_hash(cfg)})
-        _publish(tmp, final)
+            save(step)
+        if main_process:
+            if debug:
+                last_eval = _debug_eval(explainer, test_enc, data.test, cfg, step, metrics)
+            elif step % t.eval_steps != 0:
+                last_eval = _evaluate(explainer, test_enc, data.test, cfg, step, metrics)
+            final = out / "final"
+            tmp = out / f".tmp-final-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            write_weights(tmp, explainer)
+            write_json_atomic(tmp / "state.json", {"step": step, "total_steps": total_steps,
+                                                   "config_hash": config_hash(cfg)})
+            _publish(tmp, final)
+        dist.barrier()
     finally:
         metrics.close()
     summary = {"steps": step, "total_steps": total_steps, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "eval": last_eval, "output_dir": str(out),
                "final": str(out / "final"), "resumed_from": resumed_from,
                "padding_fraction": 1 - tokens_seen / max(1, padded_seen), "wall_s": time.perf_counter() - t0}
+    if not main_process:
+        return summary
     if debug:
         marker = debug_marker(cfg)
         write_json_atomic(marker, {"config_hash": config_hash(cfg), "steps": step, "losses": losses,
