@@ -6,6 +6,7 @@
 # Positional arguments follow the seed's order; any of them may be "" to keep the config's value.
 # Extra flags after "--" go to `af-introspect generate` (see `af-introspect generate --help`), e.g.
 #   launch/generate.sh --nohup data/gold-1560-full.json data/af_context_ablation "" 1024 256 -- --no-batch-invariant
+#   launch/generate.sh --nohup "" "" "" "" "" -- --data-parallel 4    # 4 GPUs, one engine each
 # Config: $AF_CONFIG (default configs/generate.yaml). A killed run resumes: run the same command again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

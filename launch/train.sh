@@ -2,23 +2,30 @@
 # Train the LoRA explainer: the --debug run first (unless one already succeeded for this config), then
 # the full run in the background under nohup.
 #
-#   launch/train.sh [--force] [--foreground] [CONFIG] [-- extra flags for `af-introspect train`]
+#   launch/train.sh [--force] [--foreground] [--gpus N] [CONFIG] [-- extra flags for `af-introspect train`]
 #
 #   launch/train.sh configs/af_context_ablation.yaml
+#   launch/train.sh --gpus 4 configs/af_context_ablation.yaml   # data parallel through `accelerate launch`
 #   launch/train.sh configs/af_context_ablation.yaml -- --set train.batch_size=4
 #   launch/train.sh configs/af_context_ablation.yaml -- --resume        # continue after a stop
 #
 # Log: logs/train_<config>_<timestamp>.log; PID: logs/training_pid.txt. Preflight: with nvidia-smi
 # present, refuses when another process already holds the GPU (--force trains anyway, and also skips
 # the debug-run requirement). Nothing is uploaded anywhere.
+#
+# --gpus N: the full run starts N processes, one per GPU (`accelerate launch --multi_gpu`); each step's
+# examples are shared out and the gradients summed, so the same config gives the same effective batch,
+# loss curve, checkpoints and --resume as one GPU. The debug run stays on one GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 force=0
 foreground=0
+gpus=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) force=1; shift ;;
         --foreground) foreground=1; shift ;;
+        --gpus) gpus=$2; shift 2 ;;
         *) break ;;
     esac
 done
@@ -28,6 +35,20 @@ if [[ $# -gt 0 && "$1" != "--" ]]; then config=$1; shift; fi
 extra=("$@")
 bin=af-introspect; [[ -x .venv/bin/af-introspect ]] && bin=.venv/bin/af-introspect
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# NVLink multicast off (it can take a shared host's GPUs down for a long time)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+if ! [[ "$gpus" =~ ^[1-9][0-9]*$ ]]; then echo "--gpus $gpus: expected a positive integer" >&2; exit 2; fi
+full=("$bin")
+if [[ $gpus -gt 1 ]]; then
+    visible=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
+    if [[ $visible -lt $gpus ]]; then
+        echo "--gpus $gpus: only $visible GPU(s) visible" >&2; exit 2
+    fi
+    acc=accelerate; [[ -x .venv/bin/accelerate ]] && acc=.venv/bin/accelerate
+    full=("$acc" launch --multi_gpu --num_processes "$gpus" --num_machines 1 --mixed_precision no
+          --dynamo_backend no -m records.cli)
+fi
 
 # --- preflight: a GPU another job is using would make this run crawl or die of OOM ---------------------
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -76,10 +97,10 @@ fi
 log="logs/train_${name}_${stamp}.log"
 if [[ $foreground -eq 1 ]]; then
     echo "training in the foreground; log: $log"
-    $bin train "${train_flags[@]}" 2>&1 | tee "$log"
+    "${full[@]}" train "${train_flags[@]}" 2>&1 | tee "$log"
     exit "${PIPESTATUS[0]}"
 fi
-nohup "$bin" train "${train_flags[@]}" > "$log" 2>&1 &
+nohup "${full[@]}" train "${train_flags[@]}" > "$log" 2>&1 &
 echo $! > logs/training_pid.txt
 echo "training started: PID $(cat logs/training_pid.txt), log $log"
 echo "follow it:   tail -f $log"
