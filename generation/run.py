@@ -345,7 +345,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         raise InputError("batch_invariant=on needs a CUDA GPU (vLLM's batch-invariant kernels are Triton); "
                          "use batch_invariant: auto or off on CPU")
     check_engine_settings(cfg.engine, batch_invariant)
-    check_world(cfg.data_parallel)
+    check_world(cfg.data_parallel, int(cfg.engine.get("tensor_parallel_size", 1)))
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
     rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
@@ -355,7 +355,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     if cfg.data_parallel > 1:
         llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
         version = _engine_version(cfg.backend)
-        run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant))
+        run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant),
+                    gpus_per_worker=int(cfg.engine.get("tensor_parallel_size", 1)))
     else:
         llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
     if cfg.labeller != "lm_judge" or (cfg.judge_model or model_dir) != model_dir:

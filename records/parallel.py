@@ -39,15 +39,20 @@ def read_all_shards(work: Path, stem: str, record_type: type) -> list:
     return [r for f in files for r in read_records(f, record_type)]
 
 
-def check_world(world: int, what: str = "--data-parallel") -> None:
+def check_world(world: int, gpus_per_worker: int = 1, what: str = "--data-parallel") -> None:
     """Refuse more workers than visible GPUs (on a GPU host) before anything starts."""
-    if world < 1:
+    if world < 1 or gpus_per_worker < 1:
         raise InputError(f"{what} {world}: must be at least 1")
     import torch
 
-    if torch.cuda.is_available() and world > torch.cuda.device_count():
-        raise InputError(f"{what} {world}: only {torch.cuda.device_count()} GPU(s) visible "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    if torch.cuda.is_available() and world * gpus_per_worker > torch.cuda.device_count():
+        raise InputError(f"{what} {world} x {gpus_per_worker} GPU(s) each: only {torch.cuda.device_count()} "
+                         f"GPU(s) visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
+def worker_gpus(visible: list[str], rank: int, per_worker: int) -> str:
+    """CUDA_VISIBLE_DEVICES for worker `rank`: its own consecutive block of `per_worker` devices."""
+    return ",".join(visible[rank * per_worker:(rank + 1) * per_worker])
 
 
 def _worker(target: Callable, rank: int, world: int, gpu: str | None, args: tuple) -> None:
@@ -57,8 +62,9 @@ def _worker(target: Callable, rank: int, world: int, gpu: str | None, args: tupl
     target(rank, world, *args)
 
 
-def run_workers(target: Callable, world: int, args: tuple = ()) -> None:
-    """Run `target(rank, world, *args)` in `world` spawned processes, one GPU each; wait for all.
+def run_workers(target: Callable, world: int, args: tuple = (), gpus_per_worker: int = 1) -> None:
+    """Run `target(rank, world, *args)` in `world` spawned processes, each on its own `gpus_per_worker`
+    GPUs (tensor parallel inside a worker); wait for all.
 
     A worker that fails makes this raise StageFailure naming it, after the others have finished (their
     shards are complete and kept for the resume).
@@ -72,7 +78,7 @@ def run_workers(target: Callable, world: int, args: tuple = ()) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for rank in range(world):
-        gpu = visible[rank] if visible else None
+        gpu = worker_gpus(visible, rank, gpus_per_worker) if visible else None
         p = ctx.Process(target=_worker, args=(target, rank, world, gpu, args), name=f"worker{rank}")
         p.start()
         procs.append(p)

@@ -76,6 +76,16 @@ def test_a_single_engine_run_resumes_with_two_engines(assets, organism_dir, sing
     same_files(out, single_generation, ("train.json", "test.json", "noise_control.jsonl"))
 
 
+def test_each_worker_gets_its_own_block_of_gpus():
+    from records.parallel import owns, worker_gpus
+
+    visible = ["0", "1", "2", "3", "4", "5", "6", "7"]
+    assert [worker_gpus(visible, r, 1) for r in range(3)] == ["0", "1", "2"]
+    assert [worker_gpus(visible, r, 4) for r in range(2)] == ["0,1,2,3", "4,5,6,7"]  # tensor parallel 4
+    shards = [[i for i in range(10) if owns(i, r, 3)] for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10)) and [len(s) for s in shards] == [4, 3, 3]
+
+
 def test_more_workers_than_gpus_or_none_is_refused(assets, organism_dir, tmp_path, capsys):
     assert generate(assets, organism_dir, tmp_path / "o", "--data-parallel", "0") == 2
     assert "--data-parallel 0: must be at least 1" in capsys.readouterr().err
