@@ -25,7 +25,7 @@ from generation.config import GenerateConfig
 from records.config import config_hash, encode_config
 from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
-from records.jsonl import ShardWriter, read_records, write_json_atomic, write_records_atomic
+from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import make_manifest
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario

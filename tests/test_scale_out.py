@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from organism.scenarios import generate_scenarios
 from records.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
+from toy_records import write_run_assets
 
 REPO = Path(__file__).resolve().parent.parent
 N = 10
@@ -21,11 +20,7 @@ N = 10
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale_assets")
-    (root / "gold-1560-full.json").write_text(json.dumps(generate_scenarios(30, seed=107)))
-    (root / "paths.yaml").write_text(f"data_root: {root}\n")
-    np.save(root / "direction.npy", np.random.default_rng(2).standard_normal(128).astype(np.float32))
-    return root
+    return write_run_assets(tmp_path_factory.mktemp("scale_assets"), 30, seed=107)
 
 
 def generate(assets: Path, model, out: Path, *extra: str) -> int:

@@ -16,7 +16,7 @@ import torch
 from records.errors import InputError
 from steering import grid
 from steering.engine import FastSteeredGenerator, Row, hf_generate
-from steering.hooks import (SteeringState, capture_residuals, make_mask_prehook, prompt_position_mask, steering)
+from steering.hooks import SteeringState, prompt_position_mask, steering
 
 REPO = Path(__file__).resolve().parent.parent
 H = 64

@@ -86,3 +86,14 @@ def tiny_random_explainer(folder: Path, tokenizer=None, layers: int = 2, hidden:
     MistralForCausalLM(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_run_assets(root: Path, n_scenarios: int, seed: int, hidden: int = 128) -> Path:
+    """A data root for generate/steer runs: gold-1560-full.json (unseen scenarios), paths.yaml, and a
+    random steering direction of the organism's width (direction.npy). Returns `root`."""
+    import numpy as np
+
+    (root / "gold-1560-full.json").write_text(json.dumps(generate_scenarios(n_scenarios, seed=seed)))
+    (root / "paths.yaml").write_text(f"data_root: {root}\n")
+    np.save(root / "direction.npy", np.random.default_rng(seed).standard_normal(hidden).astype(np.float32))
+    return root

@@ -20,27 +20,35 @@ import torch.distributed as dist
 from records.parallel import NO_MULTICAST
 
 T = TypeVar("T")
+# Whether this module started the process group: another library in the same process (vLLM's in-process
+# CPU engine, say) may have one of its own, which is neither ours to use nor ours to destroy.
+_owned = False
 
 
 def setup() -> tuple[int, int]:
     """Join the process group when launched with several processes; returns (rank, world size)."""
+    global _owned
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
+    if world > 1 and not _owned:
+        if dist.is_initialized():
+            raise RuntimeError("a torch.distributed process group already exists in this process; run "
+                               "data-parallel training in its own processes (launch/train.sh --gpus N)")
         for key, value in NO_MULTICAST.items():
             os.environ.setdefault(key, value)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        _owned = True
     return rank, world
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return dist.get_world_size() if _owned else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    return dist.get_rank() if _owned else 0
 
 
 def is_main() -> bool:
@@ -91,5 +99,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    global _owned
+    if _owned:
         dist.destroy_process_group()
+        _owned = False

@@ -9,7 +9,6 @@ line parsing, and the final split files byte-identical.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from trials import count
-from organism.scenarios import generate_scenarios
 from records.jsonl import read_records
 from records.schema import RawCompletion
+from toy_records import write_run_assets
+from trials import count
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
@@ -34,11 +32,7 @@ N_GEN, N_STEER = 12, 6
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kill_assets")
-    (root / "gold-1560-full.json").write_text(json.dumps(generate_scenarios(40, seed=105)))
-    (root / "paths.yaml").write_text(f"data_root: {root}\n")
-    np.save(root / "direction.npy", np.random.default_rng(1).standard_normal(128).astype(np.float32))
-    return root
+    return write_run_assets(tmp_path_factory.mktemp("kill_assets"), 40, seed=105)
 
 
 def generate_cmd(assets: Path, model, out: Path) -> list[str]:
