@@ -9,7 +9,6 @@ down).
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Callable
 from records.errors import InputError, StageFailure
 from records.jsonl import read_records
 
-log = logging.getLogger(__name__)
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
