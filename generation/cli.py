@@ -52,14 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     """GenerateConfig from --config, then --set, then the dedicated flags (highest)."""
     from generation.config import GenerateConfig
-    from records.config import load_config, parse_set_args
+    from records.config import cli_overrides, load_config
 
-    overrides = parse_set_args(args.set)
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "backend": args.backend,
              "max_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
              "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
              "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides = cli_overrides(args.set, flags)
     if args.no_batch_invariant:
         overrides["batch_invariant"] = "off"
     if args.batch_size is not None:

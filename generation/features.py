@@ -75,14 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> FeaturesConfig:
     """FeaturesConfig from --config, then --set, then the dedicated flags (highest); validated."""
-    from records.config import load_config, parse_set_args
+    from records.config import cli_overrides, load_config
 
-    overrides = parse_set_args(args.set)
     flags = {"output_dir": args.output_dir, "top_k": args.top_k, "rank_by": args.rank_by,
              "representation": args.representation, "decoder": args.decoder, "test_fraction": args.test_fraction,
              "seed": args.seed, "paths": args.paths_config,
              "cluster_attributes": getattr(args, "cluster_attributes", None)}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides = cli_overrides(args.set, flags)
     if args.caches is not None:
         overrides["profile_caches"] = [c.strip() for c in args.caches.split(",") if c.strip()]
     if args.strict:

@@ -45,6 +45,14 @@ def parse_set_args(items: list[str]) -> dict:
     return out
 
 
+def cli_overrides(set_items: list[str], flags: dict) -> dict:
+    """Overrides from `--set KEY=VALUE` items, then from a stage's dedicated flags: those given (not None)
+    win over --set, as a flag is the more specific request."""
+    overrides = parse_set_args(set_items)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
 def convert_config(raw: dict, config_type: type[T], where: str = "config") -> T:
     """Validate an already-parsed mapping into `config_type` (used by tests and by overrides)."""
     try:

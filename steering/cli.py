@@ -86,16 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """SteerConfig from --config, then --set, then the dedicated flags (highest)."""
-    from records.config import load_config, parse_set_args
+    from records.config import cli_overrides, load_config
     from steering.config import SteerConfig
     from steering.grid import parse_number_list
 
-    overrides = parse_set_args(args.set)
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "direction": args.direction,
              "scale": args.scale, "positions": args.positions, "engine": args.engine,
              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit,
              "test_size": args.test_size, "data_parallel": args.data_parallel}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides = cli_overrides(args.set, flags)
     if args.alphas is not None:
         overrides["alphas"] = parse_number_list(args.alphas, "--alphas")
     if args.layers is not None:
