@@ -344,7 +344,6 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
 
     t_setup = time.perf_counter()
     groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
-    batches = plan_batches(groups, arms, cfg.batch_size)
     if cfg.data_parallel > 1:
         run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work))
         engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -354,8 +353,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     t_gen = time.perf_counter()
 
     completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-    missing = [row_key(i, c, a.name) for i, c, a in (r for b in batches for r in b)
-               if row_key(i, c, a.name) not in completions]
+    missing = [key for i, c, _ in groups for a in arms if (key := row_key(i, c, a.name)) not in completions]
     if missing:
         raise RuntimeError(f"{len(missing)} rows have no completion after the pass (first: {missing[0]})")
     import transformers

@@ -541,10 +541,10 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         _write_run_files(out, cfg, resolve_model(cfg.model_path, "model_path"), explainer)
     metrics = MetricsLog(out, step if resume else None, enabled=main_process)
     n_trainable = sum(p.numel() for p in params)
-    if world > 1 and main_process:
-        print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
-              f"({t.batch_size} x {t.gradient_accumulation})")
     if main_process:
+        if world > 1:
+            print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
+                  f"({t.batch_size} x {t.gradient_accumulation})")
         print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
               f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
               f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
