@@ -198,7 +198,6 @@ def _pass_worker(rank: int, world: int, cfg: GenerateConfig, model_dir: str, req
     """One data-parallel worker: its own engine on its own GPU, the scenarios it owns, its own shard."""
     from transformers import AutoTokenizer
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{rank} %(levelname)s %(name)s: %(message)s")
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     mine = [r for r in requests if owns(int(r[0].split(":")[0]), rank, world)]
     run_pass(cfg, model_dir, tokenizer, mine, work, batch_invariant, rank=rank)

@@ -9,6 +9,7 @@ down).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Callable
 
 from records.errors import InputError, StageFailure
 from records.jsonl import read_records
-
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -54,6 +54,7 @@ def worker_gpus(visible: list[str], rank: int, per_worker: int) -> str:
 
 
 def _worker(target: Callable, rank: int, world: int, gpu: str | None, args: tuple) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(NO_MULTICAST)
     if gpu is not None:  # before CUDA is initialised in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

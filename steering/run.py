@@ -299,7 +299,6 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
 
 
 def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, groups, arms, unit, work: Path) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{rank} %(levelname)s %(name)s: %(message)s")
     steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world)
 
 
