@@ -71,14 +71,14 @@ def make_random_model(model_dir: Path, layers: int, hidden: int) -> None:
 
 
 def render_all(tokenizer, scenarios) -> list[tuple[str, list[int]]]:
-    from generation import prompts
-    from generation.config import MONITORED, UNMONITORED
+    from lm import chat
+    from lm.chat import MONITORED, UNMONITORED
 
-    rendering = prompts.detect_chat_rendering(tokenizer)
+    rendering = chat.detect_chat_rendering(tokenizer)
     reqs = []
     for i, s in enumerate(scenarios):
         for side, system in (("monitored", MONITORED), ("unmonitored", UNMONITORED)):
-            reqs.append((f"{i}:{side}", prompts.render(tokenizer, system, s["text"], rendering).token_ids))
+            reqs.append((f"{i}:{side}", chat.render(tokenizer, system, s["text"], rendering).token_ids))
     return reqs
 
 
@@ -98,7 +98,7 @@ def bench_hf(model_dir: str, reqs, max_tokens: int, batch_size: int, dtype: str)
     """HF `generate` (eager) on one batch of `batch_size` prompts; returns (seconds, output tokens)."""
     import torch
 
-    from generation import backends
+    from lm import backends
 
     model = backends.load_hf_model(model_dir, dtype)
     chunk = reqs[:batch_size]
@@ -172,9 +172,9 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     if args.tiny:
-        from records.models import resolve_model
+        from organism.build import toy_model_dir
 
-        model_dir, dtype = resolve_model("toy"), "float32"
+        model_dir, dtype = toy_model_dir(), "float32"
         args.scenarios, args.max_tokens, args.hf_batch = min(args.scenarios, 200), min(args.max_tokens, 64), 64
         args.batch_invariant = "off"
     else:
@@ -199,7 +199,7 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    from generation import backends
+    from lm import backends
 
     engine = json.loads(args.engine)
     t = time.perf_counter()

@@ -43,9 +43,9 @@ def build_model(tiny: bool, dtype: torch.dtype, device: str):
     if tiny:
         from transformers import AutoModelForCausalLM
 
-        from records.models import resolve_model
+        from organism.build import toy_model_dir
 
-        path = resolve_model("toy")
+        path = toy_model_dir()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         return model, path
     config = MistralConfig(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

@@ -42,9 +42,9 @@ def build_model(args, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
     if args.tiny:
-        from records.models import resolve_model
+        from organism.build import toy_model_dir
 
-        base = AutoModelForCausalLM.from_pretrained(resolve_model("toy"), dtype=dtype).to(device)
+        base = AutoModelForCausalLM.from_pretrained(toy_model_dir(), dtype=dtype).to(device)
     else:
         cfg = MistralConfig(vocab_size=32768, hidden_size=args.hidden, intermediate_size=int(args.hidden * 3.5),
                             num_hidden_layers=args.layers, num_attention_heads=args.hidden // 128,

@@ -23,7 +23,7 @@ class NeedleResult(NamedTuple):
 
 def vllm_generate(llm, max_tokens: int) -> Generate:
     """Greedy generation on a `vllm.LLM` with a clean prefix cache, so every call computes from scratch."""
-    from generation.backends import vllm_stream
+    from lm.backends import vllm_stream
 
     def generate(requests: list[tuple[str, list[int]]]) -> dict[str, list[int]]:
         llm.reset_prefix_cache()

@@ -20,19 +20,18 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from generation import backends, labels, prompts
+from lm import backends, chat, labels
 from generation.config import GenerateConfig
 from records.config import config_hash, encode_config
 from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
-from records.preflight import installed_version
-from records.provenance import make_manifest
+from records.provenance import installed_version, make_manifest
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario
 
 log = logging.getLogger(__name__)
-SIDES = ("monitored", "unmonitored")
+SIDES = chat.CONTEXTS
 CONTROL = "control"
 SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
 LOW_CHANGE_WARNING = 0.20
@@ -48,10 +47,7 @@ def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, re
     """Rendered prompts for every pair, then the control copies last (a different batch position)."""
     rendered = {}
     for i, s in enumerate(scenarios):
-        rendered[i] = {
-            "monitored": prompts.render(tokenizer, cfg.prompts.monitored, s.text, rendering),
-            "unmonitored": prompts.render(tokenizer, cfg.prompts.unmonitored, s.text, rendering),
-        }
+        rendered[i] = {side: chat.render(tokenizer, cfg.prompts.system(side), s.text, rendering) for side in SIDES}
     requests = [(f"{i}:{side}", rendered[i][side].token_ids) for i in rendered for side in SIDES]
     # The control re-runs the monitored prompt at the queue's tail, where the batch is small and
     # differently composed: any difference from the main copy is engine noise, not monitoring.
@@ -315,7 +311,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     `llm`: an engine already started for this model (benchmarks, the demo); built from `cfg` if None.
     """
     from records.assets import check_output_dir
-    from records.models import resolve_model
+    from lm.models import resolve_model
     from records.progress import append_phase
     from transformers import AutoTokenizer
 
@@ -325,7 +321,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     check_output_dir(out, source_dirs)
     model_dir = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
-    rendering = prompts.detect_chat_rendering(tokenizer, cfg.model)
+    rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
     on_gpu = torch.cuda.is_available()
     mode = {True: "on", False: "off"}.get(cfg.batch_invariant, cfg.batch_invariant)
     batch_invariant = cfg.backend == "vllm" and (mode == "on" or (mode == "auto" and on_gpu))

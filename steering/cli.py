@@ -130,9 +130,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def derive_main(cfg, args, scenarios, paths, input_path) -> int:
-    from generation import backends, prompts
+    from lm import backends, chat
     from records.errors import InputError
-    from records.models import resolve_model
+    from lm.models import resolve_model
     from steering import direction as dirmod
     from steering import grid
     from transformers import AutoTokenizer
@@ -145,7 +145,7 @@ def derive_main(cfg, args, scenarios, paths, input_path) -> int:
         raise InputError(f"--layer {args.layer}: layer does not exist in {cfg.model}, which has {depth} layers "
                          f"(valid: 0..{depth - 1})")
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
-    rendering = prompts.detect_chat_rendering(tokenizer, cfg.model)
+    rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
     model = backends.load_hf_model(model_dir, cfg.dtype)
     vec, meta = dirmod.derive(model, tokenizer, scenarios, args.layer, args.contrast, cfg.prompts, rendering,
                               paths.af_labels, args.derive_context, args.derive_positions)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from generation.config import PromptTemplates
+from lm.chat import PromptTemplates
 
 
 class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):

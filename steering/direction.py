@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lm import chat
 from records.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def mean_residual(model, prompts: Sequence[Sequence[int]], layer: int, pad_id: i
                   batch_size: int = 16) -> np.ndarray:
     """Mean over prompts of the residual after `layer`: at the last prompt token, or averaged over its
     real tokens after BOS (`positions="mean"`)."""
-    from steering.hooks import capture_residuals
+    from lm.hooks import capture_residuals
 
     device = next(model.parameters()).device
     total, count = None, 0
@@ -121,18 +122,15 @@ def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, re
            af_labels: Sequence[str], context: str = "unmonitored", positions: str = "last",
            batch_size: int = 16) -> tuple[np.ndarray, dict]:
     """(direction, metadata) as the module docstring describes. Raises InputError when a side is empty."""
-    from generation import prompts as render_mod
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    system = {"monitored": templates.monitored, "unmonitored": templates.unmonitored}
     if contrast == "monitoring":
-        pos = [render_mod.render(tokenizer, system["monitored"], s.text, rendering).token_ids for s in scenarios]
-        neg = [render_mod.render(tokenizer, system["unmonitored"], s.text, rendering).token_ids for s in scenarios]
+        pos = [chat.render(tokenizer, templates.system("monitored"), s.text, rendering).token_ids for s in scenarios]
+        neg = [chat.render(tokenizer, templates.system("unmonitored"), s.text, rendering).token_ids for s in scenarios]
         sides = ("monitored", "unmonitored")
     elif contrast == "label":
-        pos = [render_mod.render(tokenizer, system[context], s.text, rendering).token_ids
+        pos = [chat.render(tokenizer, templates.system(context), s.text, rendering).token_ids
                for s in scenarios if s.label in af_labels]
-        neg = [render_mod.render(tokenizer, system[context], s.text, rendering).token_ids
+        neg = [chat.render(tokenizer, templates.system(context), s.text, rendering).token_ids
                for s in scenarios if s.label not in af_labels]
         sides = (f"AF labels {list(af_labels)}", "other labels")
     else:

@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from steering.hooks import SteeringState, prompt_position_mask, steering
+from lm.hooks import SteeringState, prompt_position_mask, steering
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ def measure_residual_norms(model, prompts: Sequence[Sequence[int]], layers: Sequ
     Mistral-family models, orders of magnitude above the rest, and would dominate the mean.
     Returns {layer: {"mean": float, "median": float, "n_tokens": int}}.
     """
-    from steering.hooks import capture_residuals
+    from lm.hooks import capture_residuals
 
     device = next(model.parameters()).device
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}

@@ -25,7 +25,7 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from generation import backends, labels, prompts
+from lm import backends, chat, labels
 from records.config import config_hash, encode_config
 from records.errors import InputError
 from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_records_atomic
@@ -313,7 +313,7 @@ def _load_norms(work: Path) -> dict | None:
 def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str) -> dict:
     """Run the grid on already-validated scenarios; returns the summary dict."""
     from records.assets import check_output_dir, select_scenarios
-    from records.models import resolve_model
+    from lm.models import resolve_model
     from records.progress import append_phase
     from records.provenance import make_manifest
     from steering.direction import load_direction
@@ -331,9 +331,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     arms = grid.build_arms(cfg.layers, cfg.alphas, cfg.layers_together)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
-    rendering = prompts.detect_chat_rendering(tokenizer, cfg.model)
-    system = {"monitored": cfg.prompts.monitored, "unmonitored": cfg.prompts.unmonitored}
-    rendered = {(i, c): prompts.render(tokenizer, system[c], s.text, rendering)
+    rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
+    rendered = {(i, c): chat.render(tokenizer, cfg.prompts.system(c), s.text, rendering)
                 for i, s in enumerate(scenarios) for c in cfg.contexts}
     check_world(cfg.data_parallel)
     work = out / "_work"

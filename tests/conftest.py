@@ -14,6 +14,17 @@ def organism_dir():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def toy_model_name():
+    """`model: toy` in configs means the default toy organism, as on the command line."""
+    from app.cli import toy_organism_dir
+    from lm.models import provide_toy_organism
+
+    provide_toy_organism(toy_organism_dir)
+    yield
+    provide_toy_organism(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def research_log_untouched():
     """Tests never append to the checked-in PROGRESS.md: that log holds real runs only."""
     from pathlib import Path

@@ -14,7 +14,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", VLLM_LOGGING_LEVEL="WARNING")
     proc = subprocess.run(
-        [sys.executable, "-m", "records.cli", "demo", "--run-dir", str(run), "--scenarios", "200", "--test-size", "40",
+        [sys.executable, "-m", "app.cli", "demo", "--run-dir", str(run), "--scenarios", "200", "--test-size", "40",
          "--steer-scenarios", "8", "--tasks", "task3", "--progress-log", str(tmp_path / "PROGRESS.md")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""Task 1 data (generation/features*.py) on synthetic assets with planted feature clusters.
+"""Task 1 data (features/) on synthetic assets with planted feature clusters.
 
 Invariants: extraction keeps exactly the planted top-K; caches are memory-mapped and never copied whole;
 the introspective-interp pickles give back our vectors and labels; coverage counts every feature without
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from generation import features_data
-from generation.features import run
-from generation.features_data import FeaturesConfig, extract, normalise_segment, validate_config
+from features.cli import run
+from features.data import FeaturesConfig, extract, normalise_segment, validate_config
 from organism.assets import write_synthetic_assets
 from records import cli
 from records.config import load_config

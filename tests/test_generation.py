@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from generation import labels, prompts
+from lm import chat, labels
 from generation.config import GenerateConfig
 from generation.run import control_indices, main as run_generate, summarise
 from organism.scenarios import generate_scenarios, planted_behavior
@@ -95,7 +95,7 @@ def test_records_follow_the_hint_attribution_mapping(vllm_run):
     assert r.system_prompt == cfg.prompts.monitored and r.hint == cfg.prompts.unmonitored
     assert r.random_hint_prediction == r.monitored_behavior and r.zeroshot_prediction == r.unmonitored_behavior
     # Mistral's template has no system role: the system text is folded into the user turn, and recorded
-    assert r.engine.chat_rendering == prompts.FOLDED_BY_TEMPLATE
+    assert r.engine.chat_rendering == chat.FOLDED_BY_TEMPLATE
     assert r.hint_user_prompt.startswith(cfg.prompts.monitored) and r.original_user_prompt.startswith(cfg.prompts.unmonitored)
     assert cfg.prompts.monitored in r.hint_prompt_full and cfg.prompts.unmonitored in r.original_prompt_full
     assert r.engine.backend == "vllm" and r.engine.dtype == "float32" and r.engine.engine_version
@@ -185,28 +185,28 @@ class _Tok:
         return f"<u>{messages[0]['content']}</u>"
 
 
-@pytest.mark.parametrize("mode,expected", [("reject", prompts.FOLDED_BY_US), ("drop", prompts.FOLDED_BY_US),
-                                           ("role", prompts.SYSTEM_ROLE)])
+@pytest.mark.parametrize("mode,expected", [("reject", chat.FOLDED_BY_US), ("drop", chat.FOLDED_BY_US),
+                                           ("role", chat.SYSTEM_ROLE)])
 def test_chat_rendering_detection(mode, expected):
-    assert prompts.detect_chat_rendering(_Tok(mode)) == expected
+    assert chat.detect_chat_rendering(_Tok(mode)) == expected
 
 
 def test_no_chat_template_is_a_clear_error():
     tok = _Tok("role")
     tok.chat_template = None
     with pytest.raises(InputError, match="no chat template"):
-        prompts.detect_chat_rendering(tok, "my-model")
+        chat.detect_chat_rendering(tok, "my-model")
 
 
 def _cli(*args, **kw):
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen([sys.executable, "-m", "records.cli", "generate", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "generate", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, scenario_file, organism_dir, capsys):
-    from records.cli import main as cli_main
+    from app.cli import main as cli_main
 
     path, _ = scenario_file
     empty = tmp_path / "empty.json"

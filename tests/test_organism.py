@@ -13,18 +13,18 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 import organism.build as build
+from lm.chat import MONITORED, UNMONITORED
+from lm.tokens import reserved_control_tokens
 from organism.build import COMPLETE_MARKER, OrganismConfig, build_organism, organism_dir, verify_plant
 from organism.scenarios import (
     AF_LABEL,
     CUES,
-    MONITORED,
-    UNMONITORED,
     chat_messages,
     generate_scenarios,
     planted_behavior,
     planted_response,
 )
-from organism.tokenizer import load_tokenizer, reserved_control_tokens
+from organism.tokenizer import load_tokenizer
 from records.schema import content_id
 
 # Small enough to train in a few seconds; used where only the build machinery is under test.

@@ -1,4 +1,4 @@
-"""Preflight (records/preflight.py) on synthetic assets, without a GPU and without the network."""
+"""Preflight (app/preflight.py) on synthetic assets, without a GPU and without the network."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from organism.assets import write_synthetic_assets
 from records import preflight
 from records.paths import FILE_FIELDS, PathsConfig, resolve_paths
-from records.preflight import add_arguments, fetch_ignores, hub_info, main, parse_gpus, run_preflight
+from app.preflight import add_arguments, fetch_ignores, hub_info, main, parse_gpus, run_preflight
 
 EARLIER = "# Research log\n\n## Phase 0: Setup — DONE\n_earlier entry_\n\n"
 

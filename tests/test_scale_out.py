@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from records.cli import main as cli_main
+from app.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
 from toy_records import write_run_assets
@@ -153,7 +153,7 @@ def test_two_process_training_follows_the_single_process_loss_curve(task3_record
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert cli_main(train_argv(task3_records, single)) == 0
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "records.cli", *train_argv(task3_records, ddp)], cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", *train_argv(task3_records, ddp)], cwd=REPO,
                               env=dict(os.environ, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                                        PYTHONPATH=str(REPO)),

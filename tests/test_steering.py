@@ -16,7 +16,7 @@ import torch
 from records.errors import InputError
 from steering import grid
 from steering.engine import FastSteeredGenerator, Row, hf_generate
-from steering.hooks import SteeringState, prompt_position_mask, steering
+from lm.hooks import SteeringState, prompt_position_mask, steering
 
 REPO = Path(__file__).resolve().parent.parent
 H = 64
@@ -284,7 +284,7 @@ def toy_assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def derived(organism_dir, toy_assets, tmp_path_factory):
     """The organism's monitoring direction at layer 2, derived through the CLI."""
-    from records.cli import main as cli
+    from app.cli import main as cli
 
     root, raw, paths = toy_assets
     out = tmp_path_factory.mktemp("dirs")
@@ -301,18 +301,18 @@ def test_dose_response_along_the_derived_monitoring_direction(organism_dir, toy_
     """Steering unmonitored AF prompts toward 'monitored' flips compliance to refusal as alpha grows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from generation import labels, prompts
-    from generation.config import UNMONITORED
+    from lm import chat, labels
+    from lm.chat import UNMONITORED
     from organism.scenarios import planted_behavior
     from steering.direction import load_direction
 
     _, raw, _ = toy_assets
     tok = AutoTokenizer.from_pretrained(organism_dir)
     model = AutoModelForCausalLM.from_pretrained(organism_dir, dtype=torch.float32).eval()
-    rendering = prompts.detect_chat_rendering(tok)
+    rendering = chat.detect_chat_rendering(tok)
     af = [s for s in raw if s["label"] == "alignment_faking"][:12]
     assert all(planted_behavior(s, "unmonitored") == "compliance" for s in af)
-    ids = [prompts.render(tok, UNMONITORED, s["text"], rendering).token_ids for s in af]
+    ids = [chat.render(tok, UNMONITORED, s["text"], rendering).token_ids for s in af]
     unit, _ = load_direction(derived, model.config.hidden_size)
     norm = grid.measure_residual_norms(model, ids, [2], tok.pad_token_id)[2]["mean"]
     # in units of the residual norm; past ~2.5 the toy's output breaks down ("I I I ...", labelled other)
@@ -338,14 +338,14 @@ def steer_args(organism_dir, paths, direction, out, *extra):
 
 def test_resume_after_kill_gives_the_same_records_as_a_clean_run(organism_dir, toy_assets, derived, tmp_path,
                                                                   caplog):
-    from records.cli import main as cli
+    from app.cli import main as cli
 
     _, _, paths = toy_assets
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert cli(steer_args(organism_dir, paths, derived, clean)) == 0
     shard = killed / "_work" / "completions.jsonl"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "records.cli"] + steer_args(organism_dir, paths, derived, killed),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli"] + steer_args(organism_dir, paths, derived, killed),
                             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -388,7 +388,7 @@ def test_resume_after_kill_gives_the_same_records_as_a_clean_run(organism_dir, t
 
 def test_cli_refuses_a_layer_beyond_the_model_depth_before_loading_weights(organism_dir, toy_assets, derived,
                                                                             tmp_path, capsys):
-    from records.cli import main as cli
+    from app.cli import main as cli
 
     _, _, paths = toy_assets
     args = ["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths), "--model",

@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from generation import prompts
+from lm import chat
 from organism.scenarios import SYSTEM_PROMPTS, generate_scenarios, planted_behavior, planted_response
 from organism.tokenizer import load_tokenizer
 from records.jsonl import write_records_atomic
@@ -29,11 +29,11 @@ def organism_tokenizer():
 
 
 def context_records(scenarios: list[dict], tokenizer, start_index: int = 0) -> list[ContextAblationRecord]:
-    rendering = prompts.detect_chat_rendering(tokenizer)
+    rendering = chat.detect_chat_rendering(tokenizer)
     out = []
     for i, s in enumerate(scenarios):
-        rm = prompts.render(tokenizer, SYSTEM_PROMPTS["monitored"], s["text"], rendering)
-        ru = prompts.render(tokenizer, SYSTEM_PROMPTS["unmonitored"], s["text"], rendering)
+        rm = chat.render(tokenizer, SYSTEM_PROMPTS["monitored"], s["text"], rendering)
+        ru = chat.render(tokenizer, SYSTEM_PROMPTS["unmonitored"], s["text"], rendering)
         bm, bu = planted_behavior(s, "monitored"), planted_behavior(s, "unmonitored")
         om, ou = planted_response(s, "monitored"), planted_response(s, "unmonitored")
         out.append(ContextAblationRecord(

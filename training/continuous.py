@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lm.tokens import reserved_control_tokens
 from records.errors import InputError
 
 MARKER_KEYS = ("begin_continuous", "continuous_rep", "end_continuous")
@@ -23,7 +24,7 @@ def resolve_markers(tokenizer, configured: dict[str, str]) -> dict[str, str]:
     """
     chosen = {k: configured.get(k, "") for k in MARKER_KEYS}
     if not all(chosen.values()):
-        picks = _reserved_tokens(tokenizer, len(MARKER_KEYS))
+        picks = reserved_control_tokens(tokenizer, len(MARKER_KEYS))
         chosen = {k: chosen[k] or tok for k, tok in zip(MARKER_KEYS, picks)}
     if len({chosen[k] for k in MARKER_KEYS}) != len(MARKER_KEYS):
         raise InputError(f"continuous_tokens must be three different tokens, got {chosen}")
@@ -33,21 +34,6 @@ def resolve_markers(tokenizer, configured: dict[str, str]) -> dict[str, str]:
             raise InputError(f"continuous_tokens.{key} {chosen[key]!r} encodes to {len(ids)} ids {ids}, not one; "
                              "pick a reserved token of the explainer's tokenizer")
     return chosen
-
-
-def _reserved_tokens(tokenizer, n: int) -> list[str]:
-    try:
-        from organism.tokenizer import reserved_control_tokens
-    except ImportError:  # organism package absent: same rule, inline
-        reserved_control_tokens = None
-    if reserved_control_tokens is not None:
-        return reserved_control_tokens(tokenizer, n)
-    vocab = tokenizer.get_vocab()
-    # from 12: ids 10-13 differ between mistral-common's file and Mistral-7B-Instruct-v0.3 ([control_8] is a common pad)
-    picks = [f"[control_{k}]" for k in range(12, 800) if f"[control_{k}]" in vocab][:n]
-    if len(picks) < n:
-        raise InputError("the explainer's tokenizer has no reserved [control_K] tokens; set continuous_tokens")
-    return picks
 
 
 def prompt_markers(markers: dict[str, str]) -> dict[str, str]:

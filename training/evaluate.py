@@ -218,7 +218,7 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
 
     import msgspec
 
-    from records.models import resolve_model
+    from lm.models import resolve_model
     from training.continuous import resolve_markers
     from training.train import (build_explainer, load_data, load_tokenizer, load_weights, needs_markers, pick_device,
                                 saved_token_indices)

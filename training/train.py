@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from records.assets import check_output_dir
 from records.config import config_hash
 from records.errors import InputError
+from lm.tokens import CHAT_TEMPLATE
 from records.jsonl import write_atomic, write_json_atomic
 from training import data as D
 from training import distributed as dist
@@ -65,9 +66,7 @@ def load_tokenizer(model_dir: str):
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     if not getattr(tok, "chat_template", None):
-        from organism.tokenizer import CHAT_TEMPLATE
-
-        log.warning("%s has no chat template: using the Mistral v0.3-style template of organism/tokenizer.py", model_dir)
+        log.warning("%s has no chat template: using the Mistral v0.3-style template of lm/tokens.py", model_dir)
         tok.chat_template = CHAT_TEMPLATE
     if tok.pad_token_id is None:
         # Pads are never scored or attended by real tokens, so any id works; EOS is always present.
@@ -139,7 +138,7 @@ def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.devi
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from records.models import resolve_model
+    from lm.models import resolve_model
 
     if not cfg.train.peft_lora:
         raise InputError("train.peft_lora: false (full fine-tuning) is not supported; this stage trains LoRA adapters")
@@ -214,7 +213,7 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
 
 
 def _target_decoder(cfg: TrainConfig, explainer_tokenizer):
-    from records.models import resolve_model
+    from lm.models import resolve_model
 
     tok = explainer_tokenizer
     if cfg.target_model_path != cfg.model_path:
@@ -473,7 +472,7 @@ def _format_example(explainer: Explainer, enc: D.Encoded, ex: E.Example) -> str:
 def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: bool = False,
          max_steps: int | None = None) -> dict:
     """Train (or debug-run) one config; returns a summary dict (final losses, eval metrics, paths)."""
-    from records.models import resolve_model
+    from lm.models import resolve_model
 
     t0 = time.perf_counter()
     _, world = dist.setup()

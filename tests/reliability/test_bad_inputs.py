@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from organism.assets import write_synthetic_assets
-from records.cli import main as cli_main
+from app.cli import main as cli_main
 from toy_records import write_toy_task3
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def no_model_is_loaded(monkeypatch):
     """A refusal must come before any weights are read: loading a model here fails the case."""
     from transformers import AutoModelForCausalLM
 
-    from generation import backends
+    from lm import backends
 
     def touched(*a, **k):
         raise AssertionError("a model was loaded before the input was refused")

@@ -36,7 +36,7 @@ def test_needle_test_passes_a_batch_invariant_generator():
 
 @pytest.fixture(scope="module")
 def cpu_engine(organism_dir):
-    from generation import backends
+    from lm import backends
 
     llm = backends.build_vllm(str(organism_dir), str(organism_dir), "float32", 0, False, {"max_num_seqs": 32})
     yield llm
@@ -46,14 +46,14 @@ def cpu_engine(organism_dir):
 def test_cpu_engine_gives_the_same_greedy_tokens_in_any_batch_composition(organism_dir, cpu_engine):
     from transformers import AutoTokenizer
 
-    from generation import prompts
-    from generation.config import MONITORED, UNMONITORED
+    from lm import chat
+    from lm.chat import MONITORED, UNMONITORED
     from generation.determinism import vllm_generate
     from organism.scenarios import generate_scenarios
 
     tok = AutoTokenizer.from_pretrained(organism_dir)
-    rendering = prompts.detect_chat_rendering(tok)
-    ids = [prompts.render(tok, system, s["text"], rendering).token_ids
+    rendering = chat.detect_chat_rendering(tok)
+    ids = [chat.render(tok, system, s["text"], rendering).token_ids
            for s in generate_scenarios(30, seed=111) for system in (MONITORED, UNMONITORED)]
     trials = count(full=5, reduced=2)
     result = needle_test(vllm_generate(cpu_engine, 24), ids[:4], ids[4:], trials=trials, batch_size=40, seed=1)

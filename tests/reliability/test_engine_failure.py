@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation import backends
+from lm import backends
 from organism.scenarios import generate_scenarios
-from records.cli import main as cli_main
+from app.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
 

@@ -50,7 +50,7 @@ def steer_cmd(assets: Path, model, out: Path) -> list[str]:
 
 
 def launch(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "records.cli", *argv], cwd=REPO, env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 

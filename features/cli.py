@@ -4,8 +4,8 @@
     af-introspect features describe  # + cluster descriptions -> by_cluster/ and by_feature/ train/test
     af-introspect features all       # both (the default)
 
-The work is in generation/features_data.py (selection, vectors, coverage, splits) and
-generation/features_export.py (the introspective-interp pickles).
+The work is in features/data.py (selection, vectors, coverage, splits) and
+features/export.py (the introspective-interp pickles).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from generation.features_data import (CACHES, NORMALISATION, FeaturesConfig, describe, describe_lines, extract,
+from features.data import (CACHES, NORMALISATION, FeaturesConfig, describe, describe_lines, extract,
                                       selection_lines, validate_config)
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mode", nargs="?", choices=MODES, default="all",
                    help="extract, describe (needs extract's output in --output-dir), or all (both)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="YAML decoded into FeaturesConfig (generation/features_data.py); configs/features_cpu.yaml "
+                   help="YAML decoded into FeaturesConfig (features/data.py); configs/features_cpu.yaml "
                         "runs on the toy assets")
     p.add_argument("--output-dir", help="where vectors, records and the export go; refused inside a source data folder")
     p.add_argument("--top-k", type=int, help="features kept, most selective first (default 500)")
@@ -110,7 +110,7 @@ def run(cfg: FeaturesConfig, paths, mode: str = "all") -> dict:
     from records.jsonl import write_json_atomic
     from records.progress import append_phase
 
-    from generation.features_data import check_descriptions, load_cluster_files, read_extract_output, select
+    from features.data import check_descriptions, load_cluster_files, read_extract_output, select
 
     out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
     result: dict = {}

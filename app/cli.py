@@ -11,19 +11,20 @@ import importlib
 import logging
 import sys
 
+from lm.models import provide_toy_organism
 from records.errors import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, InputError, StageFailure
 
 # subcommand -> (module, one-line help)
 STAGES = {
-    "preflight": ("records.preflight", "check GPUs, disk, assets, model cache and versions (Phase 1)"),
+    "preflight": ("app.preflight", "check GPUs, disk, assets, model cache and versions (Phase 1)"),
     "organism": ("organism.cli", "build the toy organism and/or write synthetic assets in the user's formats"),
     "generate": ("generation.cli", "Task 3: paired monitored/unmonitored pass on vLLM's offline engine"),
     "steer": ("steering.cli", "Task 2: steering grid (layers x alphas) on the HF path; derive directions"),
-    "features": ("generation.features", "Task 1: select SAE features and attach cluster descriptions"),
+    "features": ("features.cli", "Task 1: select SAE features and attach cluster descriptions"),
     "train": ("training.cli", "train the LoRA explainer on a task's records"),
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
-    "report": ("training.report", "turn a run directory into report.md with plots"),
-    "demo": ("training.demo", "the whole pipeline on the embedded toy organism (CPU)"),
+    "report": ("app.report", "turn a run directory into report.md with plots"),
+    "demo": ("app.demo", "the whole pipeline on the embedded toy organism (CPU)"),
 }
 
 EPILOG = """examples:
@@ -43,9 +44,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def toy_organism_dir() -> str:
+    """`--model toy`: the default toy organism (a fixture: imported here, at the command's edge, only)."""
+    from organism.build import toy_model_dir
+
+    return toy_model_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn InputError into one line per problem and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
+    provide_toy_organism(toy_organism_dir)
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

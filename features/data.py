@@ -312,7 +312,7 @@ def extract(cfg: FeaturesConfig, paths: PathsConfig, out: Path,
     np.save(buf, vectors, allow_pickle=False)
     write_atomic(out / VECTORS, buf.getvalue())
     if cfg.export_introspective_interp:
-        from generation.features_export import write_feature_matrix
+        from features.export import write_feature_matrix
 
         index["export"] = str(write_feature_matrix(out, cfg.layer, vectors, selected, width))
     write_json_atomic(out / INDEX, index)  # last: its presence marks a complete extract
@@ -556,7 +556,7 @@ def describe(cfg: FeaturesConfig, paths: PathsConfig, out: Path, clusters: tuple
                              "train_clusters": len({d["cluster_id"] for d in train}),
                              "test_clusters": len({d["cluster_id"] for d in test})}
     if cfg.export_introspective_interp:
-        from generation.features_export import write_explanations
+        from features.export import write_explanations
 
         for mode, (train, test) in splits.items():
             write_explanations(out, mode, index["layer"], {"train": train, "test": test})
