@@ -14,6 +14,9 @@ import json
 import time
 from pathlib import Path
 
+from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
+from records.schema import ContextAblationSummary, SteeringSummary, read_summary
+
 # (task folder, training config stem, records folder inside the run)
 EXPLAINERS = (
     ("task3", "af_context_ablation", "task3"),
@@ -41,16 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steer-scenarios", type=int, default=40, help="scenarios in the steering grid")
     p.add_argument("--max-steps", type=int, default=0, help="cap each explainer's training (0: the config's epochs)")
     p.add_argument("--tasks", default="task3,task2,task1", help="which explainers to train, comma-separated")
-    p.add_argument("--progress-log", default="PROGRESS.md", help="research log the stages append to")
+    p.add_argument("--progress-log", help="research log the stages append to (default: RUN_DIR/PROGRESS.md; the "
+                                          "repository's PROGRESS.md is for real runs)")
 
 
 def _cli(argv: list) -> None:
+    """One stage through the CLI; its failure keeps its kind (exit 2: bad input, exit 1: the stage failed)."""
     from app.cli import main as cli_main
-    from records.errors import InputError
 
     code = cli_main([str(a) for a in argv])
+    if code == EXIT_BAD_INPUT:
+        raise InputError(f"demo stage `{argv[0]}` refused its input (exit {code}); its message is above")
     if code:
-        raise InputError(f"demo stage `{argv[0]}` failed (exit {code}); its message is above")
+        raise StageFailure(f"demo stage `{argv[0]}` failed (exit {code}); its message is above")
 
 
 def _paths_yaml(run: Path, assets: Path) -> Path:
@@ -71,10 +77,10 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         changed = "-"
         summary = run / task / "summary.json"
         if task == "task3" and summary.is_file():
-            changed = f"{json.loads(summary.read_text())['behavior_changed_rate']:.0%}"
+            changed = f"{read_summary(summary, ContextAblationSummary).behavior_changed_rate:.0%}"
         if task == "task2" and summary.is_file():
-            rates = [a["behavior_changed_rate"] for a in json.loads(summary.read_text())["per_arm"].values()
-                     if a["behavior_changed_rate"] is not None]
+            rates = [a.behavior_changed_rate for a in read_summary(summary, SteeringSummary).per_arm.values()
+                     if a.behavior_changed_rate is not None]
             changed = f"{sum(rates) / len(rates):.0%}" if rates else "-"
         metrics = run / f"explainer_{task}" / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
@@ -95,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     assets = run / "assets"
-    log = args.progress_log
+    log = args.progress_log or run / "PROGRESS.md"
     timings: dict[str, float] = {}
 
     def stage(name: str, argv: list) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from records.jsonl import read_records, write_json_atomic
+from records.schema import ContextAblationRecord, ContextAblationSummary, SteeringSummary, read_summary
+
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
 
@@ -34,11 +37,19 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def plot_change_by_label(records: list[dict], path: Path) -> dict[str, tuple[int, float]]:
+def _save(fig, path: Path, data) -> None:
+    """The PNG, and beside it (same stem, .json) the numbers it shows, so a reader or a test can check them."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    write_json_atomic(path.with_suffix(".json"), data)
+
+
+def plot_change_by_label(records: list[ContextAblationRecord], path: Path) -> dict[str, tuple[int, float]]:
     """Bar chart: share of scenarios whose behaviour changed (monitored -> unmonitored), per scenario label."""
     by_label: dict[str, list[bool]] = {}
     for r in records:
-        by_label.setdefault(r["label"], []).append(r["behavior_changed"])
+        by_label.setdefault(r.label, []).append(r.behavior_changed)
     rates = {k: (len(v), sum(v) / len(v)) for k, v in sorted(by_label.items())}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.8 + 1.2 * len(rates), 3.4))
@@ -49,28 +60,24 @@ def plot_change_by_label(records: list[dict], path: Path) -> dict[str, tuple[int
     ax.set_xlabel("scenario label")
     ax.set_ylabel("behaviour changed (%)")
     ax.set_title("Monitored -> unmonitored: behaviour change by label", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, {k: {"n": n, "rate": r} for k, (n, r) in rates.items()})
     return rates
 
 
-def plot_dose_response(summary: dict, path: Path) -> None:
+def plot_dose_response(summary: SteeringSummary, path: Path) -> None:
     """Behaviour change rate vs alpha, one line per steered layer set."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name, row in zip(summary["layer_sets"], summary["behavior_changed_rate"]):
-        ax.plot(summary["alphas"], [np.nan if v is None else 100 * v for v in row], marker="o", label=f"layers {name}")
-    unit = "x mean residual norm" if summary.get("scale") == "residual_norm" else "raw, unit direction"
+    for name, row in zip(summary.layer_sets, summary.behavior_changed_rate):
+        ax.plot(summary.alphas, [np.nan if v is None else 100 * v for v in row], marker="o", label=f"layers {name}")
+    unit = "x mean residual norm" if summary.scale == "residual_norm" else "raw, unit direction"
     ax.set_xlabel(f"alpha ({unit})")
     ax.set_ylabel("behaviour changed (%)")
     ax.set_ylim(-5, 105)
     ax.set_title("Steering dose-response", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, {"alphas": summary.alphas, "series": dict(zip(summary.layer_sets, summary.behavior_changed_rate))})
 
 
 def plot_training(metrics: list[dict], path: Path, title: str) -> bool:
@@ -100,9 +107,9 @@ def plot_training(metrics: list[dict], path: Path, title: str) -> bool:
     else:
         b.text(0.5, 0.5, "no generation evals in this run", ha="center", va="center", transform=b.transAxes)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, {"train_loss": [[m["step"], m["loss"]] for m in train],
+                      "eval_loss": [[m["step"], m["eval_loss"]] for m in evals],
+                      "eval_scores": {k: [[m["step"], m[k]] for m in evals if k in m] for k in keys}})
     return True
 
 
@@ -126,10 +133,9 @@ def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
     ax.set_ylabel("held-out features")
     ax.set_title("Task 1: description similarity, explainer vs baselines", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return {m: float(s.mean()) for m, s in sims.items()}
+    means = {m: float(s.mean()) for m, s in sims.items()}
+    _save(fig, path, {"mean_similarity": means, "n": {m: len(s) for m, s in sims.items()}})
+    return means
 
 
 def _metrics_table(metrics: dict) -> list[str]:
@@ -161,13 +167,14 @@ def build_report(run: Path) -> Path:
 
     t3 = run / "task3"
     if (t3 / "train.json").is_file():
-        records = _read_jsonl(t3 / "train.json") + _read_jsonl(t3 / "test.json")
+        records = [r for split in ("train.json", "test.json")
+                   for r in read_records(t3 / split, ContextAblationRecord, strict=True)]
         rates = plot_change_by_label(records, plots / "task3_change_by_label.png")
-        s = json.loads((t3 / "summary.json").read_text()) if (t3 / "summary.json").is_file() else {}
+        s = read_summary(t3 / "summary.json", ContextAblationSummary)
         md += ["## Task 3: monitored vs unmonitored", "",
-               f"{len(records)} scenario pairs; outputs changed {s.get('output_changed_rate', float('nan')):.1%}, "
-               f"behaviour changed {s.get('behavior_changed_rate', float('nan')):.1%}; noise floor (same prompt, other "
-               f"batch position): {s.get('control_output_changed_rate') or 0:.1%} of {s.get('control_n', 0)}.", "",
+               f"{len(records)} scenario pairs; outputs changed {s.output_changed_rate:.1%}, "
+               f"behaviour changed {s.behavior_changed_rate:.1%}; noise floor (same prompt, other "
+               f"batch position): {s.control_output_changed_rate or 0:.1%} of {s.control_n}.", "",
                "| label | n | behaviour changed |", "|---|---|---|"]
         md += [f"| {k} | {n} | {r:.1%} |" for k, (n, r) in rates.items()]
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
@@ -176,11 +183,13 @@ def build_report(run: Path) -> Path:
     if (t2 / "summary.json").is_file():
         from steering.run import format_table, save_heatmap
 
-        s = json.loads((t2 / "summary.json").read_text())
+        s = read_summary(t2 / "summary.json", SteeringSummary)
         save_heatmap(s, plots / "task2_heatmap.png", "Behaviour change rate: steered layer(s) x alpha")
+        write_json_atomic(plots / "task2_heatmap.json", {"layer_sets": s.layer_sets, "alphas": s.alphas,
+                                                         "behavior_changed_rate": s.behavior_changed_rate})
         plot_dose_response(s, plots / "task2_dose_response.png")
-        md += ["## Task 2: steering grid", "", f"{s['n_records']} steered records over {s['n_scenarios']} scenarios "
-               f"(scale {s['scale']}, positions {s['positions']}).", "", "```", *format_table(s), "```", "",
+        md += ["## Task 2: steering grid", "", f"{s.n_records} steered records over {s.n_scenarios} scenarios "
+               f"(scale {s.scale}, positions {s.positions}).", "", "```", *format_table(s), "```", "",
                "![heatmap](plots/task2_heatmap.png)", "", "![dose-response](plots/task2_dose_response.png)", ""]
 
     md += ["## Explainer training and evaluation", ""]

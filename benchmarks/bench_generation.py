@@ -247,21 +247,21 @@ def bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, r
     work = Path(os.environ.get("BENCH_WORK", "/tmp/af_bench_generation"))
     shutil.rmtree(work, ignore_errors=True)
     cfg = GenerateConfig(output_dir=str(work / "out"), model=model_dir, backend="vllm", dtype=dtype,
-                         max_tokens=args.max_tokens, test_size=min(200, len(scenarios) // 5),
+                         max_new_tokens=args.max_tokens, test_size=min(200, len(scenarios) // 5),
                          control_size=args.control, batch_invariant=args.batch_invariant, ignore_eos=True,
                          engine=engine, progress_log=str(work / "PROGRESS.md"))
     scen = [Scenario(id=content_id(s["text"]), text=s["text"], label=s["label"], source=s["source"]) for s in scenarios]
     t = time.perf_counter()
     summary = run_generate(cfg, scen, [work / "src"], llm=llm)
     results["our_pass_total_s"] = round(time.perf_counter() - t, 2)
-    results["our_pass_generation_s"] = round(summary["wall_seconds"]["generation"], 2)
+    results["our_pass_generation_s"] = round(summary.wall_seconds["generation"], 2)
     pass_tokens = out_tokens + args.control * args.max_tokens
     results["our_pass_out_tok_s"] = round(pass_tokens / results["our_pass_generation_s"])
     results["our_pass_out_tok_s_incl_finalise"] = round(pass_tokens / results["our_pass_total_s"])
     if bare is not None:
         results["our_overhead_pct"] = round(100 * (results["our_pass_total_s"] * out_tokens / pass_tokens / bare - 1), 1)
     if args.control:
-        results["control_output_changed"] = f"{round(summary['control_output_changed_rate'] * args.control)}/{args.control}"
+        results["control_output_changed"] = f"{round(summary.control_output_changed_rate * args.control)}/{args.control}"
 
 
 def write_results(args, results, engine, command) -> None:

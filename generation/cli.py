@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/generate.yaml"
@@ -26,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["vllm", "hf"], help="vllm (main path) or hf (reference/fallback)")
     p.add_argument("--batch-size", type=int,
                    help="vllm: max_num_seqs (sequences in flight); hf: rows per generate() call")
-    p.add_argument("--max-new-tokens", type=int, help="greedy output length cap (max_tokens)")
+    p.add_argument("--max-new-tokens", type=int, help="greedy output length cap (max_new_tokens)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
     p.add_argument("--test-size", type=int, help="last N scenarios held out as test.json")
     p.add_argument("--save-every", type=int, help="fsync progress every N finished pairs")
@@ -43,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", help="lm_judge: local instruct model (default: the organism)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set engine.max_num_batched_tokens=16384")
-    p.add_argument("--paths-config", default="configs/paths.yaml", help="asset locations (PathsConfig)")
+    p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")
     from records.paths import add_path_arguments
 
     add_path_arguments(p)
@@ -55,9 +54,10 @@ def config_from_args(args: argparse.Namespace):
     from records.config import cli_overrides, load_config
 
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "backend": args.backend,
-             "max_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
+             "max_new_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
              "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
-             "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel}
+             "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel,
+             "paths": args.paths_config}
     overrides = cli_overrides(args.set, flags)
     if args.no_batch_invariant:
         overrides["batch_invariant"] = "off"
@@ -70,11 +70,10 @@ def config_from_args(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from generation.run import main as run
     from records.assets import load_scenarios
-    from records.config import load_config
-    from records.paths import PathsConfig, overrides_from_args, resolve_paths
+    from records.paths import load_stage_paths
 
     cfg = config_from_args(args)
-    paths = resolve_paths(load_config(args.paths_config, PathsConfig), os.environ, overrides_from_args(args))
+    paths = load_stage_paths(cfg.paths, args)
     input_path = Path(cfg.input or paths.gold_1560)
     scenarios = load_scenarios(input_path, paths.known_labels)
     source_dirs = [Path(paths.data_root), input_path.parent]

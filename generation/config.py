@@ -18,7 +18,7 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     tokenizer: str = ""  # "" = the model's own
     backend: Literal["vllm", "hf"] = "vllm"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    max_tokens: int = 256
+    max_new_tokens: int = 256  # greedy output length cap
     save_every: int = 100  # finished pairs per fsynced flush
     test_size: int = 200  # the last N scenarios (input order) form test.json
     limit: int = 0  # 0 = all scenarios; N = the first N (quick tries)
@@ -28,7 +28,7 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     labeller: Literal["rules", "lm_judge"] = "rules"
     judge_model: str = ""  # lm_judge: local instruct model; "" = the organism itself
     hf_batch_size: int = 64
-    ignore_eos: bool = False  # benchmarks only: force every output to max_tokens so timings are honest
+    ignore_eos: bool = False  # benchmarks only: force every output to max_new_tokens so timings are honest
     seed: int = 0
     data_parallel: int = 1  # engines, one per GPU, each on its own shard of the scenarios
     paths: str = "configs/paths.yaml"

@@ -21,6 +21,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tqdm import tqdm
 
 from lm import backends, chat, labels
+from lm.batching import pad_token_id
 from generation.config import GenerateConfig
 from records.config import config_hash, encode_config
 from records.errors import InputError, StageFailure
@@ -28,7 +29,9 @@ from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import installed_version, make_manifest
-from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario
+from records.resume import check_resume_key, require_completions
+from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRecord, EngineInfo, LabelChange,
+                            RawCompletion, Scenario)
 
 log = logging.getLogger(__name__)
 SIDES = chat.CONTEXTS
@@ -58,18 +61,9 @@ def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, re
 
 def resume_key(cfg: GenerateConfig, model: str, n_scenarios: int, batch_invariant: bool) -> str:
     """What must match for a resumed run to continue an earlier one's completions."""
-    return config_hash({"model": model, "prompts": encode_config(cfg.prompts), "max_tokens": cfg.max_tokens,
+    return config_hash({"model": model, "prompts": encode_config(cfg.prompts), "max_tokens": cfg.max_new_tokens,
                         "dtype": backends.resolve_dtype(cfg.dtype), "backend": cfg.backend,
                         "n": n_scenarios, "batch_invariant": batch_invariant, "input": cfg.input})
-
-
-def _check_resume(work: Path, key: str) -> None:
-    marker = work / "resume_key"
-    if marker.exists() and marker.read_text().strip() != key:
-        raise InputError(f"{work.parent}: holds a run made with different settings (model, prompts, input, "
-                         "dtype, backend or length); use another --output-dir or delete it")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
 
 
 def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests, writer: ShardWriter,
@@ -91,14 +85,14 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         import vllm
 
         version = vllm.__version__
-        stream = backends.vllm_stream(llm, todo, cfg.max_tokens, force_length=cfg.ignore_eos)
+        stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos)
     else:
         import transformers
 
         version = transformers.__version__
         hf = backends.load_hf_model(model_dir, cfg.dtype)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        stream = backends.hf_stream(hf, todo, cfg.max_tokens, tokenizer.eos_token_id, pad, cfg.hf_batch_size,
+        pad = pad_token_id(tokenizer)
+        stream = backends.hf_stream(hf, todo, cfg.max_new_tokens, tokenizer.eos_token_id, pad, cfg.hf_batch_size,
                                     force_length=cfg.ignore_eos)
     engine_start = time.perf_counter() - t0
     buffer: list[RawCompletion] = []
@@ -148,11 +142,6 @@ def check_engine_settings(engine: dict, batch_invariant: bool) -> None:
                          "drop it, or set batch_invariant: off to accept that noise knowingly")
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Engine failures are retried; bad input and interrupts are not."""
-    return not isinstance(exc, (InputError, KeyboardInterrupt))
-
-
 def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Path, batch_invariant: bool,
              llm=None, rank: int | None = None):
     """The pass with bounded retries: each retry reopens the shard (so it resumes) with less memory asked.
@@ -176,13 +165,13 @@ def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Pat
             torch.cuda.empty_cache()
 
     try:
-        for attempt in Retrying(retry=retry_if_exception(_is_transient), stop=stop_after_attempt(3),
+        for attempt in Retrying(retry=retry_if_exception(backends.is_transient), stop=stop_after_attempt(3),
                                 before_sleep=lower_memory, reraise=True):
             with attempt, ShardWriter(shard, RawCompletion) as writer:
                 return stream_completions(cfg, model_dir, tokenizer, requests, writer, batch_invariant,
                                           engine_kwargs, llm)
     except Exception as e:
-        if not _is_transient(e):
+        if not backends.is_transient(e):
             raise
         done = len(read_all_shards(work, SHARD_STEM, RawCompletion))
         raise StageFailure(f"{classify_failure(e)} (3 attempts); {done} of {len(requests)} completions are "
@@ -256,7 +245,7 @@ def build_controls(scenarios, completions, behaviour, cfg, engine) -> list[Contr
     return out
 
 
-def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord]) -> dict:
+def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord]) -> ContextAblationSummary:
     """Totals, change rates overall and by label, response lengths, and the noise floor."""
     n = len(records)
     by_label: dict[str, list[ContextAblationRecord]] = {}
@@ -264,49 +253,47 @@ def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord
         by_label.setdefault(r.label, []).append(r)
     tokens = [t for r in records for t in (r.monitored_output_tokens, r.unmonitored_output_tokens)]
     chars = [len(t) for r in records for t in (r.monitored_output, r.unmonitored_output)]
-    return {
-        "n_pairs": n,
-        "output_changed_rate": sum(r.changed_pred_bc_hint for r in records) / n,
-        "behavior_changed_rate": sum(r.behavior_changed for r in records) / n,
-        "behavior_changed_by_label": {k: {"n": len(v), "rate": sum(r.behavior_changed for r in v) / len(v)}
-                                      for k, v in sorted(by_label.items())},
-        "transitions": dict(sorted(Counter(f"{r.monitored_behavior}->{r.unmonitored_behavior}" for r in records).items())),
-        "mean_output_tokens": sum(tokens) / len(tokens),
-        "mean_output_chars": sum(chars) / len(chars),
-        "truncated_outputs": sum(r.monitored_finish_reason == "length" for r in records)
+    return ContextAblationSummary(
+        n_pairs=n,
+        output_changed_rate=sum(r.changed_pred_bc_hint for r in records) / n,
+        behavior_changed_rate=sum(r.behavior_changed for r in records) / n,
+        behavior_changed_by_label={k: LabelChange(n=len(v), rate=sum(r.behavior_changed for r in v) / len(v))
+                                   for k, v in sorted(by_label.items())},
+        transitions=dict(sorted(Counter(f"{r.monitored_behavior}->{r.unmonitored_behavior}" for r in records).items())),
+        mean_output_tokens=sum(tokens) / len(tokens),
+        mean_output_chars=sum(chars) / len(chars),
+        truncated_outputs=sum(r.monitored_finish_reason == "length" for r in records)
         + sum(r.unmonitored_finish_reason == "length" for r in records),
-        "control_n": len(controls),
-        "control_output_changed_rate": sum(c.output_changed for c in controls) / len(controls) if controls else None,
-        "control_behavior_changed_rate": sum(c.behavior_changed for c in controls) / len(controls) if controls else None,
-    }
+        control_n=len(controls),
+        control_output_changed_rate=sum(c.output_changed for c in controls) / len(controls) if controls else None,
+        control_behavior_changed_rate=(sum(c.behavior_changed for c in controls) / len(controls)
+                                       if controls else None),
+    )
 
 
-
-def format_summary(s: dict, engine: EngineInfo, wall: dict) -> list[str]:
+def format_summary(s: ContextAblationSummary, engine: EngineInfo, wall: dict) -> list[str]:
     lines = [
-        f"pairs: {s['n_pairs']}  (backend {engine.backend} {engine.engine_version}, {engine.dtype}, "
+        f"pairs: {s.n_pairs}  (backend {engine.backend} {engine.engine_version}, {engine.dtype}, "
         f"batch-invariant {engine.batch_invariant}, {engine.device})",
-        f"outputs changed (monitored vs unmonitored): {s['output_changed_rate']:.1%}",
-        f"behaviour changed: {s['behavior_changed_rate']:.1%}",
+        f"outputs changed (monitored vs unmonitored): {s.output_changed_rate:.1%}",
+        f"behaviour changed: {s.behavior_changed_rate:.1%}",
     ]
-    lines += [f"  label {k}: {v['rate']:.1%} of {v['n']}" for k, v in s["behavior_changed_by_label"].items()]
-    lines.append("  transitions monitored->unmonitored: "
-                 + ", ".join(f"{k} {v}" for k, v in s["transitions"].items()))
-    if s["control_n"]:
-        lines.append(f"noise floor (same prompt, other batch position, n={s['control_n']}): outputs changed "
-                     f"{s['control_output_changed_rate']:.1%}, behaviour changed "
-                     f"{s['control_behavior_changed_rate']:.1%}")
-    lines.append(f"mean response length: {s['mean_output_tokens']:.1f} tokens, {s['mean_output_chars']:.0f} chars; "
-                 f"{s['truncated_outputs']} outputs hit max_tokens")
+    lines += [f"  label {k}: {v.rate:.1%} of {v.n}" for k, v in s.behavior_changed_by_label.items()]
+    lines.append("  transitions monitored->unmonitored: " + ", ".join(f"{k} {v}" for k, v in s.transitions.items()))
+    if s.control_n:
+        lines.append(f"noise floor (same prompt, other batch position, n={s.control_n}): outputs changed "
+                     f"{s.control_output_changed_rate:.1%}, behaviour changed {s.control_behavior_changed_rate:.1%}")
+    lines.append(f"mean response length: {s.mean_output_tokens:.1f} tokens, {s.mean_output_chars:.0f} chars; "
+                 f"{s.truncated_outputs} outputs hit max_new_tokens")
     lines.append("wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items()))
-    if s["behavior_changed_rate"] < LOW_CHANGE_WARNING:
-        lines.append(f"WARNING: behaviour changed in only {s['behavior_changed_rate']:.1%} of pairs (< 20%): "
+    if s.behavior_changed_rate < LOW_CHANGE_WARNING:
+        lines.append(f"WARNING: behaviour changed in only {s.behavior_changed_rate:.1%} of pairs (< 20%): "
                      "try stronger system-prompt wording (prompts: in the config) before training on this")
     return lines
 
 
-def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path], llm=None) -> dict:
-    """Run the paired pass on already-validated scenarios; returns the summary dict.
+def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path], llm=None) -> ContextAblationSummary:
+    """Run the paired pass on already-validated scenarios; returns the summary.
 
     `llm`: an engine already started for this model (benchmarks, the demo); built from `cfg` if None.
     """
@@ -334,7 +321,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
     rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
     work = out / "_work"
-    _check_resume(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant))
+    check_resume_key(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant),
+                     "model, prompts, input, dtype, backend or length")
     t_setup = time.perf_counter()
     if cfg.data_parallel > 1:
         llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
@@ -348,13 +336,11 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         gc.collect()
     t_gen = time.perf_counter()
     completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-    missing = [k for k, _ in requests if k not in completions]
-    if missing:
-        raise RuntimeError(f"{len(missing)} prompts have no completion after the pass (first: {missing[0]})")
+    require_completions((k for k, _ in requests), completions, "prompts")
     keys = [k for k, _ in requests]
     behaviour = dict(zip(keys, label_texts(cfg, [completions[k].text for k in keys], llm, model_dir)))
     engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
-                        dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_tokens,
+                        dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                         batch_invariant=batch_invariant, engine_version=version, chat_rendering=rendering,
                         device=torch.cuda.get_device_name() if on_gpu else "cpu")
     records = build_records(scenarios, rendered, completions, behaviour, cfg, engine)
@@ -366,8 +352,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     summary = summarise(records, controls)
     wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
             "finalise": time.perf_counter() - t_gen}
-    summary["wall_seconds"] = wall
-    summary["output_tokens_per_second"] = sum(
+    summary.wall_seconds = wall
+    summary.output_tokens_per_second = sum(
         r.monitored_output_tokens + r.unmonitored_output_tokens for r in records) / max(wall["generation"], 1e-9)
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
+from lm.batching import left_pad
 from records.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,16 @@ def is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, torch.OutOfMemoryError) or any(
         s in text for s in ("out of memory", "no available memory for the cache", "insufficient memory"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry with a fresh engine: out of memory, or the engine died (a RuntimeError from a forward
+    or from CUDA, vLLM's EngineDeadError). Bad input, interrupts and programming errors (TypeError,
+    KeyError, NotImplementedError, ...) would fail the same way again: they are not retried."""
+    if isinstance(exc, (InputError, NotImplementedError, RecursionError)) or not isinstance(exc, Exception):
+        return False
+    return is_oom(exc) or isinstance(exc, RuntimeError) or type(exc).__name__ in ("EngineDeadError",
+                                                                                    "EngineGenerateError")
 
 
 def build_vllm(model: str, tokenizer: str, dtype: str, seed: int, batch_invariant: bool,
@@ -101,9 +112,14 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
                             output_kind=RequestOutputKind.FINAL_ONLY)
     engine = llm.llm_engine
     eos = {llm.get_tokenizer().eos_token_id} if not force_length else set()
+    requests = list(requests)
+    prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in requests]
+    renderer = getattr(engine, "renderer", None)
+    if hasattr(renderer, "render_cmpl"):  # newer vLLM: raw prompts to add_request are deprecated
+        prompts = renderer.render_cmpl(prompts)
     pending = set()
-    for key, ids in requests:
-        engine.add_request(key, TokensPrompt(prompt_token_ids=ids), params)
+    for (key, _), prompt in zip(requests, prompts):
+        engine.add_request(key, prompt, params)
         pending.add(key)
     try:
         while engine.has_unfinished_requests():
@@ -142,12 +158,8 @@ def hf_stream(model, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
     device = next(model.parameters()).device
     for start in range(0, len(reqs), batch_size):
         chunk = reqs[start:start + batch_size]
-        width = max(len(ids) for _, ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (_, ids) in enumerate(chunk):  # left padding: generation continues from the right edge
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
+        input_ids, mask = left_pad([ids for _, ids in chunk], pad_token_id)  # [batch, width]
+        width = input_ids.shape[1]
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
             max_new_tokens=max_tokens, min_new_tokens=max_tokens if force_length else None,

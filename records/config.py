@@ -1,4 +1,9 @@
-"""Typed configs: YAML decoded into msgspec Structs, so a typo or a wrong type fails at load with its path."""
+"""Typed configs: YAML decoded into msgspec Structs, so a typo or a wrong type fails at load with its path.
+
+Every default lives in the Struct; a YAML says only what differs. A YAML may start from another one with
+`base: other.yaml` (a path relative to the including file): mappings merge key by key, the including
+file's values win, lists and scalars are replaced whole.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +19,45 @@ T = TypeVar("T")
 
 
 def load_config(path: str | Path, config_type: type[T], overrides: dict | None = None) -> T:
-    """Decode the YAML file at `path` into `config_type`.
+    """Decode the YAML file at `path` (and its `base:` chain) into `config_type`.
 
     `overrides` (dotted keys, e.g. {"engine.max_num_seqs": 64}) are applied before validation, so they
     are checked like the file's own values. Unknown keys and wrong types raise InputError naming the
     file and the field path, e.g. `configs/x.yaml: Expected `int`, got `str` - at `$.batch_size``.
     """
     path = Path(path)
+    raw = read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return convert_config(raw, config_type, where=str(path))
+
+
+def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The mapping a config file means, its `base:` files merged underneath."""
     if not path.is_file():
-        raise InputError(f"{path}: config file not found")
+        raise InputError(f"{path}: config file not found" + (f" (base of {_chain[-1]})" if _chain else ""))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as e:
         raise InputError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return convert_config(raw, config_type, where=str(path))
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise InputError(f"{path}: base must be the path of another YAML file, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (*_chain, path)}:
+        raise InputError(f"{path}: base {base} includes itself ({' -> '.join(map(str, (*_chain, path, base_path)))})")
+    return _merge(read_yaml(base_path, (*_chain, path)), raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_set_args(items: list[str]) -> dict:

@@ -1,5 +1,8 @@
 """Where the user's assets live: one typed config, overridable by env vars and CLI flags.
 
+Which paths file a stage reads, one rule for every stage: the stage config's `paths` field (training:
+`train.paths`), which `--paths-config` on the command line sets; the file must exist.
+
 Precedence, lowest to highest: defaults in `PathsConfig` < configs/paths.yaml < `AF_<FIELD>` env vars <
 `--<field>` CLI flags. File fields given in the YAML (or left at their defaults) are relative to
 `data_root`; values from env vars or flags are taken as typed, relative to the working directory, as a
@@ -138,6 +141,14 @@ def resolve_paths(
         return msgspec.convert(values, PathsConfig)
     except msgspec.ValidationError as e:
         raise InputError(f"paths config: {e}") from None
+
+
+def load_stage_paths(paths_file: str, args: argparse.Namespace | None = None,
+                     env: Mapping[str, str] = os.environ) -> PathsConfig:
+    """The resolved paths of a stage whose config names `paths_file`, with the `--<field>` flags in `args`."""
+    from records.config import load_config
+
+    return resolve_paths(load_config(paths_file, PathsConfig), env, overrides_from_args(args) if args else None)
 
 
 def expand(pattern: str | Path) -> list[Path]:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from pathlib import Path
+from typing import TypeVar
 
 import msgspec
+
+from records.errors import InputError
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -135,8 +141,11 @@ class PatchPosition(msgspec.Struct, forbid_unknown_fields=True):
     token for the `last` and `all` policies (the position whose steering decides the first output token)
     and the first generated position for `generated` (orig_text_token is then the baseline's first token).
     The vector added is `alpha_effective[k] * unit(direction)` at layer `layer[k]`: written inline only
-    with `inline_vectors: true` (hidden_size floats per record); otherwise null, and the direction is the
-    `direction_path` file (relative to the records folder) scaled by `alpha_effective`.
+    with `inline_vectors: true`, one per steered layer in `intervention_vectors` (hidden_size floats
+    each); `intervention_vector` holds the vector only when every steered layer gets the same one (one
+    layer, or equal effective alphas), since ActPatchDataset injects one vector at every listed layer.
+    Otherwise both are null, and the direction is the `direction_path` file (relative to the records
+    folder) scaled by `alpha_effective`.
     """
 
     orig_pos: int
@@ -144,6 +153,7 @@ class PatchPosition(msgspec.Struct, forbid_unknown_fields=True):
     counterfact_pos: int
     counterfact_text_token: str
     intervention_vector: list[float] | None = None
+    intervention_vectors: list[list[float]] | None = None
 
 
 class SteeringRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -220,3 +230,81 @@ class RunManifest(msgspec.Struct, forbid_unknown_fields=True):
     model: str = ""
     inputs: dict[str, str] = {}  # asset name -> path
     schema_version: int = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run summaries: summary.json of each data stage, read by the report and the demo.
+
+
+class LabelChange(msgspec.Struct, forbid_unknown_fields=True):
+    n: int
+    rate: float
+
+
+class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
+    """Task 3's summary.json: change rates overall and by label, lengths, and the noise floor."""
+
+    n_pairs: int
+    output_changed_rate: float
+    behavior_changed_rate: float
+    behavior_changed_by_label: dict[str, LabelChange]
+    transitions: dict[str, int]  # "monitored->unmonitored" behaviour -> count
+    mean_output_tokens: float
+    mean_output_chars: float
+    truncated_outputs: int
+    control_n: int
+    control_output_changed_rate: float | None
+    control_behavior_changed_rate: float | None
+    wall_seconds: dict[str, float] = {}
+    output_tokens_per_second: float = 0.0
+
+
+class ResidualNorm(msgspec.Struct, forbid_unknown_fields=True):
+    """Residual-stream L2 norm after one layer over a run's prompt tokens (BOS left out)."""
+
+    mean: float
+    median: float
+    n_tokens: int
+
+
+class ArmSummary(msgspec.Struct, forbid_unknown_fields=True):
+    n: int
+    behavior_changed_rate: float | None
+    output_changed_rate: float | None
+    by_label: dict[str, float | None]
+    transitions: dict[str, int]
+
+
+class DirectionInfo(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    id: str
+    norm: float
+
+
+class SteeringSummary(msgspec.Struct, forbid_unknown_fields=True):
+    """Task 2's summary.json: behaviour change rate per (layer set, alpha), per arm, residual norms."""
+
+    n_records: int
+    n_scenarios: int
+    contexts: list[str]
+    scale: str
+    positions: str
+    layer_sets: list[str]  # "20", "20+30"
+    alphas: list[float]
+    behavior_changed_rate: list[list[float | None]]  # [layer set][alpha]
+    per_arm: dict[str, ArmSummary]
+    residual_norms: dict[str, ResidualNorm]  # layer -> norm (scale residual_norm)
+    wall_seconds: dict[str, float] = {}
+    direction: DirectionInfo | None = None
+    engine_stats: dict[str, int | float] | None = None
+
+
+def read_summary(path: str | Path, summary_type: type[T]) -> T:
+    """A summary.json decoded into its struct; a missing or corrupt file is one InputError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=summary_type)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise InputError(f"{path}: not a valid {summary_type.__name__}: {e}") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/steer.yaml"
@@ -64,18 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=int, help="last N scenarios held out as test.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set norm_prompts=128")
-    p.add_argument("--paths-config", default=None,
-                   help="asset locations (PathsConfig); default: the config's `paths` field")
+    p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")
     g = p.add_argument_group("deriving a direction (--derive-direction)")
     g.add_argument("--derive-direction", action="store_true",
                    help="derive a direction for --model instead of running the grid")
-    g.add_argument("--layer", type=int, help="decoder layer whose output residual is compared")
-    g.add_argument("--contrast", choices=["monitoring", "label"], default="monitoring",
+    g.add_argument("--layer", type=int, help="decoder layer whose output residual is compared (derive.layer)")
+    g.add_argument("--contrast", choices=["monitoring", "label"],
                    help="monitoring: monitored minus unmonitored prompts of the same scenarios; label: AF-labelled "
                         "minus other scenarios (af_labels of the paths config) in --derive-context")
-    g.add_argument("--derive-context", choices=["monitored", "unmonitored"], default="unmonitored",
-                   help="context of the label contrast")
-    g.add_argument("--derive-positions", choices=["last", "mean"], default="last",
+    g.add_argument("--derive-context", choices=["monitored", "unmonitored"], help="context of the label contrast")
+    g.add_argument("--derive-positions", choices=["last", "mean"],
                    help="residual at the last prompt token, or averaged over the prompt's tokens")
     g.add_argument("--out", metavar="PATH", help="output folder (file direction_<contrast>_L<layer>.npy) or a "
                                                  ".npy path; a .json with how it was made goes beside it")
@@ -93,7 +90,9 @@ def config_from_args(args: argparse.Namespace):
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "direction": args.direction,
              "scale": args.scale, "positions": args.positions, "engine": args.engine,
              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit,
-             "test_size": args.test_size, "data_parallel": args.data_parallel}
+             "test_size": args.test_size, "data_parallel": args.data_parallel, "paths": args.paths_config,
+             "derive.layer": args.layer, "derive.out": args.out, "derive.contrast": args.contrast,
+             "derive.context": args.derive_context, "derive.positions": args.derive_positions}
     overrides = cli_overrides(args.set, flags)
     if args.alphas is not None:
         overrides["alphas"] = parse_number_list(args.alphas, "--alphas")
@@ -108,19 +107,16 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from records.assets import load_scenarios
-    from records.config import load_config
-    from records.errors import InputError
-    from records.paths import PathsConfig, overrides_from_args, resolve_paths
+    from records.paths import load_stage_paths
 
     cfg = config_from_args(args)
-    paths = resolve_paths(load_config(args.paths_config or cfg.paths, PathsConfig), os.environ,
-                          overrides_from_args(args))
+    paths = load_stage_paths(cfg.paths, args)
     input_path = Path(cfg.input or paths.gold_1560)
     if args.derive_direction:
-        if args.layer is None or args.out is None:
-            raise InputError("--derive-direction needs --layer N and --out PATH (a folder or a .npy file)")
-        scenarios = load_scenarios(input_path, paths.known_labels)
-        return derive_main(cfg, args, scenarios, paths, input_path)
+        from steering.derive import check, main as derive
+
+        check(cfg)
+        return derive(cfg, load_scenarios(input_path, paths.known_labels), paths, input_path, args.config)
     from steering.run import main as run
 
     scenarios = load_scenarios(input_path, paths.known_labels)
@@ -128,31 +124,3 @@ def main(args: argparse.Namespace) -> int:
     run(cfg, scenarios, [Path(paths.data_root), input_path.parent], direction)
     return 0
 
-
-def derive_main(cfg, args, scenarios, paths, input_path) -> int:
-    from lm import backends, chat
-    from records.errors import InputError
-    from lm.models import resolve_model
-    from steering import direction as dirmod
-    from steering import grid
-    from transformers import AutoTokenizer
-
-    if cfg.limit:
-        scenarios = scenarios[:cfg.limit]
-    model_dir = resolve_model(cfg.model)
-    depth, hidden = grid.model_depth(model_dir)
-    if not 0 <= args.layer < depth:
-        raise InputError(f"--layer {args.layer}: layer does not exist in {cfg.model}, which has {depth} layers "
-                         f"(valid: 0..{depth - 1})")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
-    rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
-    model = backends.load_hf_model(model_dir, cfg.dtype)
-    vec, meta = dirmod.derive(model, tokenizer, scenarios, args.layer, args.contrast, cfg.prompts, rendering,
-                              paths.af_labels, args.derive_context, args.derive_positions)
-    meta.update(model=cfg.model if cfg.model != "toy" else model_dir, scenarios=str(input_path),
-                n_scenarios=len(scenarios))
-    path = dirmod.save_direction(args.out, vec, meta)
-    print(f"direction: {path} (layer {args.layer}, {meta['sign']}, norm {meta['norm']:.4f}, hidden {hidden}); "
-          f"metadata {path.with_suffix('.json')}")
-    print(f"steer along it: af-introspect steer --config {args.config} --direction {path} --layers {args.layer}")
-    return 0

@@ -9,6 +9,18 @@ import msgspec
 from lm.chat import PromptTemplates
 
 
+class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`steer --derive-direction`: a difference of mean residuals of the model's own prompts."""
+
+    layer: int = -1  # decoder layer whose output residual is compared (required)
+    out: str = ""  # output folder (file direction_<contrast>_L<layer>.npy) or a .npy path (required)
+    # monitoring: monitored minus unmonitored prompts of the same scenarios; label: AF-labelled minus
+    # other scenarios (af_labels of the paths config), rendered in `context`.
+    contrast: Literal["monitoring", "label"] = "monitoring"
+    context: Literal["monitored", "unmonitored"] = "unmonitored"
+    positions: Literal["last", "mean"] = "last"  # the last prompt token, or the mean over prompt tokens
+
+
 class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Everything the steering grid needs. Arms: baseline (once per scenario) + each (layer set, alpha)."""
 
@@ -42,3 +54,4 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     progress_log: str = "PROGRESS.md"
     heatmap: bool = True
     prompts: PromptTemplates = msgspec.field(default_factory=PromptTemplates)
+    derive: DeriveConfig = msgspec.field(default_factory=DeriveConfig)

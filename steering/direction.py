@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lm import chat
+from lm.batching import left_pad, pad_token_id
 from records.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,8 @@ def mean_residual(model, prompts: Sequence[Sequence[int]], layer: int, pad_id: i
     total, count = None, 0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(list(p))
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad(chunk, pad_id)  # [batch, width]
+        width = ids.shape[1]
         with capture_residuals(model, [layer]) as store:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=1)
         hidden = store[layer][0].float()  # [B, S, H]
@@ -122,7 +119,7 @@ def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, re
            af_labels: Sequence[str], context: str = "unmonitored", positions: str = "last",
            batch_size: int = 16) -> tuple[np.ndarray, dict]:
     """(direction, metadata) as the module docstring describes. Raises InputError when a side is empty."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     if contrast == "monitoring":
         pos = [chat.render(tokenizer, templates.system("monitored"), s.text, rendering).token_ids for s in scenarios]
         neg = [chat.render(tokenizer, templates.system("unmonitored"), s.text, rendering).token_ids for s in scenarios]

@@ -27,6 +27,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
+from lm.batching import left_pad
 from lm.hooks import SteeringState, prompt_position_mask, steering
 
 log = logging.getLogger(__name__)
@@ -268,12 +269,7 @@ class FastSteeredGenerator:
         try:
             for start in range(0, len(prompts), chunk):
                 part = prompts[start:start + chunk]
-                ids = torch.full((len(part), prompt_w), self.pad_id, dtype=torch.long)
-                attn = torch.zeros((len(part), prompt_w), dtype=torch.long)
-                for i, p in enumerate(part):
-                    if p:
-                        ids[i, prompt_w - len(p):] = torch.tensor(p)
-                        attn[i, prompt_w - len(p):] = 1
+                ids, attn = left_pad(part, self.pad_id, width=prompt_w)  # [part, prompt_w]
                 ids, attn = ids.to(self.device), attn.to(self.device)
                 positions = (attn.cumsum(-1) - 1).clamp(min=0)
                 if not shared:
@@ -372,12 +368,8 @@ def hf_generate(model, direction: torch.Tensor, layers: Sequence[int], policy: s
                 max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, force_length: bool = False) -> list[Generated]:
     """The same rows through transformers' `generate` (dynamic cache, eager) with the same hooks."""
     device = next(model.parameters()).device
-    width = max(len(r.prompt) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-        attn[i, width - len(r.prompt):] = 1
+    ids, attn = left_pad([r.prompt for r in rows], pad_id)  # [batch, width]
+    width = ids.shape[1]
     state = SteeringState(direction, layers, len(rows), device=device)
     state.set_coefficients({layer: [r.coef.get(layer, 0.0) for r in rows] for layer in layers})
     eos = sorted(set(eos_ids))

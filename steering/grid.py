@@ -11,7 +11,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from lm.batching import left_pad
 from records.errors import InputError
+from records.schema import ResidualNorm
 
 BASELINE = "baseline"
 
@@ -89,12 +91,12 @@ def model_depth(model_dir: str) -> tuple[int, int]:
 
 @torch.inference_mode()
 def measure_residual_norms(model, prompts: Sequence[Sequence[int]], layers: Sequence[int], pad_id: int,
-                           batch_size: int = 16) -> dict[int, dict]:
+                           batch_size: int = 16) -> dict[int, ResidualNorm]:
     """Mean L2 norm of the residual stream after each layer, over the real tokens of `prompts`.
 
     Each prompt's first token (BOS) is left out: its residual carries the "massive activation" of
     Mistral-family models, orders of magnitude above the rest, and would dominate the mean.
-    Returns {layer: {"mean": float, "median": float, "n_tokens": int}}.
+    Returns {layer: ResidualNorm}.
     """
     from lm.hooks import capture_residuals
 
@@ -102,14 +104,8 @@ def measure_residual_norms(model, prompts: Sequence[Sequence[int]], layers: Sequ
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        keep = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(list(p))
-            mask[row, width - len(p):] = 1
-            keep[row, width - len(p) + 1:] = True  # real tokens after the first
+        ids, mask = left_pad(chunk, pad_id)  # [batch, width]
+        keep = mask.bool() & (mask.cumsum(1) > 1)  # real tokens after the first (BOS)
         with capture_residuals(model, layers) as store:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=1)
         for layer in layers:
@@ -120,12 +116,12 @@ def measure_residual_norms(model, prompts: Sequence[Sequence[int]], layers: Sequ
         values = torch.cat(norms[layer])
         if values.numel() == 0:
             raise InputError("residual_norm scale: the prompts have no tokens after BOS to measure")
-        out[layer] = {"mean": float(values.mean()), "median": float(values.median()), "n_tokens": int(values.numel())}
+        out[layer] = ResidualNorm(mean=float(values.mean()), median=float(values.median()), n_tokens=int(values.numel()))
     return out
 
 
-def effective_alphas(arm: Arm, scale: str, norms: dict[int, dict] | None) -> list[float]:
+def effective_alphas(arm: Arm, scale: str, norms: dict[int, ResidualNorm] | None) -> list[float]:
     """Per layer of the arm, the multiplier applied to the unit direction."""
     if scale == "raw":
         return [arm.alpha for _ in arm.layers]
-    return [arm.alpha * norms[layer]["mean"] for layer in arm.layers]
+    return [arm.alpha * norms[layer].mean for layer in arm.layers]

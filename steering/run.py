@@ -26,11 +26,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tqdm import tqdm
 
 from lm import backends, chat, labels
+from lm.batching import pad_token_id
 from records.config import config_hash, encode_config
 from records.errors import InputError
 from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_records_atomic
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
-from records.schema import EngineInfo, PatchPosition, RawCompletion, Scenario, SteeringRecord
+from records.resume import check_resume_key, require_completions
+from records.schema import (ArmSummary, DirectionInfo, EngineInfo, PatchPosition, RawCompletion, ResidualNorm, Scenario,
+                            SteeringRecord, SteeringSummary, read_summary)
 from steering import grid
 from steering.config import SteerConfig
 from steering.engine import FastSteeredGenerator, Row, hf_generate
@@ -72,16 +75,6 @@ def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, n: int) -> s
                         "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
                         "dtype": backends.resolve_dtype(cfg.dtype), "engine": cfg.engine,
                         "prompts": encode_config(cfg.prompts), "input": cfg.input, "n": n})
-
-
-def _check_resume(work: Path, key: str) -> None:
-    marker = work / "resume_key"
-    if marker.exists() and marker.read_text().strip() != key:
-        raise InputError(f"{work.parent}: holds a steering run made with different settings (model, direction, "
-                         "grid, scale, positions, length, batch size or input); use another --output-dir or "
-                         "delete it")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
 
 
 class BatchRunner:
@@ -131,7 +124,6 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                   dir_info: dict, tokenizer, engine: EngineInfo) -> list[SteeringRecord]:
     """One record per (scenario, context, steered arm), in input order, then context, then arm order."""
     out = []
-    unit = None
     for i, s in enumerate(scenarios):
         for context in cfg.contexts:
             prompt = rendered[(i, context)]
@@ -149,16 +141,17 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                 else:
                     pos = len(prompt.token_ids) - 1
                     tok = _tokens(tokenizer, prompt.token_ids[-1:])[0]
-                vector = None
+                vector, per_layer = None, None
                 if cfg.inline_vectors:
-                    unit = direction if unit is None else unit
-                    vector = [float(x) for x in (eff[0] * unit)]
+                    per_layer = [[float(x) for x in (a * direction)] for a in eff]  # the vector added at each layer
+                    vector = per_layer[0] if len(set(eff)) == 1 else None
                 out.append(SteeringRecord(
                     layer=list(arm.layers), input_tokens=_tokens(tokenizer, prompt.token_ids),
                     original_continuation=_tokens(tokenizer, base.token_ids),
                     ablated_continuation=_tokens(tokenizer, c.token_ids), is_different=base.token_ids != c.token_ids,
                     patch_position=PatchPosition(orig_pos=pos, orig_text_token=tok, counterfact_pos=pos,
-                                                 counterfact_text_token=tok, intervention_vector=vector),
+                                                 counterfact_text_token=tok, intervention_vector=vector,
+                                                 intervention_vectors=per_layer),
                     counterfactual_text=(f"steered along {Path(dir_info['path']).name} at layer(s) "
                                          f"{', '.join(map(str, arm.layers))} with alpha {arm.alpha:g} "
                                          f"({cfg.scale}), positions: {cfg.positions}"),
@@ -174,7 +167,7 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
     return out
 
 
-def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> dict:
+def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> SteeringSummary:
     """Behaviour change rate per (layer set, alpha), overall and per context and label; residual norms."""
     sets = list(dict.fromkeys(arm.layers for arm in arms[1:]))
     alphas = list(dict.fromkeys(arm.alpha for arm in arms[1:]))
@@ -189,43 +182,40 @@ def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> d
     per_arm = {}
     for arm in arms[1:]:
         rs = by_arm.get(arm.name, [])
-        per_arm[arm.name] = {
-            "n": len(rs), "behavior_changed_rate": rate(rs), "output_changed_rate":
-                sum(r.is_different for r in rs) / len(rs) if rs else None,
-            "by_label": {lab: rate([r for r in rs if r.label == lab]) for lab in sorted({r.label for r in rs})},
-            "transitions": dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())),
-        }
-    return {
-        "n_records": len(records), "n_scenarios": len({r.index for r in records}), "contexts": cfg.contexts,
-        "scale": cfg.scale, "positions": cfg.positions, "layer_sets": ["+".join(map(str, s)) for s in sets],
-        "alphas": alphas, "behavior_changed_rate": table, "per_arm": per_arm,
-        "residual_norms": {str(k): v for k, v in (norms or {}).items()},
-    }
+        per_arm[arm.name] = ArmSummary(
+            n=len(rs), behavior_changed_rate=rate(rs),
+            output_changed_rate=sum(r.is_different for r in rs) / len(rs) if rs else None,
+            by_label={lab: rate([r for r in rs if r.label == lab]) for lab in sorted({r.label for r in rs})},
+            transitions=dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())))
+    return SteeringSummary(
+        n_records=len(records), n_scenarios=len({r.index for r in records}), contexts=list(cfg.contexts),
+        scale=cfg.scale, positions=cfg.positions, layer_sets=["+".join(map(str, s)) for s in sets],
+        alphas=alphas, behavior_changed_rate=table, per_arm=per_arm,
+        residual_norms={str(k): v for k, v in (norms or {}).items()})
 
 
-
-def format_table(summary: dict) -> list[str]:
-    alphas = summary["alphas"]
+def format_table(summary: SteeringSummary) -> list[str]:
+    alphas = summary.alphas
     head = "layers \\ alpha | " + " | ".join(f"{a:g}" for a in alphas)
     lines = [head]
-    for name, row in zip(summary["layer_sets"], summary["behavior_changed_rate"]):
+    for name, row in zip(summary.layer_sets, summary.behavior_changed_rate):
         lines.append(f"{name:>14} | " + " | ".join("-" if v is None else f"{v:.1%}" for v in row))
     return lines
 
 
-def save_heatmap(summary: dict, path: Path, title: str) -> None:
+def save_heatmap(summary: SteeringSummary, path: Path, title: str) -> None:
     """Behaviour change rate, layer set x alpha, as a labelled heatmap PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = np.array([[np.nan if v is None else v for v in row] for row in summary["behavior_changed_rate"]])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(summary["alphas"]), 1.4 + 0.6 * len(summary["layer_sets"])))
+    table = np.array([[np.nan if v is None else v for v in row] for row in summary.behavior_changed_rate])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(summary.alphas), 1.4 + 0.6 * len(summary.layer_sets)))
     im = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(summary["alphas"])), [f"{a:g}" for a in summary["alphas"]])
-    ax.set_yticks(range(len(summary["layer_sets"])), summary["layer_sets"])
-    unit = "x mean residual norm" if summary["scale"] == "residual_norm" else "raw, unit direction"
+    ax.set_xticks(range(len(summary.alphas)), [f"{a:g}" for a in summary.alphas])
+    ax.set_yticks(range(len(summary.layer_sets)), summary.layer_sets)
+    unit = "x mean residual norm" if summary.scale == "residual_norm" else "raw, unit direction"
     ax.set_xlabel(f"alpha ({unit})")
     ax.set_ylabel("steered layer(s)")
     ax.set_title(title, fontsize=9)
@@ -255,7 +245,7 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = backends.load_hf_model(model_dir, cfg.dtype)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
     norms = _load_norms(work)
@@ -265,8 +255,8 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
         norms = grid.measure_residual_norms(model, sample, sorted(set(cfg.layers)), pad)
         write_json_atomic(work / NORMS_FILE, {str(k): v for k, v in norms.items()})
     for layer in sorted(norms or {}):
-        log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer]["mean"],
-                 norms[layer]["median"], norms[layer]["n_tokens"])
+        log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer].mean,
+                 norms[layer].median, norms[layer].n_tokens)
 
     mine = [g for g in groups if rank is None or owns(g[0], rank, world)]
     batches = plan_batches(mine, arms, cfg.batch_size)
@@ -302,15 +292,15 @@ def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, group
     steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world)
 
 
-def _load_norms(work: Path) -> dict | None:
+def _load_norms(work: Path) -> dict[int, ResidualNorm] | None:
     """Residual norms measured by this run (a resumed run scales exactly as the first attempt did)."""
-    import json
-
     path = work / NORMS_FILE
-    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else None
+    if not path.exists():
+        return None
+    return {int(k): v for k, v in read_summary(path, dict[str, ResidualNorm]).items()}
 
 
-def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str) -> dict:
+def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str) -> SteeringSummary:
     """Run the grid on already-validated scenarios; returns the summary dict."""
     from records.assets import check_output_dir, select_scenarios
     from lm.models import resolve_model
@@ -336,7 +326,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                 for i, s in enumerate(scenarios) for c in cfg.contexts}
     check_world(cfg.data_parallel)
     work = out / "_work"
-    _check_resume(work, resume_key(cfg, model_dir, dir_info["id"], len(scenarios)))
+    check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], len(scenarios)),
+                     "model, direction, grid, scale, positions, length, batch size or input")
     if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
         shutil.copyfile(direction_path, work / "direction.npy")
 
@@ -351,9 +342,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     t_gen = time.perf_counter()
 
     completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-    missing = [key for i, c, _ in groups for a in arms if (key := row_key(i, c, a.name)) not in completions]
-    if missing:
-        raise RuntimeError(f"{len(missing)} rows have no completion after the pass (first: {missing[0]})")
+    require_completions((row_key(i, c, a.name) for i, c, _ in groups for a in arms), completions, "rows")
     import transformers
 
     engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else model_dir,
@@ -368,10 +357,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
     summary = summarise(records, cfg, arms, norms)
     wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
-    summary["wall_seconds"] = wall
-    summary["direction"] = {"path": dir_info["path"], "id": dir_info["id"], "norm": dir_info["norm"]}
-    if engine_stats is not None:
-        summary["engine_stats"] = engine_stats
+    summary.wall_seconds = wall
+    summary.direction = DirectionInfo(path=dir_info["path"], id=dir_info["id"], norm=dir_info["norm"])
+    summary.engine_stats = engine_stats
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
                                                           {"scenarios": cfg.input, "direction": str(direction_path)}))
@@ -380,7 +368,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         save_heatmap(summary, out / "heatmap.png", title)
     table = format_table(summary)
     norm_line = ("residual norms (mean over prompt tokens after BOS): " + ", ".join(
-        f"L{k} {v['mean']:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
+        f"L{k} {v.mean:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
     lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1} arms + baseline "
              f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
     lines += table + [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]

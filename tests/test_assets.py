@@ -547,10 +547,6 @@ def test_output_dir_source_given_as_file(tmp_path):
 # --- paths config --------------------------------------------------------------------------------------
 
 
-def test_paths_yaml_matches_defaults():
-    assert load_config(REPO / "configs" / "paths.yaml", PathsConfig) == PathsConfig()
-
-
 def test_resolve_joins_data_root_and_is_idempotent(tmp_path):
     paths = resolve_paths(PathsConfig(data_root=str(tmp_path)), env={})
     assert paths.gold_1560 == str(tmp_path / "gold-1560-full.json")

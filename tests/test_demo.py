@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from records.errors import InputError, StageFailure
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -35,9 +39,29 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     # report, plots and the research log
     report = (run / "report.md").read_text()
     assert "## Task 3" in report and "## Task 2" in report
-    for png in ("task3_change_by_label.png", "task2_heatmap.png", "task2_dose_response.png", "task3_training.png"):
-        assert (run / "plots" / png).stat().st_size > 5000
+    plots = run / "plots"
+    shown = lambda name: json.loads((plots / f"{name}.json").read_text())  # noqa: E731  the numbers each plot shows
+    for png in ("task3_change_by_label", "task2_heatmap", "task2_dose_response", "task3_training"):
+        assert (plots / f"{png}.png").is_file()
+    by_label = shown("task3_change_by_label")
+    assert by_label["alignment_faking"]["rate"] == 1.0 and by_label["aligned"]["rate"] == 0.0
+    task2 = json.loads((run / "task2" / "summary.json").read_text())
+    assert shown("task2_heatmap")["behavior_changed_rate"] == task2["behavior_changed_rate"]
+    assert shown("task2_dose_response")["alphas"] == task2["alphas"]
+    curve = shown("task3_training")["train_loss"]
+    assert len(curve) > 5 and curve[-1][1] < curve[0][1]  # the loss the plot shows went down
     log = (tmp_path / "PROGRESS.md").read_text()
     for phase in ("Phase 1", "Phase 2", "Phase 3", "Phase 4"):
         assert f"## {phase}:" in log
     assert "task3" in proc.stdout and "wall:" in proc.stdout and "report:" in proc.stdout
+
+
+@pytest.mark.parametrize("code,kind", [(1, StageFailure), (2, InputError)])
+def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
+    """A stage that failed (exit 1) stays a failure, bad input (exit 2) stays bad input: the demo exits the same."""
+    import app.cli
+    import app.demo
+
+    monkeypatch.setattr(app.cli, "main", lambda argv: code)
+    with pytest.raises(kind):
+        app.demo._cli(["generate"])

@@ -40,7 +40,7 @@ def scenario_file(tmp_path_factory):
 
 
 def make_cfg(out: Path, model: str, backend: str, **kw) -> GenerateConfig:
-    return GenerateConfig(output_dir=str(out), model=str(model), backend=backend, dtype="float32", max_tokens=48,
+    return GenerateConfig(output_dir=str(out), model=str(model), backend=backend, dtype="float32", max_new_tokens=48,
                           test_size=TEST_SIZE, control_size=6, save_every=4, progress_log=str(out / "PROGRESS.md"),
                           engine={"max_num_seqs": 16} if backend == "vllm" else {}, **kw)
 
@@ -118,12 +118,12 @@ def test_summary_reports_rates_noise_floor_and_progress_entry(vllm_run, scenario
     out, summary = vllm_run
     _, raw = scenario_file
     n_af = sum(s["label"] == "alignment_faking" for s in raw)
-    assert summary["n_pairs"] == N
-    assert summary["behavior_changed_rate"] == pytest.approx(n_af / N)
-    assert summary["behavior_changed_by_label"]["aligned"]["rate"] == 0.0
-    assert summary["behavior_changed_by_label"]["alignment_faking"]["rate"] == 1.0
+    assert summary.n_pairs == N
+    assert summary.behavior_changed_rate == pytest.approx(n_af / N)
+    assert summary.behavior_changed_by_label["aligned"].rate == 0.0
+    assert summary.behavior_changed_by_label["alignment_faking"].rate == 1.0
     # fp32 CPU engine: the same prompt at another batch position gives the same tokens
-    assert summary["control_n"] == 6 and summary["control_output_changed_rate"] == 0.0
+    assert summary.control_n == 6 and summary.control_output_changed_rate == 0.0
     assert json.loads((out / "summary.json").read_text())["n_pairs"] == N
     log = (out / "PROGRESS.md").read_text()
     assert "## Phase 2: Task 3 context-ablation pairs (generate) — DONE" in log

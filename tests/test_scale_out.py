@@ -81,10 +81,26 @@ def test_each_worker_gets_its_own_block_of_gpus():
     assert sorted(sum(shards, [])) == list(range(10)) and [len(s) for s in shards] == [4, 3, 3]
 
 
-def test_more_workers_than_gpus_or_none_is_refused(assets, organism_dir, tmp_path, capsys):
+def test_no_workers_is_refused(assets, organism_dir, tmp_path, capsys):
     assert generate(assets, organism_dir, tmp_path / "o", "--data-parallel", "0") == 2
     assert "--data-parallel 0: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_more_workers_than_gpus_is_refused(assets, organism_dir, tmp_path, capsys, monkeypatch):
+    """On a host with one visible GPU, two engines (or one engine over two GPUs) cannot start."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    from records.errors import InputError
+    from records.parallel import check_world
+
+    check_world(1)
+    with pytest.raises(InputError, match=r"--data-parallel 2 x 1 GPU\(s\) each: only 1 GPU\(s\) visible"):
+        check_world(2)
+    with pytest.raises(InputError, match=r"--data-parallel 1 x 2 GPU\(s\) each: only 1 GPU"):
+        check_world(1, gpus_per_worker=2)
 
 
 def steer(assets: Path, model, out: Path, *extra: str) -> int:

@@ -314,7 +314,7 @@ def test_dose_response_along_the_derived_monitoring_direction(organism_dir, toy_
     assert all(planted_behavior(s, "unmonitored") == "compliance" for s in af)
     ids = [chat.render(tok, UNMONITORED, s["text"], rendering).token_ids for s in af]
     unit, _ = load_direction(derived, model.config.hidden_size)
-    norm = grid.measure_residual_norms(model, ids, [2], tok.pad_token_id)[2]["mean"]
+    norm = grid.measure_residual_norms(model, ids, [2], tok.pad_token_id)[2].mean
     # in units of the residual norm; past ~2.5 the toy's output breaks down ("I I I ...", labelled other)
     alphas = [0.0, 0.5, 1.0, 1.5, 2.0]
     rows = [Row(p, g, {2: a * norm}) for g, p in enumerate(ids) for a in alphas]

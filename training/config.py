@@ -4,8 +4,8 @@ Shape (the reference's, plus a few fields of ours, marked below):
 
     target_model_path / model_path / continuous_tokens / output_dir / use_embed_proj
     train:  batch_size, learning_rate, num_epochs, eval_steps, peft_lora, lora_r, bf16, dataset,
-            tasks: {<task>: {weight, evaluation_type, question_types: {<qtype>: {evaluation_type,
-            weight, prompts: [{messages: [{role, content}, ...]}]}}}}
+            tasks: {<task>: {weight, question_types: {<qtype>: {weight,
+            prompts: [{messages: [{role, content}, ...]}]}}}}
     test:   batch_size, tasks: {<task>: {num_samples}}
 
 Task names pick the record type: `hint_attribution` (Task 3, ContextAblationRecord), `act_patch`
@@ -33,7 +33,6 @@ TASK_QUESTION_TYPES = {
     "act_patch": {"generative_explanation", "orig_match", "change_match"},
     "features_explain": {"generative_explanation"},
 }
-EVALUATION_TYPES = {"exact_match", "semantic_similarity", "mixed"}
 SLOT = re.compile(r"\{(\w+)\}")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -48,14 +47,12 @@ class Prompt(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QuestionType(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    evaluation_type: str = "exact_match"
     weight: float = 1.0  # scales this question type's tokens in the loss
     prompts: list[Prompt]
 
 
 class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     weight: float = 1.0
-    evaluation_type: str = "mixed"
     question_types: dict[str, QuestionType]
     dataset: str = ""  # ours: records folder for this task; "" = train.dataset
 
@@ -108,7 +105,6 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class TestTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     num_samples: int = 0  # 0 = every test record
-    evaluation_type: str = ""
 
 
 class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -167,14 +163,10 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             continue
         if not (tc.dataset or t.dataset):
             p.add(where, f"train.tasks.{task}: no dataset (set train.dataset or the task's dataset)")
-        if tc.evaluation_type not in EVALUATION_TYPES:
-            p.add(where, f"train.tasks.{task}.evaluation_type {tc.evaluation_type!r} is not one of {sorted(EVALUATION_TYPES)}")
         for qname, q in tc.question_types.items():
             at = f"train.tasks.{task}.question_types.{qname}"
             if qname not in TASK_QUESTION_TYPES[task]:
                 p.add(where, f"{at}: not a question type of {task} ({', '.join(sorted(TASK_QUESTION_TYPES[task]))})")
-            if q.evaluation_type not in EVALUATION_TYPES:
-                p.add(where, f"{at}.evaluation_type {q.evaluation_type!r} is not one of {sorted(EVALUATION_TYPES)}")
             if not q.prompts:
                 p.add(where, f"{at}.prompts is empty")
             for i, prompt in enumerate(q.prompts):

@@ -276,13 +276,11 @@ class HeldOut:
 def heldout_from_config(cfg: TrainConfig, tasks: list[str], decode=None) -> HeldOut:
     """gold_106 (from the paths config) plus every configured eval set."""
     from records.assets import load_scenarios
-    from records.config import load_config
-    from records.paths import PathsConfig, resolve_paths
+    from records.paths import load_stage_paths
 
     held = HeldOut()
     if cfg.train.heldout:
-        paths = resolve_paths(load_config(cfg.train.paths, PathsConfig) if Path(cfg.train.paths).is_file()
-                              else PathsConfig())
+        paths = load_stage_paths(cfg.train.paths)
         gold = Path(getattr(paths, cfg.train.heldout))
         if gold.is_file():
             for s in load_scenarios(gold, paths.known_labels):

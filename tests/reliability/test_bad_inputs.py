@@ -204,7 +204,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
     ("scenarios-missing-file", lambda ws: generate(ws, "--input", str(ws.src / "nope.json")), ["nope.json"]),
     ("output-inside-source", lambda ws: generate(ws, "--output-dir", str(ws.src / "runs")), ["inside"]),
     ("config-unknown-key", lambda ws: generate(ws, "--set", "max_tokns=3"), ["unknown field `max_tokns`"]),
-    ("config-wrong-type", lambda ws: generate(ws, "--set", "max_tokens=many"), ["Expected `int`", "max_tokens"]),
+    ("config-wrong-type", lambda ws: generate(ws, "--set", "max_new_tokens=many"), ["Expected `int`", "max_new_tokens"]),
     ("batch-invariant-on-cpu", lambda ws: generate(ws, "--set", "batch_invariant=on"),
      ["batch_invariant=on needs a CUDA GPU"]),
     # ---- steering: direction arrays, layers, alpha grid
@@ -302,8 +302,10 @@ def test_bad_input_is_refused_with_one_collected_report(ws, capsys, case, setup,
     assert not (ws.src / "runs").exists() and not (ws.records / "explainer").exists()
 
 
-def test_corpus_is_large_enough():
-    assert len(CASES) >= 30
+def test_every_case_has_its_own_name_and_something_to_look_for():
+    names = [name for name, _, _ in CASES]
+    assert len(set(names)) == len(names), "two cases share a name: one of them never shows in a failure"
+    assert all(needles for _, _, needles in CASES)
 
 
 def test_fp8_kv_cache_is_refused_when_the_records_claim_batch_invariance():

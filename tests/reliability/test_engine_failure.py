@@ -76,7 +76,7 @@ def forward_failure(monkeypatch):
     FAIL_AT_RETRY of later ones. `state["times"]` is how many engines fail (then forward works again)."""
     from vllm.model_executor.models.mistral import MistralForCausalLM
 
-    state = {"times": 1, "failed": 0, "calls": 0, "armed": False, "engines": 0}
+    state = {"times": 1, "failed": 0, "calls": 0, "armed": False, "engines": 0, "error": RuntimeError}
     forward, build = MistralForCausalLM.forward, backends.build_vllm
 
     def failing_forward(self, *a, **k):
@@ -85,7 +85,7 @@ def forward_failure(monkeypatch):
             fail_at = FAIL_AT if state["engines"] == 1 else FAIL_AT_RETRY
             if state["calls"] == fail_at and state["failed"] < state["times"]:
                 state["failed"] += 1
-                raise RuntimeError("injected forward failure")
+                raise state["error"]("injected forward failure")
         return forward(self, *a, **k)
 
     def arming_build(*a, **k):
@@ -136,6 +136,25 @@ def test_forward_failure_mid_pass_is_retried_and_the_records_equal_a_clean_run(
     assert any("resuming:" in r.getMessage() for r in caplog.records)  # it kept what finished before
     assert shard_is_intact(out) == PROMPTS
     assert same_records(out, clean)
+
+
+def test_a_programming_error_is_not_retried_and_keeps_its_traceback(
+        scenario_file, organism_dir, forward_failure, tmp_path, caplog):
+    """A TypeError would fail the same way on every retry: it surfaces at once, with its traceback."""
+    caplog.set_level(logging.INFO)
+    forward_failure.update(times=99, error=TypeError)
+    with pytest.raises(TypeError, match="injected forward failure"):
+        cli_main(argv(scenario_file, tmp_path / "out", organism_dir))
+    assert forward_failure["failed"] == 1 and forward_failure["engines"] == 1
+    assert retry_lines(caplog) == []
+
+
+def test_transient_failures_are_told_from_programming_errors():
+    assert backends.is_transient(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert backends.is_transient(torch.OutOfMemoryError("CUDA out of memory"))
+    assert backends.is_transient(type("EngineDeadError", (Exception,), {})("engine core died"))
+    for exc in (TypeError("x"), KeyError("x"), ValueError("x"), NotImplementedError("x"), KeyboardInterrupt()):
+        assert not backends.is_transient(exc), exc
 
 
 def test_persistent_forward_failure_exits_1_with_one_line_and_resumes_later(

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from records.config import load_config
+from records.config import read_yaml as load_yaml_chain
 from records.jsonl import ShardWriter, read_records
 from records.schema import RawCompletion
 
@@ -72,3 +73,51 @@ def test_every_shipped_config_round_trips(path, tmp_path):
     second = load_config(again, config_type)
     assert second == first
     assert msgspec.to_builtins(second) == msgspec.to_builtins(first)
+
+
+def _restated_defaults(raw: dict, struct_type, base: dict | None = None, at: str = "") -> list[str]:
+    """Keys of a YAML mapping whose value is what the field would be without them: its `base:` file's
+    value, or else the type's default. They say nothing and hide which settings a run really changes."""
+    found = []
+    base = base or {}
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct_type)}
+    for key, value in raw.items():
+        field = fields[key]
+        nested = field.type if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct) else None
+        if nested is not None and isinstance(value, dict):
+            found += _restated_defaults(value, nested, base.get(key), f"{at}{key}.")
+            continue
+        if key in base:
+            if value == base[key]:
+                found.append(f"{at}{key}")
+            continue
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            continue
+        if msgspec.to_builtins(msgspec.convert(value, field.type)) == msgspec.to_builtins(default):
+            found.append(f"{at}{key}")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_says_only_what_differs_from_the_defaults(path):
+    """A key that restates the type's default hides which settings a run really changes."""
+    config_type = next(t for prefix, t in _config_types().items() if path.name.startswith(prefix))
+    if path.name.startswith("paths"):
+        pytest.skip("configs/paths.yaml is the template users edit: it lists every location on purpose")
+    raw = yaml.safe_load(path.read_text())
+    base = load_yaml_chain(path.parent / raw.pop("base")) if "base" in raw else None
+    assert _restated_defaults(raw, config_type, base) == []
+
+
+def test_the_restated_default_check_finds_one():
+    from generation.config import GenerateConfig
+
+    assert _restated_defaults({"backend": "vllm", "max_new_tokens": 64, "prompts": {"monitored": "x"}},
+                              GenerateConfig) == ["backend"]
+    assert _restated_defaults({"max_new_tokens": 64, "seed": 0}, GenerateConfig,
+                              base={"max_new_tokens": 64, "seed": 3}) == ["max_new_tokens"]
+
