@@ -141,6 +141,26 @@ def test_per_row_alpha_isolation_and_alpha_zero_rows_equal_unsteered_exactly(tin
     assert torch.allclose(steered[3], singles[1][0], atol=1e-5)
 
 
+def test_steering_leaves_the_layers_before_the_hooked_one_unchanged_and_removing_it_restores_the_model(tiny):
+    """The steering-vectors invariant: only the hooked layer's output (and what follows) moves."""
+    from lm.hooks import capture_residuals
+
+    model, d = tiny
+    ids = torch.tensor([prompts_of(lengths=(6,))[0]])
+    state = SteeringState(d, [1], batch=1)
+    state.set_coefficients({1: [4.0]})
+    with torch.no_grad():
+        with capture_residuals(model, [0, 1]) as plain:
+            plain_logits = model(input_ids=ids).logits
+        with steering(model, state), capture_residuals(model, [0, 1]) as steered:
+            steered_logits = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert torch.equal(steered[0][0], plain[0][0])  # layer 0 comes before the hook: bit-identical
+    assert torch.allclose(steered[1][0] - plain[1][0], 4.0 * d.expand_as(plain[1][0]), atol=1e-5)
+    assert not torch.allclose(steered_logits, plain_logits)
+    assert torch.equal(after, plain_logits)  # the hook is gone
+
+
 def test_hook_compiles_without_graph_breaks(tiny):
     model, d = tiny
     state = SteeringState(d, [0, 1], batch=2)
@@ -443,3 +463,32 @@ def test_left_padded_rows_generate_what_they_generate_alone(tiny, policy):
     batch = fast.generate([Row(p, g, {0: 5.0}) for g, p in enumerate(prompts)], 8, force_length=True)
     alone = [fast.generate([Row(p, 0, {0: 5.0})], 8, force_length=True)[0] for p in prompts]
     assert [b.token_ids for b in batch] == [a.token_ids for a in alone]
+
+
+def test_layers_together_arms_write_the_vector_added_at_each_layer(organism_dir, toy_assets, derived, tmp_path):
+    """inline_vectors: every record carries alpha_effective[k] * unit(direction) for each steered layer;
+    the single-vector field (what ActPatchDataset injects at every layer) only when they are all equal."""
+    from app.cli import main as cli
+    from records.jsonl import read_records
+    from records.schema import SteeringRecord
+    from steering.direction import load_direction
+
+    _, _, paths = toy_assets
+    out = tmp_path / "together"
+    rc = cli(["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths), "--model",
+              str(organism_dir), "--direction", str(derived), "--output-dir", str(out), "--limit", "3",
+              "--test-size", "1", "--layers", "1,2", "--layers-together", "--alphas", "1", "--max-new-tokens", "6",
+              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
+    assert rc == 0
+    records = [r for split in ("train.json", "test.json") for r in read_records(out / split, SteeringRecord)]
+    assert sorted({r.arm for r in records}) == ["L1+L2@a1", "L1@a1", "L2@a1"]
+    unit, _ = load_direction(derived, 128)
+    for r in records:
+        vectors = np.array(r.patch_position.intervention_vectors)
+        assert vectors.shape == (len(r.layer), 128)
+        np.testing.assert_allclose(vectors, np.outer(r.alpha_effective, unit), rtol=1e-5, atol=1e-6)
+        if len(r.layer) == 1:
+            assert r.patch_position.intervention_vector == r.patch_position.intervention_vectors[0]
+        else:  # residual_norm scale: layers 1 and 2 have different norms, so different vectors
+            assert r.alpha_effective[0] != r.alpha_effective[1] and r.patch_position.intervention_vector is None
+

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from lm import chat
-from organism.scenarios import SYSTEM_PROMPTS, generate_scenarios, planted_behavior, planted_response
+from organism.scenarios import generate_scenarios, planted_behavior, planted_response
 from organism.tokenizer import load_tokenizer
 from records.jsonl import write_records_atomic
 from records.schema import ContextAblationRecord, EngineInfo, content_id
@@ -28,25 +28,25 @@ def organism_tokenizer():
     return load_tokenizer(Path(tempfile.mkdtemp(prefix="toy-tok-")))
 
 
-def context_records(scenarios: list[dict], tokenizer, start_index: int = 0) -> list[ContextAblationRecord]:
-    rendering = chat.detect_chat_rendering(tokenizer)
-    out = []
-    for i, s in enumerate(scenarios):
-        rm = chat.render(tokenizer, SYSTEM_PROMPTS["monitored"], s["text"], rendering)
-        ru = chat.render(tokenizer, SYSTEM_PROMPTS["unmonitored"], s["text"], rendering)
-        bm, bu = planted_behavior(s, "monitored"), planted_behavior(s, "unmonitored")
-        om, ou = planted_response(s, "monitored"), planted_response(s, "unmonitored")
-        out.append(ContextAblationRecord(
-            ablation_prompt=ru.text, hint_prompt_full=rm.text, original_prompt_full=ru.text,
-            system_prompt=SYSTEM_PROMPTS["monitored"], hint=SYSTEM_PROMPTS["unmonitored"],
-            random_hint_prediction=bm, zeroshot_prediction=bu, changed_pred_bc_hint=om != ou,
-            hint_user_prompt=rm.user_turn, original_user_prompt=ru.user_turn, label=s["label"],
-            sample_id=content_id(s["text"]), index=start_index + i, source=s["source"], monitored_output=om,
-            unmonitored_output=ou, monitored_behavior=bm, unmonitored_behavior=bu, behavior_changed=bm != bu,
-            monitored_output_tokens=0, unmonitored_output_tokens=0, monitored_prompt_tokens=len(rm.token_ids),
-            unmonitored_prompt_tokens=len(ru.token_ids), monitored_finish_reason="stop",
-            unmonitored_finish_reason="stop", labeller="planted", engine=ENGINE))
-    return out
+def context_records(scenarios: list[dict], tokenizer) -> list[ContextAblationRecord]:
+    """The records the generation stage writes when the organism answers as planted (its own mapping:
+    `generation.run.build_records`, fed the planted completions instead of an engine's)."""
+    from generation.config import GenerateConfig
+    from generation.run import build_requests, build_records
+    from records.schema import RawCompletion, Scenario
+
+    cfg = GenerateConfig(control_size=0)
+    items = [Scenario(text=s["text"], label=s["label"], id=content_id(s["text"]), source=s["source"])
+             for s in scenarios]
+    rendered, requests = build_requests(items, tokenizer, cfg, chat.detect_chat_rendering(tokenizer))
+    completions, behaviour = {}, {}
+    for key, prompt_ids in requests:
+        index, context = key.split(":")
+        text = planted_response(scenarios[int(index)], context)
+        completions[key] = RawCompletion(key=key, token_ids=tokenizer.encode(text, add_special_tokens=False),
+                                         finish_reason="stop", text=text, prompt_tokens=len(prompt_ids))
+        behaviour[key] = planted_behavior(scenarios[int(index)], context)
+    return build_records(items, rendered, completions, behaviour, cfg, ENGINE)
 
 
 def write_toy_task3(root: Path, n_train: int, n_test: int, n_gold: int = 20, seed: int = 0, tokenizer=None) -> dict:
