@@ -60,7 +60,7 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
         index, _ = read_extract_output(out)
     result = FeaturesResult(index=index)
     lines = selection_lines(index)
-
+    gaps: list[str] = []
     if describing:
         described, cov, gaps = describe(cfg, paths, index, clusters)
         vector_bytes = (out / VECTORS).read_bytes()
@@ -96,7 +96,6 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
         for split_mode in ("cluster", "feature"):
             write_json_atomic(out / f"by_{split_mode}" / "manifest.json", manifest)
     print("\n".join(lines))
-    gaps = result.describe.gaps if describing else []
     append_phase(cfg.progress_log, "4", "Task 1 feature selection", "DONE",
                  done=[f"features {mode} -> {out}/ ({index.representation} vectors"
                        + (", records in by_cluster/ and by_feature/)" if describing else ")")],

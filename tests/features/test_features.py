@@ -1,15 +1,18 @@
 """Task 1 data (features/) on synthetic assets with planted feature clusters.
 
 Invariants: extraction keeps exactly the planted top-K; caches are memory-mapped and never copied whole;
-the introspective-interp pickles give back our vectors and labels; coverage counts every feature without
-a description; held-out clusters never leak into train; each bad input stops with one line.
+the introspective-interp pickles give back our vectors and labels and are written atomically; coverage
+counts every feature without a description; features_index.json and coverage.json decode as their structs
+and keep their on-disk keys; held-out clusters never leak into train; each bad input stops with one line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import stat
 import tracemalloc
 from pathlib import Path
 
@@ -205,9 +208,6 @@ def test_pickle_export_round_trips_to_our_vectors_and_labels(synthetic, tmp_path
 
 def test_export_writes_through_the_shared_atomic_writer(tmp_path, monkeypatch):
     """Per-process temp names (parallel workers may race) and a directory fsync (the rename is durable)."""
-    import os
-    import stat
-
     renamed, synced_dirs = [], []
     real_replace, real_fsync = os.replace, os.fsync
 
@@ -238,7 +238,8 @@ def test_export_writes_through_the_shared_atomic_writer(tmp_path, monkeypatch):
     np.testing.assert_array_equal(matrix[:, 4].numpy(), vectors[0])
     np.testing.assert_array_equal(matrix[:, 1].numpy(), vectors[1])
     assert not matrix[:, [0, 2, 3, 5]].any()
-    assert pickle.load(open(explained / "train_explanations.pkl", "rb")) == [((40, 4), features_export.label_dict("fires on x"))]
+    pairs = pickle.load(open(explained / "train_explanations.pkl", "rb"))
+    assert pairs == [((40, 4), features_export.label_dict("fires on x"))]
 
 
 # --- the files another stage reads keep their shape -----------------------------------------------
