@@ -61,5 +61,9 @@ def label_dict(description: str) -> dict:
 
 
 def _dump(path: Path, obj) -> None:
-    """Pickle atomically (records.jsonl.write_atomic): a reader never sees half a file."""
+    """Pickle atomically (records.jsonl.write_atomic): a reader never sees half a file.
+
+    The pickle is built in memory first: one more copy of the [dim, W] matrix at peak than streaming to the
+    file (measured: +125 MiB for a 131 MB matrix), small beside the machines the real run uses.
+    """
     write_atomic(path, pickle.dumps(obj, protocol=4))
