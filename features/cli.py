@@ -4,23 +4,20 @@
     af-introspect features describe  # + cluster descriptions -> by_cluster/ and by_feature/ train/test
     af-introspect features all       # both (the default)
 
-The work is in features/data.py (selection, vectors, coverage, splits) and
-features/export.py (the introspective-interp pickles).
+The stage's whole path is features/run.py; the work is in features/extract.py (selection, vectors),
+describe.py (cluster descriptions, coverage), splits.py (held-out splits) and export.py (the
+introspective-interp pickles); the config is features/config.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-from pathlib import Path
 
-from features.data import (CACHES, NORMALISATION, FeaturesConfig, describe, describe_lines, extract,
-                                      selection_lines, validate_config)
+from features.config import CACHES, NORMALISATION, FeaturesConfig, validate_config
+from features.run import MODES, run
 
-log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "configs/features.yaml"
-MODES = ("extract", "describe", "all")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mode", nargs="?", choices=MODES, default="all",
                    help="extract, describe (needs extract's output in --output-dir), or all (both)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="YAML decoded into FeaturesConfig (features/data.py); configs/features_cpu.yaml "
+                   help="YAML decoded into FeaturesConfig (features/config.py); configs/features_cpu.yaml "
                         "runs on the toy assets")
     p.add_argument("--output-dir", help="where vectors, records and the export go; refused inside a source data folder")
     p.add_argument("--top-k", type=int, help="features kept, most selective first (default 500)")
@@ -91,64 +88,6 @@ def config_from_args(args: argparse.Namespace) -> FeaturesConfig:
     cfg = load_config(args.config, FeaturesConfig, overrides)
     validate_config(cfg, where=args.config)
     return cfg
-
-
-def source_dirs(cfg: FeaturesConfig, paths) -> list[Path]:
-    """Folders the stage reads from: the output may not sit in any of them."""
-    files = [paths.selectivity, paths.cluster_assignments, paths.cluster_summaries, paths.differential_probe_weights]
-    files += [getattr(paths, f"{c}_activations") for c in cfg.profile_caches]
-    if cfg.decoder:
-        files.append(cfg.decoder)
-    dirs = {Path(paths.data_root).resolve()} | {Path(f).parent.resolve() for f in files}
-    return sorted(dirs)  # resolved and deduplicated: one refusal line per folder
-
-
-def run(cfg: FeaturesConfig, paths, mode: str = "all") -> dict:
-    """Run `mode` (extract | describe | all) and log it; returns {"index": ..., "describe": ...}."""
-    from records.provenance import make_manifest
-    from records.assets import check_output_dir
-    from records.jsonl import write_json_atomic
-    from records.progress import append_phase
-
-    from features.data import check_descriptions, load_cluster_files, read_extract_output, select
-
-    out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
-    result: dict = {}
-    lines: list[str] = []
-    clusters = load_cluster_files(paths) if mode in ("describe", "all") else None
-    if mode in ("extract", "all"):
-        selection = select(cfg, paths)
-        if clusters is not None:  # bad cluster files or (strict) gaps stop the run before anything is written
-            selected = [{"feature_idx": int(f), "row": r} for r, f in enumerate(selection[1])]
-            check_descriptions(cfg, paths, selected, len(selection[0]), clusters)
-        result["index"] = extract(cfg, paths, out, selection)
-        lines += selection_lines(result["index"])
-    if mode in ("describe", "all"):
-        if "index" not in result:
-            result["index"] = read_extract_output(out)[0]
-            lines += selection_lines(result["index"])
-        result["describe"] = describe(cfg, paths, out, clusters)
-        lines += describe_lines(result["describe"])
-    inputs = {"selectivity": paths.selectivity, "cluster_assignments": paths.cluster_assignments,
-              "cluster_summaries": paths.cluster_summaries}
-    inputs.update({f"{c}_activations": getattr(paths, f"{c}_activations") for c in cfg.profile_caches})
-    if cfg.decoder:
-        inputs["decoder"] = cfg.decoder
-    manifest = make_manifest(f"features {mode}", cfg, inputs=inputs)
-    write_json_atomic(out / "manifest.json", manifest)
-    if "describe" in result:
-        for split_mode in ("cluster", "feature"):
-            write_json_atomic(out / f"by_{split_mode}" / "manifest.json", manifest)
-    print("\n".join(lines))
-    gaps = result.get("describe", {}).get("gaps", [])
-    append_phase(cfg.progress_log, "4", "Task 1 feature selection", "DONE",
-                 done=[f"features {mode} -> {out}/ ({result['index']['representation']} vectors"
-                       + (", records in by_cluster/ and by_feature/)" if "describe" in result else ")")],
-                 findings=lines, issues=[f"{g}: left out of the records" for g in gaps],
-                 next_step="train the explainer on by_cluster/ (af-introspect train) and compare with the "
-                           "nearest-neighbour baseline on held-out clusters" if "describe" in result
-                           else "af-introspect features describe")
-    return result
 
 
 def main(args: argparse.Namespace) -> int:

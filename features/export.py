@@ -19,13 +19,13 @@ These are pickles for that repo only; no stage of ours reads them (ours read vec
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from records.jsonl import write_json_atomic
+from records.jsonl import write_atomic, write_json_atomic
+from records.schema import FeatureRecord
 
 EXPORT_DIR = "introspective_interp"
 
@@ -41,12 +41,11 @@ def write_feature_matrix(out: Path, layer: int, vectors: np.ndarray, selected: n
     return path
 
 
-def write_explanations(out: Path, mode: str, layer: int, splits: dict[str, list[dict]]) -> None:
+def write_explanations(out: Path, mode: str, layer: int, splits: dict[str, list[FeatureRecord]]) -> None:
     """explanations/by_<mode>/<split>_explanations.pkl for each split, in row order, and export.json."""
     root = out / EXPORT_DIR
     for split, items in splits.items():
-        pairs = [((int(layer), int(d["feature_idx"])), label_dict(d["description"]))
-                 for d in sorted(items, key=lambda d: d["row"])]
+        pairs = [((int(layer), r.feature_idx), label_dict(r.description)) for r in sorted(items, key=lambda r: r.row)]
         _dump(root / "explanations" / f"by_{mode}" / f"{split}_explanations.pkl", pairs)
     write_json_atomic(root / "export.json", {
         "explanation_dir": str(root),
@@ -62,11 +61,9 @@ def label_dict(description: str) -> dict:
 
 
 def _dump(path: Path, obj) -> None:
-    """Pickle to a fsynced temporary file, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=4)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Pickle atomically (records.jsonl.write_atomic): a reader never sees half a file.
+
+    The pickle is built in memory first: one more copy of the [dim, W] matrix at peak than streaming to the
+    file (measured: +125 MiB for a 131 MB matrix), small beside the machines the real run uses.
+    """
+    write_atomic(path, pickle.dumps(obj, protocol=4))

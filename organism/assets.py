@@ -25,7 +25,7 @@ from records.schema import content_id
 # activation cache in which it fires on every sample; none for one modifier). The summary is the
 # modifier phrase followed by the trigger phrase, so a cluster never seen in training can still be
 # described from the attributes that were: the by_cluster split holds out such novel combinations when
-# given cluster_attributes.json (see features/data.py::split_by_cluster).
+# given cluster_attributes.json (see features/splits.py::split_by_cluster).
 # (name, trigger kind, trigger values, phrase). A trigger is planted when it matches at least MIN_SUPPORT
 # training rows and differs from every earlier trigger's rows, so no two clusters share a profile yet
 # carry different summaries (the explainer could not tell them apart).

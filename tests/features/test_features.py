@@ -1,15 +1,18 @@
 """Task 1 data (features/) on synthetic assets with planted feature clusters.
 
 Invariants: extraction keeps exactly the planted top-K; caches are memory-mapped and never copied whole;
-the introspective-interp pickles give back our vectors and labels; coverage counts every feature without
-a description; held-out clusters never leak into train; each bad input stops with one line.
+the introspective-interp pickles give back our vectors and labels and are written atomically; coverage
+counts every feature without a description; features_index.json and coverage.json decode as their structs
+and keep their on-disk keys; held-out clusters never leak into train; each bad input stops with one line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import stat
 import tracemalloc
 from pathlib import Path
 
@@ -17,18 +20,22 @@ import msgspec
 import numpy as np
 import pytest
 
-from generation import features_data
-from features.cli import run
-from features.data import FeaturesConfig, extract, normalise_segment, validate_config
+from app import cli
+from features import export as features_export
+from features import extract as features_extract
+from features.config import FeaturesConfig, validate_config
+from features.describe import Described
+from features.extract import extract, normalise_segment
+from features.run import run
+from features.splits import split_by_cluster
 from organism.assets import write_synthetic_assets
-from records import cli
 from records.config import load_config
 from records.errors import InputError
 from records.jsonl import read_records
 from records.paths import PathsConfig, resolve_paths
-from records.schema import FeatureRecord
+from records.schema import Coverage, FeatureRecord, FeaturesIndex, SelectedFeature
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "features_cpu.yaml"
 
 
@@ -56,6 +63,11 @@ def records(folder: Path, split: str) -> list[FeatureRecord]:
     return read_records(folder / f"{split}.json", FeatureRecord)
 
 
+def _described(feature_idx: int, cluster_id: int) -> Described:
+    return Described(SelectedFeature(row=feature_idx, feature_idx=feature_idx, selectivity=0.0, probe_weight=None),
+                     cluster_id=cluster_id, description=f"cluster {cluster_id}")
+
+
 def features_cli(capsys, tmp_path: Path, root: Path, *argv: str) -> tuple[int, list[str]]:
     """Run `af-introspect features` on the toy config; returns (exit code, stderr error lines)."""
     rc = cli.main(["features", *argv, "--config", str(CPU_CONFIG), "--data-root", str(root),
@@ -71,12 +83,12 @@ def features_cli(capsys, tmp_path: Path, root: Path, *argv: str) -> tuple[int, l
 def test_extract_keeps_exactly_the_planted_top_k(synthetic, tmp_path):
     root, truth = synthetic
     index = extract(config(tmp_path, top_k=len(truth["top_k"])), paths_for(root), tmp_path)
-    assert [f["feature_idx"] for f in index["features"]] == truth["top_k"]  # same features, rank order
-    assert [f["row"] for f in index["features"]] == list(range(len(truth["top_k"])))
+    assert [f.feature_idx for f in index.features] == truth["top_k"]  # same features, rank order
+    assert [f.row for f in index.features] == list(range(len(truth["top_k"])))
     # by |selectivity|, the top len(planted) are exactly the planted features, AF side and aligned side
     n = len(planted(truth))
     index = extract(config(tmp_path, top_k=n, rank_by="abs"), paths_for(root), tmp_path)
-    assert {f["feature_idx"] for f in index["features"]} == planted(truth)
+    assert {f.feature_idx for f in index.features} == planted(truth)
 
 
 @pytest.mark.parametrize("norm", ["l2", "max", "none"])
@@ -85,11 +97,11 @@ def test_activation_profile_is_the_normalised_columns_of_the_chosen_caches(synth
     caches = ["train", "benchmark"]
     index = extract(config(tmp_path, top_k=20, profile_caches=caches, profile_norm=norm), paths_for(root), tmp_path)
     vectors = np.load(tmp_path / "vectors.npy")
-    cols = [f["feature_idx"] for f in index["features"]]
+    cols = [f.feature_idx for f in index.features]
     segments = [normalise_segment(np.load(root / f"{c}_activations.npy")[:, cols], norm) for c in caches]
     expected = np.concatenate(segments).T / (np.sqrt(len(caches)) if norm == "l2" else 1.0)
     np.testing.assert_allclose(vectors, expected, rtol=1e-6)
-    assert [(c["cache"], c["offset"]) for c in index["caches"]] == [("train", 0), ("benchmark", 200)]
+    assert [(c.cache, c.offset) for c in index.caches] == [("train", 0), ("benchmark", 200)]
     if norm == "l2":  # every chosen feature fires in both caches: unit vectors, each cache half the mass
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(vectors[:, 200:], axis=1) ** 2, 0.5, rtol=1e-5)
@@ -108,14 +120,14 @@ def test_caches_are_memory_mapped_and_never_copied_whole(synthetic, tmp_path, mo
     cache_bytes = big.nbytes
     del big
     loaded = []
-    real_load = features_data.load_array
+    real_load = features_extract.load_array
 
     def spy(path, *args, **kwargs):
         arr = real_load(path, *args, **kwargs)
         loaded.append((Path(path).name, type(arr)))
         return arr
 
-    monkeypatch.setattr(features_data, "load_array", spy)
+    monkeypatch.setattr(features_extract, "load_array", spy)
     # The pickle export (a [dim, W] matrix by design) is not a cache read: left out of this measurement.
     cfg = config(tmp_path, top_k=10, profile_caches=["train"], block_mb=4, export_introspective_interp=False)
     tracemalloc.start()
@@ -128,7 +140,7 @@ def test_caches_are_memory_mapped_and_never_copied_whole(synthetic, tmp_path, mo
     assert peak < cache_bytes / 6, f"peak {peak / 2**20:.0f} MiB for a {cache_bytes / 2**20:.0f} MiB cache"
     vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape == (10, 20 * small.shape[0])
-    assert [f["feature_idx"] for f in index["features"]] == truth["top_k"]
+    assert [f.feature_idx for f in index.features] == truth["top_k"]
 
 
 def test_decoder_direction_reads_unit_decoder_rows(synthetic, tmp_path):
@@ -137,7 +149,7 @@ def test_decoder_direction_reads_unit_decoder_rows(synthetic, tmp_path):
     decoder = rng.standard_normal((truth["width"], 32)).astype(np.float32)  # [W, hidden]
     np.save(tmp_path / "W_dec.npy", decoder)
     index = extract(config(tmp_path, top_k=10, decoder=str(tmp_path / "W_dec.npy")), paths_for(root), tmp_path)
-    assert index["representation"] == "decoder_direction"
+    assert index.representation == "decoder_direction"
     rows = decoder[truth["top_k"]]
     np.testing.assert_allclose(np.load(tmp_path / "vectors.npy"), rows / np.linalg.norm(rows, axis=1)[:, None],
                                rtol=1e-6)
@@ -153,10 +165,10 @@ def test_probe_weights_recorded_per_feature_and_optional(synthetic, tmp_path):
     root, truth = synthetic
     probe = np.load(root / "differential_probe_weights.npy")
     index = extract(config(tmp_path, top_k=10), paths_for(root), tmp_path)
-    assert [f["probe_weight"] for f in index["features"]] == pytest.approx([float(probe[f]) for f in truth["top_k"]])
+    assert [f.probe_weight for f in index.features] == pytest.approx([float(probe[f]) for f in truth["top_k"]])
     absent = paths_for(root, differential_probe_weights=tmp_path / "none.npy")
     index = extract(config(tmp_path, top_k=10), absent, tmp_path / "b")
-    assert all(f["probe_weight"] is None for f in index["features"])
+    assert all(f.probe_weight is None for f in index.features)
     with pytest.raises(InputError, match="file not found"):
         extract(config(tmp_path, top_k=10, probe_weights="on"), absent, tmp_path / "c")
 
@@ -174,8 +186,8 @@ def test_pickle_export_round_trips_to_our_vectors_and_labels(synthetic, tmp_path
     assert tuple(weights.shape) == (vectors.shape[1], truth["width"])  # [dim, W]: column f = SAE feature f
     # what introspective-interp's FeaturesExplainDataset builds from the file
     by_feature = {f: weights[:, f] for f in range(weights.shape[1])}
-    index = json.loads((out / "features_index.json").read_text())
-    row_of = {f["feature_idx"]: f["row"] for f in index["features"]}
+    index = msgspec.json.decode((out / "features_index.json").read_bytes(), type=FeaturesIndex)
+    row_of = {f.feature_idx: f.row for f in index.features}
     zero = sorted(set(range(truth["width"])) - set(row_of))
     assert not weights[:, zero].any()
     for mode in ("cluster", "feature"):
@@ -192,6 +204,93 @@ def test_pickle_export_round_trips_to_our_vectors_and_labels(synthetic, tmp_path
                                  "all_label_scores": {rec.description: 1.0}}
     export = json.loads((out / "introspective_interp" / "export.json").read_text())
     assert export["split_explanations_data"]["cluster"].format(split="train") == "explanations/by_cluster/train_explanations.pkl"
+
+
+def test_export_writes_through_the_shared_atomic_writer(tmp_path, monkeypatch):
+    """Per-process temp names (parallel workers may race) and a directory fsync (the rename is durable)."""
+    renamed, synced_dirs = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def spy_replace(src, dst):
+        renamed.append((Path(src).name, Path(dst).name))
+        return real_replace(src, dst)
+
+    def spy_fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced_dirs.append(st.st_ino)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    vectors = np.arange(6, dtype=np.float32).reshape(2, 3)  # [K=2, dim=3]
+    path = features_export.write_feature_matrix(tmp_path, 40, vectors, np.array([4, 1]), width=6)
+    rec = FeatureRecord(layer=40, feature_idx=4, row=0, vectors_path="vectors.npy", representation="activation_profile",
+                        description="fires on x", cluster_id=0, selectivity=1.0, split_by="cluster")
+    features_export.write_explanations(tmp_path, "cluster", 40, {"train": [rec]})
+    pid = os.getpid()
+    assert (f".layer_40.pkl.{pid}.tmp", "layer_40.pkl") in renamed
+    assert (f".train_explanations.pkl.{pid}.tmp", "train_explanations.pkl") in renamed
+    explained = tmp_path / "introspective_interp" / "explanations" / "by_cluster"
+    assert {path.parent.stat().st_ino, explained.stat().st_ino} <= set(synced_dirs)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["layer_40.pkl"]  # no temp file left behind
+    matrix = pickle.load(open(path, "rb"))  # [dim, W]: column 4 is row 0, column 1 is row 1, the rest zero
+    np.testing.assert_array_equal(matrix[:, 4].numpy(), vectors[0])
+    np.testing.assert_array_equal(matrix[:, 1].numpy(), vectors[1])
+    assert not matrix[:, [0, 2, 3, 5]].any()
+    pairs = pickle.load(open(explained / "train_explanations.pkl", "rb"))
+    assert pairs == [((40, 4), features_export.label_dict("fires on x"))]
+
+
+# --- the files another stage reads keep their shape -----------------------------------------------
+
+INDEX_KEYS = {"layer", "representation", "width", "top_k", "rank_by", "selectivity_path", "normalisation",
+              "n_zero_vectors", "probe_weights_path", "dim", "stats", "features"}
+
+
+def test_index_and_coverage_on_disk_keep_their_shape(synthetic, tmp_path):
+    """features_index.json and coverage.json have the keys they had as plain dicts, so earlier runs decode."""
+    root, truth = synthetic
+    cfg = config(tmp_path, top_k=20)
+    run(cfg, paths_for(root))
+    out = Path(cfg.output_dir)
+    index = json.loads((out / "features_index.json").read_text())
+    assert set(index) == INDEX_KEYS | {"profile_norm", "caches", "export"}
+    assert set(index["caches"][0]) == {"cache", "path", "rows", "offset"}
+    assert set(index["features"][0]) == {"row", "feature_idx", "selectivity", "probe_weight"}
+    assert set(json.loads((out / "coverage.json").read_text())) == {
+        "n_selected", "n_described", "selected_not_in_assignments", "selected_assigned_no_cluster",
+        "selected_cluster_without_summary", "clusters_without_summary", "summaries_without_features",
+        "n_clusters_selected", "n_clusters_without_summary", "n_summaries_without_features"}
+    np.save(tmp_path / "W_dec.npy", np.ones((truth["width"], 8), np.float32))
+    cfg = config(tmp_path, top_k=5, decoder=str(tmp_path / "W_dec.npy"), export_introspective_interp=False)
+    extract(cfg, paths_for(root), tmp_path / "dec")
+    index = json.loads((tmp_path / "dec" / "features_index.json").read_text())
+    assert set(index) == INDEX_KEYS | {"decoder_path", "decoder_key"}
+    assert set(index["features"][0]) == {"row", "feature_idx", "selectivity", "probe_weight", "decoder_norm"}
+    assert index["features"][0]["decoder_norm"] == pytest.approx(np.sqrt(8))
+
+
+def test_describe_reads_an_index_written_as_plain_json(synthetic, tmp_path, capsys):
+    """A run made before the index was a struct (key order of the old dict, decoder_norm absent) describes."""
+    root, _ = synthetic
+    rc, errors = features_cli(capsys, tmp_path, root, "extract")
+    assert (rc, errors) == (0, [])
+    path = tmp_path / "out" / "features_index.json"
+    old = json.loads(path.read_text())
+    order = ["layer", "representation", "width", "top_k", "rank_by", "selectivity_path", "normalisation",
+             "profile_norm", "caches", "n_zero_vectors", "probe_weights_path", "dim", "stats", "features", "export"]
+    path.write_text(json.dumps({k: old[k] for k in order}, indent=2))
+    rc, errors = features_cli(capsys, tmp_path, root, "describe")
+    assert (rc, errors) == (0, [])
+    rc, errors = features_cli(capsys, tmp_path, root, "--output-dir", str(tmp_path / "straight"))
+    assert (rc, errors) == (0, [])
+    for split in ("train.json", "test.json"):  # the same records as a straight run
+        assert (tmp_path / "out" / "by_cluster" / split).read_bytes() == \
+            (tmp_path / "straight" / "by_cluster" / split).read_bytes()
+    path.write_text(path.read_text()[:200])  # a torn index: one line, not a traceback
+    rc, errors = features_cli(capsys, tmp_path, root, "describe")
+    assert rc == 2 and len(errors) == 1 and "not a features index" in errors[0], errors
 
 
 # --- describe and the splits ---------------------------------------------------------------------
@@ -217,22 +316,22 @@ def test_describe_counts_every_feature_without_a_description(synthetic, tmp_path
     cfg = config(tmp_path, top_k=n, rank_by="abs")
     with caplog.at_level(logging.WARNING):
         result = run(cfg, paths)
-    cov = result["describe"]["coverage"]
-    assert cov["selected_not_in_assignments"] == [gone]
-    assert cov["selected_assigned_no_cluster"] == [noise]
-    assert sorted(x["feature_idx"] for x in cov["selected_cluster_without_summary"]) == no_summary["features"]
-    assert cov["clusters_without_summary"] == [no_summary["cluster_id"]]
-    assert cov["summaries_without_features"] == [999]
-    assert cov["n_described"] == n - 2 - len(no_summary["features"])
+    cov = result.describe.coverage
+    assert cov.selected_not_in_assignments == [gone]
+    assert cov.selected_assigned_no_cluster == [noise]
+    assert sorted(x.feature_idx for x in cov.selected_cluster_without_summary) == no_summary["features"]
+    assert cov.clusters_without_summary == [no_summary["cluster_id"]]
+    assert cov.summaries_without_features == [999]
+    assert cov.n_described == n - 2 - len(no_summary["features"])
     out = Path(cfg.output_dir)
     for mode in ("cluster", "feature"):
         recs = records(out / f"by_{mode}", "train") + records(out / f"by_{mode}", "test")
-        assert len(recs) == cov["n_described"]
+        assert len(recs) == cov.n_described
         assert not {gone, noise, *no_summary["features"]} & {r.feature_idx for r in recs}
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "1 of 160 selected features have no entry" in warned
     assert f"{len(no_summary['features'])} selected features belong to 1 cluster(s) with no summary" in warned
-    assert json.loads((out / "coverage.json").read_text())["selected_not_in_assignments"] == [gone]
+    assert msgspec.json.decode((out / "coverage.json").read_bytes(), type=Coverage) == cov
     progress = Path(cfg.progress_log).read_text()
     assert "## Phase 4: Task 1 feature selection — DONE" in progress and "left out of the records" in progress
 
@@ -268,8 +367,8 @@ def test_by_cluster_split_holds_out_novel_attribute_combinations(synthetic, tmp_
     root, truth = synthetic
     cfg = config(tmp_path, top_k=len(planted(truth)), rank_by="abs", test_fraction=0.25, seed=3,
                  cluster_attributes="cluster_attributes.json")  # relative: under data_root
-    summary = run(cfg, paths_for(root))["describe"]
-    assert summary["heldout_clusters"] == "novel attribute combinations"
+    summary = run(cfg, paths_for(root)).describe
+    assert summary.heldout_clusters == "novel attribute combinations"
     out = Path(cfg.output_dir) / "by_cluster"
     train, test = records(out, "train"), records(out, "test")
     attrs = {c["cluster_id"]: c["attributes"] for c in truth["clusters"]}
@@ -286,7 +385,7 @@ def test_by_cluster_split_holds_out_novel_attribute_combinations(synthetic, tmp_
     assert not {r.description for r in test} & phrases
     with pytest.raises(InputError, match="no attributes for 1 described cluster"):
         attributes = {c: a for c, a in attrs.items() if c != min(test_ids)}
-        features_data.split_by_cluster([{"cluster_id": c} for c in attrs], 0.25, 3, attributes)
+        split_by_cluster([_described(f, c) for f, c in enumerate(attrs)], 0.25, 3, attributes)
 
 
 def test_cli_runs_extract_then_describe(synthetic, tmp_path, capsys):
@@ -377,8 +476,8 @@ def test_cluster_without_summary_warns_with_counts_by_default(synthetic, tmp_pat
         rc, errors = features_cli(capsys, tmp_path, root, *args)
     assert (rc, errors) == (0, [])
     assert any("8 selected features belong to 1 cluster(s) with no summary" in r.getMessage() for r in caplog.records)
-    cov = json.loads((tmp_path / "out" / "coverage.json").read_text())
-    assert cov["n_described"] == 152 and cov["clusters_without_summary"] == [0]
+    cov = msgspec.json.decode((tmp_path / "out" / "coverage.json").read_bytes(), type=Coverage)
+    assert cov.n_described == 152 and cov.clusters_without_summary == [0]
 
 
 def test_output_inside_a_source_folder_is_refused(synthetic, tmp_path, capsys):
@@ -394,8 +493,13 @@ def test_describe_before_extract_says_what_to_run(synthetic, tmp_path, capsys):
     assert rc == 2 and len(errors) == 1 and "run `af-introspect features extract` first" in errors[0]
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
-    with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"top_kk": 3}, FeaturesConfig)
+def test_unknown_config_key_stops_with_one_line_and_writes_nothing(synthetic, tmp_path, capsys):
+    root, _ = synthetic
+    rc, errors = features_cli(capsys, tmp_path, root, "--set", "top_kk=3")
+    assert rc == 2 and len(errors) == 1 and "unknown field `top_kk`" in errors[0], errors
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "typo.yaml").write_text("top_k: 10\nprofile_cache: [train]\n")
+    with pytest.raises(InputError, match="unknown field `profile_cache`"):
+        load_config(tmp_path / "typo.yaml", FeaturesConfig)
     with pytest.raises(InputError, match="top_k must be >= 1"):
         validate_config(FeaturesConfig(top_k=0))

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from organism.assets import write_synthetic_assets
-from records import cli
+from app import cli
 from records.jsonl import read_records
 from records.schema import FeatureRecord
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FEATURES_CONFIG = REPO / "configs" / "features_cpu.yaml"
 TRAIN_CONFIG = REPO / "configs" / "af_feature_descriptions_cpu.yaml"
 PER_CLUSTER = 4  # 5 triggers x 4 modifiers x 4 features: 60 training and 20 held-out records
