@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+import msgspec
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/generate.yaml"
@@ -74,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     paths = load_stage_paths(cfg.paths, args)
+    cfg = msgspec.structs.replace(cfg, model=cfg.model or paths.organism_model)
     input_path = Path(cfg.input or paths.gold_1560)
     scenarios = load_scenarios(input_path, paths.known_labels)
     source_dirs = [Path(paths.data_root), input_path.parent]

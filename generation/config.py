@@ -14,7 +14,8 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     input: str = ""  # scenario JSON; "" = gold_1560 from the paths config
     output_dir: str = "data/af_context_ablation"
-    model: str = "toy"  # local folder or hub id; "toy" builds (or reuses) the toy organism
+    # "" = organism_model of the paths config; else a local folder, a cached hub id, or "toy" (the toy organism)
+    model: str = ""
     tokenizer: str = ""  # "" = the model's own
     backend: Literal["vllm", "hf"] = "vllm"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

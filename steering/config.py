@@ -26,7 +26,8 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     input: str = ""  # scenario JSON; "" = gold_1560 from the paths config
     output_dir: str = "data/af_steering"
-    model: str = "toy"  # local folder, cached hub id, or "toy"
+    # "" = organism_model of the paths config; else a local folder, a cached hub id, or "toy" (the toy organism)
+    model: str = ""
     tokenizer: str = ""  # "" = the model's own
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     direction: str = ""  # .npy of shape (hidden_size,); "" = af_intent_direction from the paths config

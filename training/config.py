@@ -20,6 +20,7 @@ import msgspec
 
 from records.config import load_config, parse_set_args
 from records.errors import Problems
+from records.paths import load_stage_paths
 
 # task name -> the slots its prompts may use
 TASK_SLOTS = {
@@ -114,8 +115,10 @@ class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    target_model_path: str  # the model being explained ("toy" = the toy organism)
-    model_path: str  # the explainer ("toy" = the toy organism explains itself)
+    # The model being explained and the explainer: a local folder, a cached hub id, or "toy" (the toy
+    # organism); "" = organism_model / base_model of the paths config (train.paths).
+    target_model_path: str = ""
+    model_path: str = ""
     continuous_tokens: ContinuousTokens = msgspec.field(default_factory=ContinuousTokens)
     output_dir: str
     use_embed_proj: bool = False  # project vectors even when their size equals the hidden size
@@ -131,6 +134,10 @@ def load_train_config(path: str, sets: list[str] | None = None, output_dir: str 
     if output_dir:
         overrides["output_dir"] = output_dir
     cfg = load_config(path, TrainConfig, overrides)
+    if not (cfg.target_model_path and cfg.model_path):
+        paths = load_stage_paths(cfg.train.paths)
+        cfg = msgspec.structs.replace(cfg, target_model_path=cfg.target_model_path or paths.organism_model,
+                                      model_path=cfg.model_path or paths.base_model)
     validate(cfg, where=str(path))
     return cfg
 
