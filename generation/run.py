@@ -23,13 +23,14 @@ from tqdm import tqdm
 from lm import backends, chat, labels
 from lm.batching import pad_token_id
 from generation.config import GenerateConfig
-from records.config import config_hash, encode_config
+from records.config import config_hash
 from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
+from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import installed_version, make_manifest
-from records.resume import check_resume_key, require_completions
+from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
 from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRecord, EngineInfo, LabelChange,
                             RawCompletion, Scenario)
 
@@ -46,24 +47,38 @@ def control_indices(n: int, size: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(size - 1, 1)) for i in range(size)}) if size else []
 
 
+def request_key(index: int, side: str, token_ids: list[int]) -> str:
+    """`<scenario index>:<side>:<prompt digest>`: a completion is reused only for exactly its prompt."""
+    return f"{index}:{side}:{prompt_digest(token_ids)}"
+
+
+def key_index(key: str) -> int:
+    return int(key.split(":")[0])
+
+
 def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, rendering: str):
-    """Rendered prompts for every pair, then the control copies last (a different batch position)."""
+    """Rendered prompts for every pair, then the control copies last (a different batch position).
+
+    Returns (rendered[i][side], requests [(key, token ids)], keys[(i, side)]).
+    """
     rendered = {}
     for i, s in enumerate(scenarios):
         rendered[i] = {side: chat.render(tokenizer, cfg.prompts.system(side), s.text, rendering) for side in SIDES}
-    requests = [(f"{i}:{side}", rendered[i][side].token_ids) for i in rendered for side in SIDES]
+    keys = {(i, side): request_key(i, side, rendered[i][side].token_ids) for i in rendered for side in SIDES}
     # The control re-runs the monitored prompt at the queue's tail, where the batch is small and
     # differently composed: any difference from the main copy is engine noise, not monitoring.
-    requests += [(f"{i}:{CONTROL}", rendered[i]["monitored"].token_ids)
-                 for i in control_indices(len(scenarios), cfg.control_size)]
-    return rendered, requests
+    for i in control_indices(len(scenarios), cfg.control_size):
+        keys[(i, CONTROL)] = request_key(i, CONTROL, rendered[i]["monitored"].token_ids)
+    requests = [(key, rendered[i]["monitored" if side == CONTROL else side].token_ids) for (i, side), key in keys.items()]
+    return rendered, requests, keys
 
 
-def resume_key(cfg: GenerateConfig, model: str, n_scenarios: int, batch_invariant: bool) -> str:
-    """What must match for a resumed run to continue an earlier one's completions."""
-    return config_hash({"model": model, "prompts": encode_config(cfg.prompts), "max_tokens": cfg.max_new_tokens,
+def resume_key(cfg: GenerateConfig, model: str, batch_invariant: bool) -> str:
+    """What changes every output: a resumed run with another value is refused. (What changes one prompt
+    is in that prompt's completion key, so an edited input regenerates exactly the prompts it changed.)"""
+    return config_hash({"model": model, "weights": model_fingerprint(model), "max_tokens": cfg.max_new_tokens,
                         "dtype": backends.resolve_dtype(cfg.dtype), "backend": cfg.backend,
-                        "n": n_scenarios, "batch_invariant": batch_invariant, "input": cfg.input})
+                        "batch_invariant": batch_invariant})
 
 
 def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests, writer: ShardWriter,
@@ -76,7 +91,16 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
     todo = [r for r in requests if r[0] not in done]
     if done:
         log.info("resuming: %d of %d prompts already finished", len(requests) - len(todo), len(requests))
+        stale = len(done - {k for k, _ in requests})
+        if stale:
+            log.warning("%d saved completions belong to prompts that changed since (edited scenarios, prompts or "
+                        "template): they are not used, and the new prompts are generated", stale)
     prompt_len = {k: len(ids) for k, ids in requests}
+    sides: dict[int, dict[str, str]] = {}
+    for key, _ in requests:
+        sides.setdefault(key_index(key), {})[key.split(":")[1]] = key
+    partner = {pair[a]: pair[b] for pair in sides.values() for a, b in (("monitored", "unmonitored"),
+                                                                       ("unmonitored", "monitored")) if a in pair}
     t0 = time.perf_counter()
     if cfg.backend == "vllm":
         if llm is None:
@@ -105,9 +129,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
                                         text=tokenizer.decode(c.token_ids, skip_special_tokens=True),
                                         prompt_tokens=prompt_len[c.key]))
             finished.add(c.key)
-            index, side = c.key.split(":")
-            other = f"{index}:{'unmonitored' if side == 'monitored' else 'monitored'}"
-            if side != CONTROL and other in finished:
+            if c.key in partner and partner[c.key] in finished:
                 pairs_since_flush += 1
             if pairs_since_flush >= cfg.save_every:
                 writer.append(buffer)
@@ -129,6 +151,47 @@ def _flush_on_failure(writer: ShardWriter, buffer: list[RawCompletion], llm):
         if llm is not None:
             backends.shutdown_vllm(llm)
         raise
+
+
+def check_sizes(cfg: GenerateConfig) -> None:
+    """Sizes that would only fail inside the engine (after it started, and on every retry)."""
+    for name in ("max_new_tokens", "save_every", "hf_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.control_size < 0:
+        raise InputError(f"control_size: must be >= 0, got {cfg.control_size}")
+
+
+def check_engine_keys(engine: dict) -> None:
+    """Every `engine.*` key must be a vllm.LLM engine argument (a typo would fail only at engine start)."""
+    if not engine:
+        return
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    unknown = sorted(set(engine) - known)
+    if unknown:
+        raise InputError(f"engine: {', '.join(unknown)} not an argument of vLLM's engine (vllm EngineArgs); "
+                         "check the spelling")
+
+
+def check_prompt_lengths(requests, max_new_tokens: int, model_dir: str, engine: dict) -> None:
+    """Refuse a prompt that cannot fit the model's context with the output it must leave room for."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = int(engine.get("max_model_len") or getattr(text, "max_position_embeddings", 0) or 0)
+    if not limit:
+        return
+    too_long = [(key, len(ids)) for key, ids in requests if len(ids) + max_new_tokens > limit]
+    if too_long:
+        key, n = max(too_long, key=lambda kn: kn[1])
+        raise InputError(f"{len(too_long)} prompt(s) do not fit the model's context of {limit} tokens with "
+                         f"{max_new_tokens} new tokens; the longest is scenario {key_index(key)} ({key.split(':')[1]}, "
+                         f"{n} tokens); shorten them or drop them from the input")
 
 
 def check_engine_settings(engine: dict, batch_invariant: bool) -> None:
@@ -184,7 +247,7 @@ def _pass_worker(rank: int, world: int, cfg: GenerateConfig, model_dir: str, req
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
-    mine = [r for r in requests if owns(int(r[0].split(":")[0]), rank, world)]
+    mine = [r for r in requests if owns(key_index(r[0]), rank, world)]
     run_pass(cfg, model_dir, tokenizer, mine, work, batch_invariant, rank=rank)
 
 
@@ -211,12 +274,12 @@ def label_texts(cfg: GenerateConfig, texts: list[str], llm, model_dir: str) -> l
     return [labels.parse_judge_answer(answers[str(i)]) for i in range(len(texts))]
 
 
-def build_records(scenarios, rendered, completions: dict[str, RawCompletion], behaviour: dict[str, str],
+def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCompletion], behaviour: dict[str, str],
                   cfg: GenerateConfig, engine: EngineInfo) -> list[ContextAblationRecord]:
     """One record per scenario, in input order."""
     out = []
     for i, s in enumerate(scenarios):
-        m, u = completions[f"{i}:monitored"], completions[f"{i}:unmonitored"]
+        m, u = completions[keys[(i, "monitored")]], completions[keys[(i, "unmonitored")]]
         bm, bu = behaviour[m.key], behaviour[u.key]
         rm, ru = rendered[i]["monitored"], rendered[i]["unmonitored"]
         out.append(ContextAblationRecord(
@@ -233,10 +296,10 @@ def build_records(scenarios, rendered, completions: dict[str, RawCompletion], be
     return out
 
 
-def build_controls(scenarios, completions, behaviour, cfg, engine) -> list[ControlRecord]:
+def build_controls(scenarios, keys, completions, behaviour, cfg, engine) -> list[ControlRecord]:
     out = []
     for i in control_indices(len(scenarios), cfg.control_size):
-        a, b = completions[f"{i}:monitored"], completions[f"{i}:{CONTROL}"]
+        a, b = completions[keys[(i, "monitored")]], completions[keys[(i, CONTROL)]]
         out.append(ControlRecord(
             sample_id=scenarios[i].id, index=i, context="monitored", first_output=a.text,
             second_output=b.text, output_changed=a.token_ids != b.token_ids, first_behavior=behaviour[a.key],
@@ -303,6 +366,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
+    check_sizes(cfg)
     scenarios = select_scenarios(scenarios, cfg.limit, cfg.test_size, cfg.input)
     out = Path(cfg.output_dir)
     check_output_dir(out, source_dirs)
@@ -319,49 +383,53 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     check_world(cfg.data_parallel, int(cfg.engine.get("tensor_parallel_size", 1)))
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
-    rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
-    work = out / "_work"
-    check_resume_key(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant),
-                     "model, prompts, input, dtype, backend or length")
-    t_setup = time.perf_counter()
-    if cfg.data_parallel > 1:
-        llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
-        version = installed_version("vllm")  # what each worker's engine reports as vllm.__version__
-        run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant),
-                    gpus_per_worker=int(cfg.engine.get("tensor_parallel_size", 1)))
-    else:
-        llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
-    if cfg.labeller != "lm_judge" or (cfg.judge_model or model_dir) != model_dir:
-        llm = None  # release the organism's engine (GPU memory) unless it is also the judge
-        gc.collect()
-    t_gen = time.perf_counter()
-    completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-    require_completions((k for k, _ in requests), completions, "prompts")
-    keys = [k for k, _ in requests]
-    behaviour = dict(zip(keys, label_texts(cfg, [completions[k].text for k in keys], llm, model_dir)))
-    engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
-                        dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
-                        batch_invariant=batch_invariant, engine_version=version, chat_rendering=rendering,
-                        device=torch.cuda.get_device_name() if on_gpu else "cpu")
-    records = build_records(scenarios, rendered, completions, behaviour, cfg, engine)
-    controls = build_controls(scenarios, completions, behaviour, cfg, engine)
-    n_train = len(records) - cfg.test_size
-    write_records_atomic(out / "train.json", records[:n_train])
-    write_records_atomic(out / "test.json", records[n_train:])
-    write_records_atomic(out / "noise_control.jsonl", controls)
-    summary = summarise(records, controls)
-    wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
-            "finalise": time.perf_counter() - t_gen}
-    summary.wall_seconds = wall
-    summary.output_tokens_per_second = sum(
-        r.monitored_output_tokens + r.unmonitored_output_tokens for r in records) / max(wall["generation"], 1e-9)
-    write_json_atomic(out / "summary.json", summary)
-    write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))
-    lines = format_summary(summary, engine, wall)
-    print("\n".join(lines))
-    append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
-                 "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
-                               f"train.json ({n_train}) and test.json ({cfg.test_size})"],
-                 findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
-                 next_step="train the explainer on these records (af-introspect train)")
-    return summary
+    rendered, requests, keys = build_requests(scenarios, tokenizer, cfg, rendering)
+    check_prompt_lengths(requests, cfg.max_new_tokens, model_dir, cfg.engine)
+    if cfg.backend == "vllm":
+        check_engine_keys(cfg.engine)
+    with output_lock(out):  # one writer per output folder, from the first write on
+        work = out / "_work"
+        check_resume_key(work, resume_key(cfg, model_dir, batch_invariant),
+                         "model or its weights, dtype, backend, batch invariance or length")
+        t_setup = time.perf_counter()
+        if cfg.data_parallel > 1:
+            llm, engine_start = None, 0.0  # each worker starts its own engine, inside the generation time
+            version = installed_version("vllm")  # what each worker's engine reports as vllm.__version__
+            run_workers(_pass_worker, cfg.data_parallel, (cfg, model_dir, requests, work, batch_invariant),
+                        gpus_per_worker=int(cfg.engine.get("tensor_parallel_size", 1)))
+        else:
+            llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
+        if cfg.labeller != "lm_judge" or (cfg.judge_model or model_dir) != model_dir:
+            llm = None  # release the organism's engine (GPU memory) unless it is also the judge
+            gc.collect()
+        t_gen = time.perf_counter()
+        completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
+        require_completions((k for k, _ in requests), completions, "prompts")
+        order = [k for k, _ in requests]
+        behaviour = dict(zip(order, label_texts(cfg, [completions[k].text for k in order], llm, model_dir)))
+        engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
+                            dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
+                            batch_invariant=batch_invariant, engine_version=version, chat_rendering=rendering,
+                            device=torch.cuda.get_device_name() if on_gpu else "cpu")
+        records = build_records(scenarios, rendered, keys, completions, behaviour, cfg, engine)
+        controls = build_controls(scenarios, keys, completions, behaviour, cfg, engine)
+        n_train = len(records) - cfg.test_size
+        write_records_atomic(out / "train.json", records[:n_train])
+        write_records_atomic(out / "test.json", records[n_train:])
+        write_records_atomic(out / "noise_control.jsonl", controls)
+        summary = summarise(records, controls)
+        wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
+                "finalise": time.perf_counter() - t_gen}
+        summary.wall_seconds = wall
+        summary.output_tokens_per_second = sum(
+            r.monitored_output_tokens + r.unmonitored_output_tokens for r in records) / max(wall["generation"], 1e-9)
+        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))
+        lines = format_summary(summary, engine, wall)
+        print("\n".join(lines))
+        append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
+                     "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
+                                   f"train.json ({n_train}) and test.json ({cfg.test_size})"],
+                     findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
+                     next_step="train the explainer on these records (af-introspect train)")
+        return summary

@@ -47,16 +47,20 @@ def load_scenarios(
     problems.raise_if_any()
     default = source_default if source_default is not None else path.stem
     scenarios: list[Scenario] = []
-    first_seen: dict[str, str] = {}
+    first_seen: dict[str, tuple[str, Scenario]] = {}
     duplicates: list[tuple[str, str]] = []
     for where, item in items:
         scenario = _scenario(where, item, known_labels, default, problems, str(path))
         if scenario is None:
             continue
         if scenario.id in first_seen:
-            duplicates.append((where, first_seen[scenario.id]))
+            first_where, first = first_seen[scenario.id]
+            if first.label != scenario.label:
+                problems.add(str(path), f"{where} repeats the text of {first_where} with another label "
+                                        f"({scenario.label!r} vs {first.label!r}): which one is true is unknown")
+            duplicates.append((where, first_where))
             continue
-        first_seen[scenario.id] = where
+        first_seen[scenario.id] = (where, scenario)
         scenarios.append(scenario)
     if not items:
         problems.add(str(path), "contains no scenarios")
@@ -64,10 +68,54 @@ def load_scenarios(
     if duplicates:
         where, first = duplicates[0]
         log.warning(
-            "%s: %d duplicate text(s) dropped (same content id), kept the first of each; e.g. %s repeats %s",
+            "%s: %d duplicate text(s) with the same label dropped (same content id), kept the first of each; "
+            "e.g. %s repeats %s",
             path, len(duplicates), where, first,
         )
     return scenarios
+
+
+class DuplicateKey(ValueError):
+    """A JSON object gives one key twice: json.loads would silently keep the last value."""
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def strict_json(text: str) -> object:
+    """json.loads that refuses a key given twice in one object (DuplicateKey), and turns nesting too deep
+    for the parser, and unpaired surrogate escapes (text that can never be written as UTF-8), into
+    ValueError with what went wrong."""
+    try:
+        data = json.loads(text, object_pairs_hook=_strict_object)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read (thousands of levels)") from None
+    bad = _first_surrogate(data)
+    if bad is not None:
+        raise ValueError(f"string {bad!r} holds an unpaired surrogate escape (\\ud800-\\udfff): not valid Unicode")
+    return data
+
+
+def _first_surrogate(node: object) -> str | None:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item[:40]
+        elif isinstance(item, dict):
+            stack += list(item.keys()) + list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return None
 
 
 def _parse_records(path: Path, text: str, problems: Problems) -> list[tuple[str, object]]:
@@ -75,12 +123,18 @@ def _parse_records(path: Path, text: str, problems: Problems) -> list[tuple[str,
     if path.suffix == ".jsonl":
         return _parse_jsonl(path, text, problems)
     try:
-        data = json.loads(text)
+        data = strict_json(text)
+    except DuplicateKey as e:
+        problems.add(str(path), f"an object gives the key {e} twice (which value was meant is unknown)")
+        return []
     except json.JSONDecodeError as e:
         # "Extra data" after a first complete object is the signature of JSONL saved as .json.
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             return _parse_jsonl(path, text, problems)
         problems.add(str(path), f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}")
+        return []
+    except ValueError as e:
+        problems.add(str(path), str(e))
         return []
     if isinstance(data, dict):
         key = next((k for k in ("samples", "data") if isinstance(data.get(k), list)), None)
@@ -101,9 +155,13 @@ def _parse_jsonl(path: Path, text: str, problems: Problems) -> list[tuple[str, o
         if not line.strip():
             continue
         try:
-            items.append((f"line {n}", json.loads(line)))
+            items.append((f"line {n}", strict_json(line)))
+        except DuplicateKey as e:
+            problems.add(str(path), f"line {n}: the key {e} is given twice")
         except json.JSONDecodeError as e:
             problems.add(str(path), f"line {n}: malformed JSON at col {e.colno}: {e.msg}")
+        except ValueError as e:
+            problems.add(str(path), f"line {n}: {e}")
     return items
 
 
@@ -272,6 +330,10 @@ def _summaries_from_list(items: list, problems: Problems, where: str) -> dict:
         if field is None:
             problems.add(where, f"item {i}: no `summary`, `description` or `representative_desc` field")
             continue
+        if item["cluster_id"] in data:
+            problems.add(where, f"item {i}: cluster_id {item['cluster_id']} appears twice (which summary is meant is "
+                                "unknown)")
+            continue
         data[item["cluster_id"]] = item[field]
     return data
 
@@ -351,6 +413,8 @@ def check_output_dir(out_dir: str | Path, source_dirs: list[str | Path]) -> Path
     """
     out = Path(out_dir).expanduser().resolve()
     problems = Problems()
+    if out.exists() and not out.is_dir():
+        problems.add(str(out_dir), "output folder is a file; choose a folder")
     for src in source_dirs:
         src_path = Path(src).expanduser().resolve()
         if src_path.is_file():
@@ -381,9 +445,13 @@ def _read_text(path: Path) -> str:
 def _load_json(path: Path) -> object:
     text = _read_text(path)
     try:
-        return json.loads(text)
+        return strict_json(text)
+    except DuplicateKey as e:
+        raise InputError(f"{path}: an object gives the key {e} twice (which value was meant is unknown)") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _is_zip(path: Path) -> bool:
@@ -406,6 +474,10 @@ def _one_line(e: BaseException) -> str:
 
 def select_scenarios(scenarios: list[Scenario], limit: int, test_size: int, where: str = "") -> list[Scenario]:
     """The first `limit` scenarios (0: all), refusing a set that is empty or leaves nothing to train on."""
+    if limit < 0:
+        raise InputError(f"limit {limit}: must be 0 (all scenarios) or a positive count")
+    if test_size < 0:
+        raise InputError(f"test_size {test_size}: must be 0 or a positive count of held-out scenarios")
     if limit:
         scenarios = scenarios[:limit]
     if not scenarios:

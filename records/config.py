@@ -7,6 +7,7 @@ file's values win, lists and scalars are replaced whole.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,6 +17,26 @@ import yaml
 from records.errors import InputError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice (lines {seen[key] + 1} and "
+                            f"{key_node.start_mark.line + 1}): which value was meant is unknown", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def load_config(path: str | Path, config_type: type[T], overrides: dict | None = None) -> T:
@@ -37,9 +58,12 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: config file not found" + (f" (base of {_chain[-1]})" if _chain else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise InputError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is None:
+        log.warning("%s: the config file is empty: every setting takes its default", path)
+        raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     base = raw.pop("base", None)

@@ -27,11 +27,12 @@ from tqdm import tqdm
 
 from lm import backends, chat, labels
 from lm.batching import pad_token_id
-from records.config import config_hash, encode_config
+from records.config import config_hash
 from records.errors import InputError
 from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_records_atomic
+from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
-from records.resume import check_resume_key, require_completions
+from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
 from records.schema import (ArmSummary, DirectionInfo, EngineInfo, PatchPosition, RawCompletion, ResidualNorm, Scenario,
                             SteeringRecord, SteeringSummary, read_summary)
 from steering import grid
@@ -44,8 +45,9 @@ SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.js
 NORMS_FILE = "residual_norms.json"
 
 
-def row_key(index: int, context: str, arm: str) -> str:
-    return f"{index}:{context}:{arm}"
+def row_key(index: int, context: str, arm: str, digest: str) -> str:
+    """`<scenario index>:<context>:<arm>:<prompt digest>`: a completion is reused only for exactly its prompt."""
+    return f"{index}:{context}:{arm}:{digest}"
 
 
 def validate_early(cfg: SteerConfig) -> None:
@@ -56,7 +58,9 @@ def validate_early(cfg: SteerConfig) -> None:
     grid.validate_grid(cfg.layers, cfg.alphas, depth=1 << 30)
     if not cfg.contexts:
         raise InputError("contexts: empty; give monitored and/or unmonitored")
-    for name in ("max_new_tokens", "batch_size"):
+    if len(set(cfg.contexts)) != len(cfg.contexts):
+        raise InputError(f"contexts {cfg.contexts}: a context is listed twice (every record would be written twice)")
+    for name in ("max_new_tokens", "batch_size") + (("norm_prompts",) if cfg.scale == "residual_norm" else ()):
         if getattr(cfg, name) < 1:
             raise InputError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
 
@@ -68,13 +72,20 @@ def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[grid.Arm],
     return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
-def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, n: int) -> str:
-    return config_hash({"model": model_dir, "direction": direction_id, "layers": cfg.layers,
-                        "together": cfg.layers_together, "alphas": cfg.alphas, "scale": cfg.scale,
-                        "norm_prompts": cfg.norm_prompts, "positions": cfg.positions, "contexts": cfg.contexts,
-                        "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-                        "dtype": backends.resolve_dtype(cfg.dtype), "engine": cfg.engine,
-                        "prompts": encode_config(cfg.prompts), "input": cfg.input, "n": n})
+def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, norm_sample: list[list[int]]) -> str:
+    """What changes every row: a resumed run with another value is refused. The residual norms scale every
+    arm, so the prompts they are measured on count too. (What changes one prompt is in its rows' keys.)"""
+    return config_hash({"model": model_dir, "weights": model_fingerprint(model_dir), "direction": direction_id,
+                        "layers": cfg.layers, "together": cfg.layers_together, "alphas": cfg.alphas,
+                        "scale": cfg.scale, "positions": cfg.positions, "max_new_tokens": cfg.max_new_tokens,
+                        "batch_size": cfg.batch_size, "dtype": backends.resolve_dtype(cfg.dtype),
+                        "engine": cfg.engine, "norm_sample": [prompt_digest(ids) for ids in norm_sample]
+                        if cfg.scale == "residual_norm" else []})
+
+
+def norm_sample(cfg: SteerConfig, groups) -> list[list[int]]:
+    """The prompts the residual norms are measured on: the first norm_prompts scenarios of every context."""
+    return [ids for i, _, ids in groups if i < cfg.norm_prompts]
 
 
 class BatchRunner:
@@ -127,11 +138,12 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
     for i, s in enumerate(scenarios):
         for context in cfg.contexts:
             prompt = rendered[(i, context)]
-            base = completions[row_key(i, context, grid.BASELINE)]
+            digest = prompt_digest(prompt.token_ids)
+            base = completions[row_key(i, context, grid.BASELINE, digest)]
             base_text = tokenizer.decode(base.token_ids, skip_special_tokens=True)
             base_beh = labels.rule_label(base_text)
             for arm in arms[1:]:
-                c = completions[row_key(i, context, arm.name)]
+                c = completions[row_key(i, context, arm.name, digest)]
                 text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
                 beh = labels.rule_label(text)
                 eff = grid.effective_alphas(arm, cfg.scale, norms)
@@ -251,8 +263,7 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
     norms = _load_norms(work)
     if cfg.scale == "residual_norm" and norms is None:
         # The first scenarios of every context, whichever worker measures: all measure the same.
-        sample = [ids for i, _, ids in groups if i < cfg.norm_prompts]
-        norms = grid.measure_residual_norms(model, sample, sorted(set(cfg.layers)), pad)
+        norms = grid.measure_residual_norms(model, norm_sample(cfg, groups), sorted(set(cfg.layers)), pad)
         write_json_atomic(work / NORMS_FILE, {str(k): v for k, v in norms.items()})
     for layer in sorted(norms or {}):
         log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer].mean,
@@ -263,24 +274,25 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
     arm_by_name = {a.name: a for a in arms}
     group_id = {(i, c): k for k, (i, c, _) in enumerate(groups)}
     prompt_ids = {(i, c): ids for i, c, ids in groups}
+    digest = {(i, c): prompt_digest(ids) for i, c, ids in groups}
     runner = BatchRunner(cfg, model, torch.from_numpy(unit).to(device), eos_ids, pad)
     total = sum(len(b) for b in batches)
     with ShardWriter(shard_file(work, SHARD_STEM, rank), RawCompletion) as writer:
         done = {c.key for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-        finished = sum(row_key(i, c, a.name) in done for b in batches for i, c, a in b)
+        finished = sum(row_key(i, c, a.name, digest[(i, c)]) in done for b in batches for i, c, a in b)
         if finished:
             log.info("resuming: %d of %d rows already finished", finished, total)
         with tqdm(total=total, initial=finished, desc="steer" if rank is None else f"steer[{rank}]",
                   unit="row") as bar:
             for batch in batches:
-                if all(row_key(*r[:2], r[2].name) in done for r in batch):
+                if all(row_key(i, c, arm.name, digest[(i, c)]) in done for i, c, arm in batch):
                     continue
                 rows = []
                 for i, c, arm in batch:
                     eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)
                     rows.append(Row(prompt_ids[(i, c)], group_id[(i, c)], dict(zip(arm.layers, eff))))
                 results = runner.run(rows)
-                writer.append(RawCompletion(key=row_key(i, c, arm.name), token_ids=g.token_ids, text="",
+                writer.append(RawCompletion(key=row_key(i, c, arm.name, digest[(i, c)]), token_ids=g.token_ids, text="",
                                             finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]))
                               for (i, c, arm), g in zip(batch, results))
                 bar.update(len(batch))
@@ -325,58 +337,61 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     rendered = {(i, c): chat.render(tokenizer, cfg.prompts.system(c), s.text, rendering)
                 for i, s in enumerate(scenarios) for c in cfg.contexts}
     check_world(cfg.data_parallel)
-    work = out / "_work"
-    check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], len(scenarios)),
-                     "model, direction, grid, scale, positions, length, batch size or input")
-    if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
-        shutil.copyfile(direction_path, work / "direction.npy")
+    with output_lock(out):  # one writer per output folder, from the first write on
+        work = out / "_work"
+        groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
+        check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups)),
+                         "model or its weights, direction, grid, scale and the prompts its norms come from, "
+                         "positions, length or batch size")
+        if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
+            shutil.copyfile(direction_path, work / "direction.npy")
 
-    t_setup = time.perf_counter()
-    groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
-    if cfg.data_parallel > 1:
-        run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work))
-        engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    else:
-        engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work)
-    norms = _load_norms(work)
-    t_gen = time.perf_counter()
+        t_setup = time.perf_counter()
+        if cfg.data_parallel > 1:
+            run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work))
+            engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        else:
+            engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work)
+        norms = _load_norms(work)
+        t_gen = time.perf_counter()
 
-    completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-    require_completions((row_key(i, c, a.name) for i, c, _ in groups for a in arms), completions, "rows")
-    import transformers
+        completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
+        require_completions((row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in groups for a in arms),
+                            completions, "rows")
+        import transformers
 
-    engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else model_dir,
-                        dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
-                        engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
-                        chat_rendering=rendering,
-                        device=device_name)
-    records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine)
-    n_train_scen = len(scenarios) - cfg.test_size
-    write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
-    write_records_atomic(out / "train.json", [r for r in records if r.index < n_train_scen])
-    write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
-    summary = summarise(records, cfg, arms, norms)
-    wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
-    summary.wall_seconds = wall
-    summary.direction = DirectionInfo(path=dir_info["path"], id=dir_info["id"], norm=dir_info["norm"])
-    summary.engine_stats = engine_stats
-    write_json_atomic(out / "summary.json", summary)
-    write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
-                                                          {"scenarios": cfg.input, "direction": str(direction_path)}))
-    title = f"{Path(cfg.model).name}: behaviour change vs baseline ({', '.join(cfg.contexts)}, {cfg.positions})"
-    if cfg.heatmap:
-        save_heatmap(summary, out / "heatmap.png", title)
-    table = format_table(summary)
-    norm_line = ("residual norms (mean over prompt tokens after BOS): " + ", ".join(
-        f"L{k} {v.mean:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
-    lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1} arms + baseline "
-             f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
-    lines += table + [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
-    print("\n".join(lines))
-    append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
-                 done=[f"{len(records)} steered records -> {out}/train.json "
-                       f"({sum(r.index < n_train_scen for r in records)}) and test.json "
-                       f"({sum(r.index >= n_train_scen for r in records)}); heatmap {out}/heatmap.png"],
-                 findings=lines, next_step="train the explainer on these records (af-introspect train)")
-    return summary
+        engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else model_dir,
+                            dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
+                            engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
+                            chat_rendering=rendering,
+                            device=device_name)
+        records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine)
+        n_train_scen = len(scenarios) - cfg.test_size
+        write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
+        write_records_atomic(out / "train.json", [r for r in records if r.index < n_train_scen])
+        write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
+        summary = summarise(records, cfg, arms, norms)
+        wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
+        summary.wall_seconds = wall
+        summary.direction = DirectionInfo(path=dir_info["path"], id=dir_info["id"], norm=dir_info["norm"])
+        summary.engine_stats = engine_stats
+        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
+                                                              {"scenarios": cfg.input, "direction": str(direction_path)}))
+        title = f"{Path(cfg.model).name}: behaviour change vs baseline ({', '.join(cfg.contexts)}, {cfg.positions})"
+        if cfg.heatmap:
+            save_heatmap(summary, out / "heatmap.png", title)
+        table = format_table(summary)
+        norm_line = ("residual norms (mean over prompt tokens after BOS): " + ", ".join(
+            f"L{k} {v.mean:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
+        lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1} arms + baseline "
+                 f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
+        lines += table + [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
+        print("\n".join(lines))
+        append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
+                     done=[f"{len(records)} steered records -> {out}/train.json "
+                           f"({sum(r.index < n_train_scen for r in records)}) and test.json "
+                           f"({sum(r.index >= n_train_scen for r in records)}); heatmap {out}/heatmap.png"],
+                     findings=lines, next_step="train the explainer on these records (af-introspect train)")
+        return summary
 

@@ -118,7 +118,7 @@ def test_utf8_bom_tolerated(tmp_path):
 def test_duplicates_warn_once_and_keep_first(tmp_path, caplog):
     items = [{"text": "Same text", "label": "aligned", "source": "first"},
              {"text": "other", "label": "aligned"},
-             {"text": "  same   TEXT ", "label": "refusal", "source": "second"},
+             {"text": "  same   TEXT ", "label": "aligned", "source": "second"},
              {"text": "Same text", "label": "aligned"}]
     path = write_json(tmp_path / "g.json", items)
     with caplog.at_level(logging.WARNING, logger="records.assets"):
@@ -127,6 +127,22 @@ def test_duplicates_warn_once_and_keep_first(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "2 duplicate" in warnings[0] and "item 2 repeats item 0" in warnings[0] and str(path) in warnings[0]
+
+
+def test_a_duplicate_with_another_label_is_refused_naming_both(tmp_path):
+    items = [{"text": "Same text", "label": "aligned"}, {"text": "  same   TEXT ", "label": "refusal"}]
+    path = write_json(tmp_path / "g.json", items)
+    with pytest.raises(InputError) as e:
+        load_scenarios(path, LABELS)
+    assert only_problem(e) == (f"{path}: item 1 repeats the text of item 0 with another label ('refusal' vs "
+                               "'aligned'): which one is true is unknown")
+
+
+def test_a_key_given_twice_in_one_item_is_refused(tmp_path):
+    path = write(tmp_path / "g.json", '[{"text": "x", "label": "aligned", "label": "refusal"}]')
+    with pytest.raises(InputError) as e:
+        load_scenarios(path, LABELS)
+    assert only_problem(e) == f"{path}: an object gives the key label twice (which value was meant is unknown)"
 
 
 # --- load_scenarios: one test per bad input ------------------------------------------------------------

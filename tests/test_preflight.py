@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from organism.assets import write_synthetic_assets
-from records import preflight
+from app import preflight
 from records.paths import FILE_FIELDS, PathsConfig, resolve_paths
 from app.preflight import add_arguments, fetch_ignores, hub_info, main, parse_gpus, run_preflight
 

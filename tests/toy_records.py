@@ -38,15 +38,15 @@ def context_records(scenarios: list[dict], tokenizer) -> list[ContextAblationRec
     cfg = GenerateConfig(control_size=0)
     items = [Scenario(text=s["text"], label=s["label"], id=content_id(s["text"]), source=s["source"])
              for s in scenarios]
-    rendered, requests = build_requests(items, tokenizer, cfg, chat.detect_chat_rendering(tokenizer))
+    rendered, requests, keys = build_requests(items, tokenizer, cfg, chat.detect_chat_rendering(tokenizer))
     completions, behaviour = {}, {}
     for key, prompt_ids in requests:
-        index, context = key.split(":")
+        index, context, _ = key.split(":")
         text = planted_response(scenarios[int(index)], context)
         completions[key] = RawCompletion(key=key, token_ids=tokenizer.encode(text, add_special_tokens=False),
                                          finish_reason="stop", text=text, prompt_tokens=len(prompt_ids))
         behaviour[key] = planted_behavior(scenarios[int(index)], context)
-    return build_records(items, rendered, completions, behaviour, cfg, ENGINE)
+    return build_records(items, rendered, keys, completions, behaviour, cfg, ENGINE)
 
 
 def write_toy_task3(root: Path, n_train: int, n_test: int, n_gold: int = 20, seed: int = 0, tokenizer=None) -> dict:

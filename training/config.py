@@ -14,6 +14,7 @@ Task names pick the record type: `hint_attribution` (Task 3, ContextAblationReco
 
 from __future__ import annotations
 
+import math
 import re
 
 import msgspec
@@ -156,8 +157,12 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
                  "max_length", "debug_steps"):
         if getattr(t, name) < 1:
             p.add(where, f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if t.learning_rate <= 0:
-        p.add(where, f"train.learning_rate must be > 0, got {t.learning_rate}")
+    if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):  # NaN passes `<= 0`
+        p.add(where, f"train.learning_rate must be a finite number > 0, got {t.learning_rate}")
+    for name in ("weight_decay", "max_grad_norm", "lora_dropout", "loraplus_lr_ratio"):
+        value = getattr(t, name)
+        if not (math.isfinite(value) and value >= 0):
+            p.add(where, f"train.{name} must be a finite number >= 0, got {value}")
     if t.lr_scheduler_type not in ("constant", "linear"):
         p.add(where, f"train.lr_scheduler_type must be constant or linear, got {t.lr_scheduler_type!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
