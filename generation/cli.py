@@ -79,6 +79,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = msgspec.structs.replace(cfg, model=cfg.model or paths.organism_model)
     input_path = Path(cfg.input or paths.gold_1560)
     scenarios = load_scenarios(input_path, paths.known_labels)
-    source_dirs = [Path(paths.data_root), input_path.parent]
+    source_dirs = [Path(paths.data_root), input_path]
     run(cfg, scenarios, source_dirs)
     return 0

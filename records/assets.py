@@ -406,10 +406,11 @@ def load_hf_dataset(name: str, split: str, cache_dir: str | Path | None = None):
 
 
 def check_output_dir(out_dir: str | Path, source_dirs: list[str | Path]) -> Path:
-    """Refuse an output folder equal to or inside a source data folder; return it resolved.
+    """Refuse an output folder equal to or inside a source data folder, or one holding a source file (the
+    input scenario file, say: a stage's own files could overwrite it); return it resolved.
 
-    Symlinks are resolved on both sides, so a link pointing into the data cannot slip past. A source
-    given as a file stands for its folder.
+    Symlinks are resolved on both sides, so a link pointing into the data cannot slip past. A source given
+    as a file guards itself only: outputs beside it are fine.
     """
     out = Path(out_dir).expanduser().resolve()
     problems = Problems()
@@ -418,7 +419,10 @@ def check_output_dir(out_dir: str | Path, source_dirs: list[str | Path]) -> Path
     for src in source_dirs:
         src_path = Path(src).expanduser().resolve()
         if src_path.is_file():
-            src_path = src_path.parent
+            if out in src_path.parents:
+                problems.add(str(out_dir), f"output folder resolves to {out}, which holds the input file {src_path}; "
+                                           "choose an output folder that does not contain the inputs")
+            continue
         if out == src_path or src_path in out.parents:
             problems.add(
                 str(out_dir),

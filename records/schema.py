@@ -7,6 +7,7 @@ HintAttributionDataset and ActPatchDataset read, so its loaders can consume our 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -24,9 +25,19 @@ SCHEMA_VERSION = 1
 _WS = re.compile(r"\s+")
 
 
+
+@functools.cache
+def _invisible() -> dict[int, None]:
+    """Invisible characters that would let a held-out text pass as new: format characters (Unicode
+    category Cf: zero-width space and joiners, soft hyphen, BOM, bidi marks), dropped before comparing.
+    Built on first use (0.3 s), not at import."""
+    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)) == "Cf"}
+
+
 def normalise_text(text: str) -> str:
-    """Canonical form for content identity: NFKC, casefolded, whitespace collapsed and stripped."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """Canonical form for content identity: NFKC, invisible format characters removed, casefolded,
+    whitespace collapsed and stripped."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text).translate(_invisible()).casefold()).strip()
 
 
 def content_id(text: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lm import backends, chat
 from lm.models import resolve_model
+from records.assets import check_output_dir
 from records.errors import InputError
 from records.jsonl import write_json_atomic
 from records.paths import PathsConfig
@@ -35,6 +36,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
 
     check(cfg)
     d = cfg.derive
+    out = Path(d.out)
+    # the user's own direction file (af_intent_direction.npy) and scenarios are never overwritten
+    check_output_dir(out.parent if out.suffix == ".npy" else out, [paths.data_root, input_path])
     if cfg.limit:
         scenarios = scenarios[:cfg.limit]
     model_dir = resolve_model(cfg.model)

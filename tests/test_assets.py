@@ -554,10 +554,20 @@ def test_output_dir_inside_symlinked_source(tmp_path):
         check_output_dir(tmp_path / "real" / "out", [tmp_path / "data"])
 
 
-def test_output_dir_source_given_as_file(tmp_path):
+def test_an_input_file_guards_itself_not_its_folder(tmp_path):
+    """gold.json in a working folder: an output beside it is fine, the folder that holds it is not."""
     gold = write_json(tmp_path / "gold.json", [])
-    with pytest.raises(InputError):
-        check_output_dir(tmp_path / "out", [gold])
+    assert check_output_dir(tmp_path / "out", [gold]) == (tmp_path / "out").resolve()
+    with pytest.raises(InputError) as e:
+        check_output_dir(tmp_path, [gold])
+    assert "holds the input file" in only_problem(e)
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("")
+    with pytest.raises(InputError) as e:
+        check_output_dir(tmp_path / "out", [tmp_path / "data"])
+    assert only_problem(e) == f"{tmp_path / 'out'}: output folder is a file; choose a folder"
 
 
 # --- paths config --------------------------------------------------------------------------------------

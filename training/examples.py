@@ -22,6 +22,7 @@ import numpy as np
 from lm.labels import BEHAVIOURS
 from records.errors import InputError, Problems
 from records.jsonl import read_records
+from records.neardup import near_duplicates
 from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id, normalise_text
 from training.config import SLOT, TaskConfig, TrainConfig
 
@@ -323,6 +324,20 @@ def check_no_heldout(train_records: list, held: HeldOut, decode=None, where: str
     if offenders:
         raise InputError([f"{where}: refusing to train: it contains held-out evaluation scenarios "
                           f"({len(offenders)} record(s)); remove them from the training split:"] + offenders)
+    warn_near_heldout(train_records, held, decode, where)
+
+
+def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: str = "training data") -> None:
+    """The second guard: warn, with each pair, about training scenarios nearly equal to a held-out one
+    (word 3-gram Jaccard >= 0.9: a word changed, a sentence added), which no content id catches."""
+    texts = [(f"training record index {getattr(r, 'index', '?')}",
+              scenario_text(r) if isinstance(r, ContextAblationRecord) else " ".join(record_texts(r, decode)))
+             for r in train_records if record_texts(r, decode)]
+    pairs = near_duplicates(texts, [(f"{name} id {sid}", t) for t, (name, sid) in held.texts.items()])
+    for record, ref, jaccard in pairs[:20]:
+        log.warning("%s: %s is a near-duplicate of held-out %s (word 3-gram Jaccard %.2f)", where, record, ref, jaccard)
+    if len(pairs) > 20:
+        log.warning("%s: %d more near-duplicate pairs", where, len(pairs) - 20)
 
 
 def check_split_overlap(train_records: list, test_records: list) -> int:
