@@ -1,7 +1,12 @@
-"""Near-duplicate texts: word 3-gram (shingle) Jaccard similarity over normalised text.
+"""Near-copies of held-out texts: the share of a held-out text's character 5-grams that a training text
+contains, over normalised text.
 
-The held-out guard's second line: an exact content id misses a held-out scenario with one word changed,
-a typo fixed or a sentence appended; a shingle Jaccard of 0.9 or more catches those and little else.
+The held-out guard's second line: an exact content id misses a held-out scenario with a word changed, a
+typo fixed, a sentence added or a prefix put before it. Measured on a 140-character scenario: one word
+changed 0.90, a typo 0.96, a sentence or a prefix added 1.00, two words changed 0.81, another text on
+the same topic 0.13. Word 3-gram Jaccard, the other usual choice, gave 0.76 to 0.84 for the first four,
+so it would miss them at any threshold that spares different texts. Held-out texts shorter than
+MIN_CHARS are left to the exact check: almost any text contains a short one.
 """
 
 from __future__ import annotations
@@ -10,35 +15,25 @@ from typing import Iterable
 
 from records.schema import normalise_text
 
-NEAR_DUPLICATE = 0.9
+NEAR_COPY = 0.85
+MIN_CHARS = 40
 
 
-def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
-    words = normalise_text(text).split()
-    if len(words) < n:
-        return frozenset([tuple(words)]) if words else frozenset()
-    return frozenset(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+def shingles(text: str, n: int = 5) -> frozenset[str]:
+    norm = normalise_text(text)
+    return frozenset(norm[i:i + n] for i in range(max(1, len(norm) - n + 1))) if norm else frozenset()
 
 
-def near_duplicates(texts: Iterable[tuple[str, str]], references: Iterable[tuple[str, str]],
-                    threshold: float = NEAR_DUPLICATE) -> list[tuple[str, str, float]]:
-    """(text name, reference name, Jaccard) for every pair at or above `threshold`, best first.
-
-    `texts` and `references` are (name, text) pairs; references are indexed by shingle, so only pairs
-    that share one are compared.
-    """
-    ref_sets: list[tuple[str, frozenset]] = [(name, shingles(t)) for name, t in references]
-    index: dict[tuple[str, ...], list[int]] = {}
-    for k, (_, s) in enumerate(ref_sets):
-        for g in s:
-            index.setdefault(g, []).append(k)
+def near_copies(texts: Iterable[tuple[str, str]], references: Iterable[tuple[str, str]],
+                threshold: float = NEAR_COPY) -> list[tuple[str, str, float]]:
+    """(text name, reference name, share) for every text that contains at least `threshold` of a
+    reference's 5-grams, highest first. `texts` and `references` are (name, text) pairs."""
+    refs = [(name, shingles(t)) for name, t in references if len(normalise_text(t)) >= MIN_CHARS]
     found = []
     for name, text in texts:
         s = shingles(text)
-        candidates = {k for g in s for k in index.get(g, ())}
-        for k in candidates:
-            ref_name, r = ref_sets[k]
-            jaccard = len(s & r) / len(s | r)
-            if jaccard >= threshold:
-                found.append((name, ref_name, jaccard))
+        for ref_name, r in refs:
+            share = len(s & r) / len(r)
+            if share >= threshold:
+                found.append((name, ref_name, share))
     return sorted(found, key=lambda f: -f[2])

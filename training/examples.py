@@ -22,7 +22,7 @@ import numpy as np
 from lm.labels import BEHAVIOURS
 from records.errors import InputError, Problems
 from records.jsonl import read_records
-from records.neardup import near_duplicates
+from records.neardup import near_copies
 from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id, normalise_text
 from training.config import SLOT, TaskConfig, TrainConfig
 
@@ -328,16 +328,17 @@ def check_no_heldout(train_records: list, held: HeldOut, decode=None, where: str
 
 
 def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: str = "training data") -> None:
-    """The second guard: warn, with each pair, about training scenarios nearly equal to a held-out one
-    (word 3-gram Jaccard >= 0.9: a word changed, a sentence added), which no content id catches."""
+    """The second guard: warn, with each pair, about training scenarios that are near-copies of a held-out
+    one (>= 85% of its character 5-grams: a word changed, a sentence added), which no content id catches."""
     texts = [(f"training record index {getattr(r, 'index', '?')}",
               scenario_text(r) if isinstance(r, ContextAblationRecord) else " ".join(record_texts(r, decode)))
              for r in train_records if record_texts(r, decode)]
-    pairs = near_duplicates(texts, [(f"{name} id {sid}", t) for t, (name, sid) in held.texts.items()])
-    for record, ref, jaccard in pairs[:20]:
-        log.warning("%s: %s is a near-duplicate of held-out %s (word 3-gram Jaccard %.2f)", where, record, ref, jaccard)
+    pairs = near_copies(texts, [(f"{name} id {sid}", t) for t, (name, sid) in held.texts.items()])
+    for record, ref, share in pairs[:20]:
+        log.warning("%s: %s is a near-copy of held-out %s (%.0f%% of its character 5-grams)", where, record, ref,
+                    100 * share)
     if len(pairs) > 20:
-        log.warning("%s: %d more near-duplicate pairs", where, len(pairs) - 20)
+        log.warning("%s: %d more near-copy pairs", where, len(pairs) - 20)
 
 
 def check_split_overlap(train_records: list, test_records: list) -> int:
