@@ -1,14 +1,10 @@
 """Training warns, naming the pair, when a training scenario is a near-copy of a held-out one."""
 
 import logging
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_records import context_records, organism_tokenizer  # noqa: E402
-
-from organism.scenarios import generate_scenarios  # noqa: E402
-from training.examples import HeldOut, check_no_heldout  # noqa: E402
+from organism.scenarios import generate_scenarios
+from toy_records import context_records, organism_tokenizer
+from training.examples import HeldOut, check_no_heldout
 
 
 def test_a_near_copy_of_a_held_out_scenario_is_named_in_a_warning(caplog):

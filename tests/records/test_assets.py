@@ -42,7 +42,7 @@ from records.paths import (
 )
 from records.schema import content_id
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LABELS = PathsConfig().known_labels
 
 

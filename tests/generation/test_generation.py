@@ -19,7 +19,7 @@ from records.errors import InputError
 from records.jsonl import read_records
 from records.schema import ContextAblationRecord, RawCompletion, Scenario, content_id
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 N, TEST_SIZE = 24, 6
 SEED_FIELDS = ("ablation_prompt", "hint_prompt_full", "original_prompt_full", "system_prompt", "hint",
                "random_hint_prediction", "zeroshot_prediction", "changed_pred_bc_hint", "hint_user_prompt",

@@ -18,7 +18,7 @@ from steering import grid
 from steering.engine import FastSteeredGenerator, Row, hf_generate
 from lm.hooks import SteeringState, prompt_position_mask, steering
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 H = 64
 
 

@@ -134,7 +134,7 @@ def test_fetch_skips_duplicate_weights():
 def test_cli_main(tmp_path, assets_dir, no_gpu):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     args = parser.parse_args(["--paths-config", str(repo / "configs" / "paths.yaml"), "--data-root", str(assets_dir),
                               "--out-dir", str(tmp_path / "runs"), "--progress-log", str(tmp_path / "P.md")])
     assert main(args) == 0
