@@ -20,7 +20,7 @@ from features.config import FeaturesConfig
 from features.describe import (DescribeSummary, check_descriptions, describe, describe_lines, label_stats,
                                load_cluster_files)
 from features.extract import VECTORS, extract, read_extract_output, select, selection_lines
-from features.splits import make_splits, split_counts, to_records
+from features.splits import load_cluster_attributes, make_splits, split_counts, to_records
 from records.assets import check_output_dir
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
 from records.paths import PathsConfig
@@ -51,6 +51,8 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
     out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
     describing = mode in ("describe", "all")
     clusters = load_cluster_files(paths) if describing else None
+    if describing:
+        load_cluster_attributes(cfg, paths)  # a missing or bad attributes file stops the run before any write
     if mode in ("extract", "all"):
         selectivity, selected = select(cfg, paths)
         if clusters is not None:  # bad cluster files or (strict) gaps stop the run before anything is written

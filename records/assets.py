@@ -260,7 +260,11 @@ def load_array(
     if int(np.prod(shape)) == 0:
         problems.add(where, f"array is empty (shape {shape})")
     problems.raise_if_any()
-    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:  # the header promises more data than the file holds
+        raise InputError(f"{path}: truncated or unreadable .npy (shape {shape} in its header; "
+                         f"{' '.join(str(e).split())[:100]})") from None
     if np.issubdtype(arr.dtype, np.inexact):
         bad, first = _count_nonfinite(arr)
         if bad:
@@ -438,6 +442,8 @@ def check_output_dir(out_dir: str | Path, source_dirs: list[str | Path]) -> Path
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the path of a file in it")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:

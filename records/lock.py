@@ -17,6 +17,14 @@ from records.errors import InputError
 LOCK_NAME = ".lock"
 
 
+def remove_stale_temp_files(out: Path) -> None:
+    """Temporary files of atomic writes (`.<name>.<pid>.tmp`) that a kill left behind; with the lock held no
+    other writer can own one."""
+    for path in out.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink()
+
+
 @contextlib.contextmanager
 def output_lock(out_dir: str | Path) -> Iterator[None]:
     """Hold `out_dir`'s lock (creating the folder) or refuse at once with one line naming the holder."""
@@ -34,6 +42,7 @@ def output_lock(out_dir: str | Path) -> Iterator[None]:
                              "finish, or choose another --output-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temp_files(out)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -59,12 +59,19 @@ def load_direction(path: str | Path, hidden_size: int, model: str = "the model")
     if size != hidden_size:
         raise InputError(f"direction {path}: has {size} values but {model} has hidden size {hidden_size}; "
                          f"{DERIVE_HINT}")
-    vec = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+    try:
+        vec = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+    except (ValueError, EOFError, OSError) as e:  # the header promised more data than the file holds
+        raise InputError(f"direction {path}: truncated or unreadable .npy ({' '.join(str(e).split())[:120]})") from None
     bad = np.flatnonzero(~np.isfinite(vec))
     if bad.size:
         raise InputError(f"direction {path}: {bad.size} non-finite value(s) (NaN or inf), first at index {bad[0]}")
-    norm = float(np.linalg.norm(vec))
-    if norm == 0.0 or not np.isfinite(norm):
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(vec))
+    if not np.isfinite(norm):
+        raise InputError(f"direction {path}: its norm overflows (largest |value| {np.abs(vec).max():.3g}); "
+                         "rescale the vector")
+    if norm == 0.0:
         raise InputError(f"direction {path}: zero norm (all zeros); cannot normalise it to a unit vector")
     return (vec / norm).astype(np.float32), {"path": str(path), "id": direction_id(path), "norm": norm}
 
