@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from training.evaluate import format_table, majority_predictions, nearest_neighbour_predictions
-from training.scoring import first_token, parse_change, score, score_item
 from training.examples import Example, causal_target
+from training.scoring import first_token, parse_change, score, score_item
 
 
 @pytest.fixture(scope="module")
