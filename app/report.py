@@ -115,7 +115,7 @@ def plot_training(metrics: list[dict], path: Path, title: str) -> bool:
 
 def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
     """Histogram of per-description embedding similarity to the reference, explainer vs baselines."""
-    from training.evaluate import MiniLM
+    from training.scoring import MiniLM
 
     embed = MiniLM("cpu")
     sims: dict[str, np.ndarray] = {}

@@ -4,7 +4,7 @@
     python benchmarks/bench_training.py                # GPU: random-weight Mistral-7B shape, r=128, bf16
 
 GPU mode builds a random-weight Mistral-7B-shaped model (32 layers, hidden 4096, vocab 32768) in memory,
-wraps it with LoRA r=128 on all linear projections (peft, as training/train.py does) and trains on
+wraps it with LoRA r=128 on all linear projections (peft, as training/model.py does) and trains on
 synthetic examples whose lengths are drawn uniformly from --min-len..--max-len with --answer-len scored
 tokens each (Task 3 records: ~150-600 prompt tokens, ~15 answer tokens). Two collators, in this order:
 - ours: training/data.py's length-grouped batches, right padding without a mask, logits only at the

@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(args.config, args.set, args.output_dir)
     if args.check_debug:
-        from training.train import debug_marker
+        from training.runlog import debug_marker
 
         marker = debug_marker(cfg)
         print(f"{'ok' if marker.is_file() else 'missing'}: {marker}")

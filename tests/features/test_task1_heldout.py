@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from organism.assets import write_synthetic_assets
 from app import cli
+from organism.assets import write_synthetic_assets
 from records.jsonl import read_records
 from records.schema import FeatureRecord
 

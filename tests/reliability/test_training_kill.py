@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from trials import count
 from toy_records import tiny_random_explainer, write_toy_task3
+from training import checkpoint as C
+from training import model as M
 from training import train as T
 from training.config import load_train_config
 
@@ -72,7 +74,7 @@ KILL_POINTS = [
     ("training.data.collate", 7, "mid-epoch, at the start of step 4 (last checkpoint: step 2)", 2),
     ("training.data.collate", 10, "mid-gradient-accumulation: step 5's second micro-batch", 4),
     ("torch.save", 3, "during the step-4 checkpoint save, optimizer state half written", 2),
-    ("training.train.write_atomic", 2, "during the step-4 save: renamed into place, marker not yet written", 2),
+    ("training.checkpoint.write_atomic", 2, "during the step-4 save: renamed into place, marker not yet written", 2),
     ("training.data.collate", 20, "second epoch: step 10's second micro-batch, after the epoch boundary", 8),
 ]
 
@@ -95,7 +97,7 @@ def test_killed_training_resumes_exactly(toy, straight, tmp_path, function, call
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # every step logged once, with the same loss, schedule and example ids as the uninterrupted run
     assert train_entries(out) == train_entries(straight)
-    assert [p.name for p in T.complete_checkpoints(out / "checkpoints")] == [
+    assert [p.name for p in C.complete_checkpoints(out / "checkpoints")] == [
         f"checkpoint-{s:08d}" for s in (STEPS - 2, STEPS)]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # partial saves gone
     for pt in out.rglob("*.pt"):
@@ -107,7 +109,7 @@ def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, t
     it at a random moment, then check what resume would see: the newest complete checkpoint loads with
     weights_only, its weights and state belong to the same step, and nothing partial is ever picked."""
     cfg = load_train_config(str(CPU_CONFIG), config_sets(toy), str(tmp_path / "unused"))
-    explainer = T.build_explainer(cfg, None, torch.device("cpu"), torch.float32)
+    explainer = M.build_explainer(cfg, None, torch.device("cpu"), torch.float32)
     optimizer = T.make_optimizer(cfg, explainer)
     lora = [p for n, p in explainer.model.named_parameters() if "lora_" in n]
     for p in explainer.trainable_parameters():
@@ -118,8 +120,8 @@ def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, t
         with torch.no_grad():
             for p in lora:
                 p.fill_(step)
-        T.save_checkpoint(root, step, explainer, optimizer, {"step": step, "epoch": 0, "step_in_epoch": step,
-                                                             "config_hash": "x"}, keep=2)
+        progress = C.Progress(step=step, epoch=0, step_in_epoch=step, config_hash="x", total_steps=10_000)
+        C.save_checkpoint(root, step, explainer, optimizer, progress, keep=2)
 
     root = tmp_path / "checkpoints"
     t = time.perf_counter()
@@ -128,7 +130,7 @@ def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, t
     rng = random.Random(0)
     kills, mid_save = count(full=200, reduced=25), 0
     for _ in range(kills):
-        newest = int(T.complete_checkpoints(root)[-1].name.split("-")[1])
+        newest = int(C.complete_checkpoints(root)[-1].name.split("-")[1])
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: save forever until killed
@@ -146,19 +148,19 @@ def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, t
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
-        left = [p for p in root.iterdir() if p.name.startswith(".") or not (p / T.COMPLETE).exists()]
+        left = [p for p in root.iterdir() if p.name.startswith(".") or not (p / C.COMPLETE).exists()]
         mid_save += bool(left)
-        found = T.complete_checkpoints(root)
+        found = C.complete_checkpoints(root)
         assert found, "a kill left no complete checkpoint"
         pick = found[-1]
         step = int(pick.name.split("-")[1])
-        state = T.load_checkpoint(pick, explainer, optimizer)  # weights_only loads throughout
-        assert state["step"] == step
+        progress = C.load_checkpoint(pick, explainer, optimizer)  # weights_only loads throughout
+        assert progress.step == step
         assert all(torch.all(p == step) for p in lora), f"{pick.name}: weights of another save"
         for pt in pick.glob("*.pt"):
             torch.load(pt, weights_only=True)
-        T.remove_partial_saves(root)  # what a resume does first
-        assert all((p / T.COMPLETE).is_file() for p in root.iterdir())
+        C.remove_partial_saves(root)  # what a resume does first
+        assert all((p / C.COMPLETE).is_file() for p in root.iterdir())
     # most kills must land inside a save, or the test proves little
     assert mid_save >= kills // 2, f"only {mid_save}/{kills} kills landed mid-save"
     print(f"{kills} kills, {mid_save} left a partial save behind, every resume found a complete checkpoint")

