@@ -14,6 +14,7 @@ content hash) requires (training/runlog.py). Nothing is uploaded anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -28,7 +29,8 @@ import torch
 from lm.models import resolve_model
 from records.assets import check_output_dir
 from records.config import config_hash
-from records.errors import InputError
+from records.errors import InputError, StageFailure
+from records.lock import output_lock
 from records.jsonl import write_json_atomic
 from training import data as D
 from training import distributed as dist
@@ -74,7 +76,26 @@ def evaluate(explainer: Explainer, test_enc: list[D.Encoded], test: list[E.Examp
           + "".join(f", {k} {v:.3f}" for k, v in entry.items() if k.endswith("exact_match")))
     for ex, pred in pairs if show_answers else []:
         print(f"  [{ex.question_type}] target {ex.target!r} <- generated {pred!r}")
-    return entry
+    return entry, [pred for _, pred in pairs]
+
+
+def check_debug_answers(answers: list[str]) -> None:
+    """A debug run passes only if the explainer still writes varied answers: all empty or all the same
+    means training broke it (too high a learning rate, a template that ends the answer at once)."""
+    if answers and all(not a.strip() for a in answers):
+        raise StageFailure(f"debug run FAILED: all {len(answers)} generated answers are empty; lower "
+                           "train.learning_rate (CPU configs are toy settings) or check the chat template")
+    if len(answers) > 1 and len(set(answers)) == 1:
+        raise StageFailure(f"debug run FAILED: all {len(answers)} generated answers are the same ({answers[0]!r}); "
+                           "the explainer ignores its input: lower train.learning_rate or check the data")
+
+
+def warn_toy_settings(cfg: TrainConfig) -> None:
+    """The CPU configs' learning rate (5e-3) suits the 128-wide toy only; on a real model it breaks LoRA."""
+    if cfg.model_path != "toy" and cfg.train.learning_rate >= 1e-3:
+        log.warning("train.learning_rate=%g is a toy setting (configs/*_cpu.yaml train the 4-layer toy): a real "
+                    "model's LoRA at this rate forgets how to answer; the GPU configs use 5e-5",
+                    cfg.train.learning_rate)
 
 
 def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: bool = False,
@@ -85,6 +106,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     main_process = dist.is_main()
     if not debug:
         check_debug_gate(cfg, force)
+    warn_toy_settings(cfg)
     out = Path(cfg.output_dir) / "debug" if debug else Path(cfg.output_dir)
     check_output_dir(out, [E.dataset_dir(cfg, task) for task in cfg.train.tasks])
     ckpt_root = out / "checkpoints"
@@ -109,136 +131,142 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         log.warning("%d training examples longer than max_length=%d dropped", dropped, cfg.train.max_length)
     if not train_enc:
         raise InputError("no training examples left after encoding")
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)  # only now: refused input leaves nothing behind
+    # one writer per output folder (the main process holds the lock), from the first write on
+    with output_lock(out) if main_process else contextlib.nullcontext():
+        if main_process:
+            out.mkdir(parents=True, exist_ok=True)  # only now: refused input leaves nothing behind
+            if debug:
+                print_debug_data(cfg, data, train_enc, tokenizer)
+
+        # Model, optimizer, schedule
+        explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers, answer_tokens(cfg, train_enc))
+        params = explainer.trainable_parameters()
+        optimizer = make_optimizer(cfg, explainer)
+        lengths = [len(e.ids) for e in train_enc]
+        t = cfg.train
+        steps_per_epoch = len(D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, 0, t.group_by_length))
+        total_steps = steps_per_epoch * t.num_epochs  # the schedule's horizon, whatever --max-steps says
+        limit = min(total_steps, max_steps) if max_steps else total_steps
+        # --debug: the same loop, shorter; every step printed, a small eval that shows its answers
         if debug:
-            print_debug_data(cfg, data, train_enc, tokenizer)
+            limit = min(limit, t.debug_steps)
+        n_loss, n_generate, print_every = (8, 4, 1) if debug else (len(test_enc), t.eval_samples, 10)
 
-    # Model, optimizer, schedule
-    explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers, answer_tokens(cfg, train_enc))
-    params = explainer.trainable_parameters()
-    optimizer = make_optimizer(cfg, explainer)
-    lengths = [len(e.ids) for e in train_enc]
-    t = cfg.train
-    steps_per_epoch = len(D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, 0, t.group_by_length))
-    total_steps = steps_per_epoch * t.num_epochs  # the schedule's horizon, whatever --max-steps says
-    limit = min(total_steps, max_steps) if max_steps else total_steps
-    # --debug: the same loop, shorter; every step printed, a small eval that shows its answers
-    if debug:
-        limit = min(limit, t.debug_steps)
-    n_loss, n_generate, print_every = (8, 4, 1) if debug else (len(test_enc), t.eval_samples, 10)
-
-    # Resume: the checkpoint's position and counters, this config's hyperparameters (checkpoint.Progress)
-    prog = Progress(step=0, epoch=0, step_in_epoch=0, config_hash=config_hash(cfg), total_steps=total_steps)
-    resumed_from = None
-    if main_process:
-        remove_partial_saves(ckpt_root)
-    dist.barrier()
-    if resume:
-        found = complete_checkpoints(ckpt_root)
-        if found:
-            saved = load_checkpoint(found[-1], explainer, optimizer)
-            check_resume(saved, prog.config_hash, total_steps, found[-1])
-            prog = msgspec.structs.replace(saved, config_hash=prog.config_hash, total_steps=total_steps)
-            resumed_from = str(found[-1])
-            log.info("resumed from %s: step %d, epoch %d, step %d of the epoch", found[-1], prog.step, prog.epoch,
-                     prog.step_in_epoch)
-        else:
-            log.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
-    if main_process:
-        write_run_files(out, cfg, model_dir, explainer.markers)
-    metrics = MetricsLog(out, prog.step if resume else None, enabled=main_process)
-    n_trainable = sum(p.numel() for p in params)
-    if main_process:
-        if world > 1:
-            print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
-                  f"({t.batch_size} x {t.gradient_accumulation})")
-        print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
-              f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
-              f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
-
-    def save() -> None:
-        """Checkpoint where the loop stands: with the RNG states, enough to continue bit-for-bit."""
-        rngs = dist.gather(rng_state())  # collective: every process takes part
+        # Resume: the checkpoint's position and counters, this config's hyperparameters (checkpoint.Progress)
+        prog = Progress(step=0, epoch=0, step_in_epoch=0, config_hash=config_hash(cfg), total_steps=total_steps)
+        resumed_from = None
         if main_process:
-            save_checkpoint(ckpt_root, prog.step, explainer, optimizer, prog, t.save_total_limit, rngs)
-
-    losses: list[float] = []
-    last_eval: dict = {}
-    tokens_at_start = prog.tokens_seen
-    pad = tokenizer.pad_token_id
-    last_saved = prog.step
-    t_loop = time.perf_counter()
-    try:
-        while prog.step < limit:
-            plan = D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, prog.epoch, t.group_by_length)
-            if prog.step_in_epoch >= len(plan):
-                prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
-                continue
-            micro = [[train_enc[i] for i in mb] for mb in plan[prog.step_in_epoch]]
-            step_examples = [e for mb in micro for e in mb]
-            denom = D.answer_weight(step_examples)  # the whole step's, on every process
-            if world > 1:  # this process's share, in micro-batches of at most batch_size
-                mine = dist.my_share(step_examples)
-                micro = [mine[k:k + t.batch_size] for k in range(0, len(mine), t.batch_size)]
-            explainer.model.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value, step_tokens, step_padded = 0.0, 0, 0
-            for mb in micro:
-                batch = D.collate(mb, pad).to(device)
-                loss = explainer.loss_sum(batch) / denom
-                loss.backward()
-                loss_value += float(loss.detach())
-                step_tokens += batch.n_tokens
-                step_padded += batch.n_padded
-            dist.sum_gradients(params)
-            loss_value, step_tokens, step_padded = dist.sum_values(loss_value, step_tokens, step_padded)
-            prog.tokens_seen += int(step_tokens)
-            prog.padded_seen += int(step_padded)
-            if not math.isfinite(loss_value) or (debug and loss_value == 0.0):
-                raise RuntimeError(f"loss is {loss_value} at step {prog.step + 1}: stopping (check the data and the "
-                                   "answer masking; an exactly-0 loss means nothing is being scored)")
-            lr = lr_at(cfg, prog.step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            grad_norm = (float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)) if t.max_grad_norm > 0
-                         else float("nan"))
-            optimizer.step()
-            prog.step, prog.step_in_epoch = prog.step + 1, prog.step_in_epoch + 1
-            step = prog.step
-            losses.append(loss_value)
-            metrics.write({"step": step, "epoch": prog.epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                           "tokens": prog.tokens_seen,
-                           "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen),
-                           "elapsed_s": time.perf_counter() - t0,
-                           "examples": [e.index for e in step_examples]}, "train")
-            if main_process and (step % print_every == 0 or step == limit):
-                rate = (prog.tokens_seen - tokens_at_start) / (time.perf_counter() - t_loop)
-                print(f"{'debug ' if debug else ''}step {step}/{limit} epoch {prog.epoch} loss {loss_value:.4f} "
-                      f"lr {lr:.2e} ({rate:,.0f} tok/s)")
-            if step % t.eval_steps == 0 and main_process:
-                last_eval = evaluate(explainer, test_enc, data.test, cfg, step, metrics, n_loss, n_generate, debug)
-            if step % t.save_steps == 0 or step == limit:
-                save()
-                last_saved = step
-        if last_saved != prog.step:
-            save()
-        if main_process:
-            if prog.step % t.eval_steps != 0:
-                last_eval = evaluate(explainer, test_enc, data.test, cfg, prog.step, metrics, n_loss, n_generate,
-                                     debug)
-            save_final(out, explainer, prog.step, total_steps, config_hash(cfg))
+            remove_partial_saves(ckpt_root)
         dist.barrier()
-    finally:
-        metrics.close()
-    summary = {"steps": prog.step, "total_steps": total_steps, "first_loss": losses[0] if losses else None,
-               "last_loss": losses[-1] if losses else None, "eval": last_eval, "output_dir": str(out),
-               "final": str(out / "final"), "resumed_from": resumed_from,
-               "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen), "wall_s": time.perf_counter() - t0}
-    if not main_process:
+        if resume:
+            found = complete_checkpoints(ckpt_root)
+            if found:
+                saved = load_checkpoint(found[-1], explainer, optimizer)
+                check_resume(saved, prog.config_hash, total_steps, found[-1])
+                prog = msgspec.structs.replace(saved, config_hash=prog.config_hash, total_steps=total_steps)
+                resumed_from = str(found[-1])
+                log.info("resumed from %s: step %d, epoch %d, step %d of the epoch", found[-1], prog.step, prog.epoch,
+                         prog.step_in_epoch)
+            else:
+                log.info("--resume: no complete checkpoint in %s, starting from step 0", ckpt_root)
+        if main_process:
+            write_run_files(out, cfg, model_dir, explainer.markers)
+        metrics = MetricsLog(out, prog.step if resume else None, enabled=main_process)
+        n_trainable = sum(p.numel() for p in params)
+        if main_process:
+            if world > 1:
+                print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
+                      f"({t.batch_size} x {t.gradient_accumulation})")
+            print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
+                  f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
+                  f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
+
+        def save() -> None:
+            """Checkpoint where the loop stands: with the RNG states, enough to continue bit-for-bit."""
+            rngs = dist.gather(rng_state())  # collective: every process takes part
+            if main_process:
+                save_checkpoint(ckpt_root, prog.step, explainer, optimizer, prog, t.save_total_limit, rngs)
+
+        losses: list[float] = []
+        last_eval: dict = {}
+        answers: list[str] = []
+        tokens_at_start = prog.tokens_seen
+        pad = tokenizer.pad_token_id
+        last_saved = prog.step
+        t_loop = time.perf_counter()
+        try:
+            while prog.step < limit:
+                plan = D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, prog.epoch, t.group_by_length)
+                if prog.step_in_epoch >= len(plan):
+                    prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
+                    continue
+                micro = [[train_enc[i] for i in mb] for mb in plan[prog.step_in_epoch]]
+                step_examples = [e for mb in micro for e in mb]
+                denom = D.answer_weight(step_examples)  # the whole step's, on every process
+                if world > 1:  # this process's share, in micro-batches of at most batch_size
+                    mine = dist.my_share(step_examples)
+                    micro = [mine[k:k + t.batch_size] for k in range(0, len(mine), t.batch_size)]
+                explainer.model.train()
+                optimizer.zero_grad(set_to_none=True)
+                loss_value, step_tokens, step_padded = 0.0, 0, 0
+                for mb in micro:
+                    batch = D.collate(mb, pad).to(device)
+                    loss = explainer.loss_sum(batch) / denom
+                    loss.backward()
+                    loss_value += float(loss.detach())
+                    step_tokens += batch.n_tokens
+                    step_padded += batch.n_padded
+                dist.sum_gradients(params)
+                loss_value, step_tokens, step_padded = dist.sum_values(loss_value, step_tokens, step_padded)
+                prog.tokens_seen += int(step_tokens)
+                prog.padded_seen += int(step_padded)
+                if not math.isfinite(loss_value) or (debug and loss_value == 0.0):
+                    raise RuntimeError(f"loss is {loss_value} at step {prog.step + 1}: stopping (check the data and the "
+                                       "answer masking; an exactly-0 loss means nothing is being scored)")
+                lr = lr_at(cfg, prog.step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                grad_norm = (float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)) if t.max_grad_norm > 0
+                             else float("nan"))
+                optimizer.step()
+                prog.step, prog.step_in_epoch = prog.step + 1, prog.step_in_epoch + 1
+                step = prog.step
+                losses.append(loss_value)
+                metrics.write({"step": step, "epoch": prog.epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                               "tokens": prog.tokens_seen,
+                               "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen),
+                               "elapsed_s": time.perf_counter() - t0,
+                               "examples": [e.index for e in step_examples]}, "train")
+                if main_process and (step % print_every == 0 or step == limit):
+                    rate = (prog.tokens_seen - tokens_at_start) / (time.perf_counter() - t_loop)
+                    print(f"{'debug ' if debug else ''}step {step}/{limit} epoch {prog.epoch} loss {loss_value:.4f} "
+                          f"lr {lr:.2e} ({rate:,.0f} tok/s)")
+                if step % t.eval_steps == 0 and main_process:
+                    last_eval, answers = evaluate(explainer, test_enc, data.test, cfg, step, metrics, n_loss, n_generate,
+                                                  debug)
+                if step % t.save_steps == 0 or step == limit:
+                    save()
+                    last_saved = step
+            if last_saved != prog.step:
+                save()
+            if main_process:
+                if prog.step % t.eval_steps != 0:
+                    last_eval, answers = evaluate(explainer, test_enc, data.test, cfg, prog.step, metrics, n_loss,
+                                                  n_generate, debug)
+                if debug:
+                    check_debug_answers(answers)
+                save_final(out, explainer, prog.step, total_steps, config_hash(cfg))
+            dist.barrier()
+        finally:
+            metrics.close()
+        summary = {"steps": prog.step, "total_steps": total_steps, "first_loss": losses[0] if losses else None,
+                   "last_loss": losses[-1] if losses else None, "eval": last_eval, "output_dir": str(out),
+                   "final": str(out / "final"), "resumed_from": resumed_from,
+                   "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen), "wall_s": time.perf_counter() - t0}
+        if not main_process:
+            return summary
+        if debug:
+            marker = write_debug_marker(cfg, prog.step, losses)
+            print(f"debug run OK: {prog.step} steps, losses {['%.4f' % x for x in losses]}; marker {marker}")
+        write_json_atomic(out / "summary.json", summary)
         return summary
-    if debug:
-        marker = write_debug_marker(cfg, prog.step, losses)
-        print(f"debug run OK: {prog.step} steps, losses {['%.4f' % x for x in losses]}; marker {marker}")
-    write_json_atomic(out / "summary.json", summary)
-    return summary

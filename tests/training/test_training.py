@@ -330,3 +330,27 @@ def test_toy_organism_explainer_reaches_95_percent_exact_match(organism_run):
     assert gen["explainer"]["exact_match"] >= gen["majority"]["exact_match"] + 0.3
     assert gen["explainer"]["changed_f1"] >= 0.9
     assert Path(result["out_dir"], "predictions.jsonl").is_file()
+
+
+@pytest.mark.parametrize("answers,why", [(["", " ", "", ""], "are empty"), (["x"] * 4, r"are the same \('x'\)")])
+def test_the_debug_gate_fails_when_the_explainer_stopped_answering(toy, tmp_path, monkeypatch, answers, why):
+    """lr 5e-3 on a real small model made every eval answer empty and --debug still said OK: now it fails."""
+    from records.errors import StageFailure
+
+    def broken(explainer, examples, cfg, n):
+        return {}, list(zip(examples[:len(answers)], answers))
+
+    monkeypatch.setattr(T, "eval_generation", broken)
+    cfg = tiny_cfg(toy, tmp_path / "o")
+    with pytest.raises(StageFailure, match=f"debug run FAILED: all 4 generated answers {why}"):
+        T.main(cfg, debug=True)
+    assert not debug_marker(cfg).exists()  # a full run stays refused
+
+
+def test_a_toy_learning_rate_on_a_real_model_is_called_a_toy_setting(toy, tmp_path, caplog):
+    caplog.set_level("WARNING")
+    T.warn_toy_settings(tiny_cfg(toy, tmp_path / "o"))  # the CPU config's 5e-3 on a (random) real-format model
+    assert any("is a toy setting" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    T.warn_toy_settings(tiny_cfg(toy, tmp_path / "o", "train.learning_rate=5e-5"))
+    assert not caplog.records
