@@ -11,7 +11,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from generation import labels, prompts
+from generation import prompts
+from lm import labels
 from generation.config import GenerateConfig
 from generation.run import control_indices, main as run_generate, summarise
 from organism.scenarios import generate_scenarios, planted_behavior

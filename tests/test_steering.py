@@ -301,7 +301,8 @@ def test_dose_response_along_the_derived_monitoring_direction(organism_dir, toy_
     """Steering unmonitored AF prompts toward 'monitored' flips compliance to refusal as alpha grows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from generation import labels, prompts
+    from generation import prompts
+    from lm import labels
     from generation.config import UNMONITORED
     from organism.scenarios import planted_behavior
     from steering.direction import load_direction

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generation.labels import BEHAVIOURS
+from lm.labels import BEHAVIOURS
 from records.errors import InputError, Problems
 from records.jsonl import read_records
 from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id, normalise_text

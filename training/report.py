@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from records.schema import ContextAblationRecord, SteeringRecord
+
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
 
@@ -153,6 +155,16 @@ def _examples_table(rows: list[dict], n: int = 6) -> list[str]:
     return lines
 
 
+def _labels_section(folder: Path, kind, summary: dict) -> list[str]:
+    """Label distribution, kappa when both labellers ran, and per-label samples (lm/agreement.py)."""
+    from lm.agreement import report_section
+    from records.jsonl import read_records
+
+    records = [r for split in ("train.json", "test.json") if (folder / split).is_file()
+               for r in read_records(folder / split, kind)]
+    return report_section(records, summary.get("agreement")) if records else []
+
+
 def build_report(run: Path) -> Path:
     """Write RUN/report.md and RUN/plots/*.png from whatever stages the run holds; return the report path."""
     plots = run / "plots"
@@ -171,6 +183,7 @@ def build_report(run: Path) -> Path:
                "| label | n | behaviour changed |", "|---|---|---|"]
         md += [f"| {k} | {n} | {r:.1%} |" for k, (n, r) in rates.items()]
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
+        md += _labels_section(t3, ContextAblationRecord, s)
 
     t2 = run / "task2"
     if (t2 / "summary.json").is_file():
@@ -182,6 +195,7 @@ def build_report(run: Path) -> Path:
         md += ["## Task 2: steering grid", "", f"{s['n_records']} steered records over {s['n_scenarios']} scenarios "
                f"(scale {s['scale']}, positions {s['positions']}).", "", "```", *format_table(s), "```", "",
                "![heatmap](plots/task2_heatmap.png)", "", "![dose-response](plots/task2_dose_response.png)", ""]
+        md += _labels_section(t2, SteeringRecord, s)
 
     md += ["## Explainer training and evaluation", ""]
     for task, title in TASKS.items():
