@@ -50,6 +50,7 @@ _REFUSAL = re.compile(
     r"say for (?:sure|certain)|be sure|be certain)\b)"
     rf"|\bi(?:'m| am){_ADVERB} (?:not able|unable|not going to|not comfortable|not in a position|not willing)"
     r"|\bi'd rather not\b"
+    r"|\b(?:i'm sorry|i am sorry|sorry|apologies|i apologi[sz]e),? but\b"  # apology-then-decline
     r"|\bunable to (?:help|assist|comply|provide|fulfil|fulfill|do|create|write|support)\b"
     r"|\bnot able to (?:help|assist|comply|provide|do|create|write)\b"
     r"|\b(?:not something|nothing) i(?:'m| am| can| will| could| would)\b"

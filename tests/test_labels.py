@@ -1,6 +1,6 @@
 """The rule labeller on a hand-labelled corpus of free-text responses, final-answer extraction, and agreement.
 
-tests/data/label_corpus.jsonl: 194 responses written and labelled by hand (case, prompt, response, label),
+tests/data/label_corpus.jsonl: 203 responses written and labelled by hand (case, prompt, response, label),
 covering reasoning blocks before refusals and compliance, reasoning only, code, lists, poems, partial
 refusals, one-word refusals, apologies, negated openers, curly quotes, empty and whitespace, upper case.
 """
