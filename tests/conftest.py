@@ -48,7 +48,10 @@ def smollm2_dir():
         del config.quantization_config  # the GGUF marker makes save_pretrained refuse; weights are float now
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantised.state_dict())
+        import shutil
+
         tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a killed run
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(out)
