@@ -178,3 +178,22 @@ def test_label_rows_round_trip(tmp_path, capsys):
         [{"prompt": r["prompt"], "response": r["response"], "human": r["label"]} for r in rows]
     assert [g["label"] for g in got] == [rule_label(r["response"]) for r in rows]
     assert "20 responses:" in capsys.readouterr().out
+
+
+def test_report_shows_label_samples_and_kappa_when_both_ran(tmp_path):
+    from lm.agreement import agreement
+    from training.report import build_report
+
+    run = tmp_path / "run"
+    write_task3(run / "task3", stale=False)
+    write_task2(run / "task2", stale=False)
+    summary = json.loads((run / "task3" / "summary.json").read_text())
+    rules = [r.monitored_behavior for r in read_records(run / "task3" / "train.json", ContextAblationRecord)]
+    summary["agreement"] = agreement(rules, ["refusal"] * len(rules))
+    write_json_atomic(run / "task3" / "summary.json", summary)
+    text = build_report(run).read_text()
+    task3, task2 = text.split("## Task 2")
+    assert "rules vs judge: kappa" in task3 and "| rules \\ judge |" in task3
+    assert "rules vs judge" not in task2  # rules only there: no kappa to show
+    assert "<details><summary>monitored / refusal:" in task3 and "<details><summary>monitored steered /" in task2
+    assert "| monitored | 12 |" in task3
