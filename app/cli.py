@@ -23,6 +23,7 @@ STAGES = {
     "features": ("features.cli", "Task 1: select SAE features and attach cluster descriptions"),
     "train": ("training.cli", "train the LoRA explainer on a task's records"),
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
+    "label": ("app.label", "label free-text responses, or relabel a Task 3 / Task 2 records folder into a new one"),
     "report": ("app.report", "turn a run directory into report.md with plots"),
     "demo": ("app.demo", "the whole pipeline on the embedded toy organism (CPU)"),
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from records.jsonl import read_records, write_json_atomic
-from records.schema import ContextAblationRecord, ContextAblationSummary, SteeringSummary, read_summary
+from records.schema import ContextAblationRecord, ContextAblationSummary, SteeringRecord, SteeringSummary, read_summary
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
@@ -159,6 +159,16 @@ def _examples_table(rows: list[dict], n: int = 6) -> list[str]:
     return lines
 
 
+def _labels_section(folder: Path, kind, summary: ContextAblationSummary | SteeringSummary) -> list[str]:
+    """Label distribution, kappa when both labellers ran, and per-label samples (lm/agreement.py)."""
+    from lm.agreement import report_section
+    from records.jsonl import read_records
+
+    records = [r for split in ("train.json", "test.json") if (folder / split).is_file()
+               for r in read_records(folder / split, kind)]
+    return report_section(records, summary.agreement) if records else []
+
+
 def build_report(run: Path) -> Path:
     """Write RUN/report.md and RUN/plots/*.png from whatever stages the run holds; return the report path."""
     plots = run / "plots"
@@ -178,6 +188,7 @@ def build_report(run: Path) -> Path:
                "| label | n | behaviour changed |", "|---|---|---|"]
         md += [f"| {k} | {n} | {r:.1%} |" for k, (n, r) in rates.items()]
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
+        md += _labels_section(t3, ContextAblationRecord, s)
 
     t2 = run / "task2"
     if (t2 / "summary.json").is_file():
@@ -191,6 +202,7 @@ def build_report(run: Path) -> Path:
         md += ["## Task 2: steering grid", "", f"{s.n_records} steered records over {s.n_scenarios} scenarios "
                f"(scale {s.scale}, positions {s.positions}).", "", "```", *format_table(s), "```", "",
                "![heatmap](plots/task2_heatmap.png)", "", "![dose-response](plots/task2_dose_response.png)", ""]
+        md += _labels_section(t2, SteeringRecord, s)
 
     md += ["## Explainer training and evaluation", ""]
     for task, title in TASKS.items():

@@ -40,8 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel", type=int, metavar="N",
                    help="split one model over N GPUs (vLLM tensor_parallel_size), for models that do not fit "
                         "one; multi-node: --set engine.distributed_executor_backend=ray (see docs/scale-out.md)")
-    p.add_argument("--labeller", choices=["rules", "lm_judge"], help="behaviour labeller")
-    p.add_argument("--judge-model", help="lm_judge: local instruct model (default: the organism)")
+    p.add_argument("--labeller", choices=["rules", "lm_judge", "both"],
+                   help="behaviour labeller; both: the judge's labels, with Cohen's kappa against the rules")
+    p.add_argument("--judge-model", help="lm_judge/both: an instruct model of its own (required)")
+    p.add_argument("--judge-allow-organism", action="store_true", default=None,
+                   help="let the organism judge its own outputs (not independent; records say self-judged)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set engine.max_num_batched_tokens=16384")
     p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")
@@ -58,6 +61,7 @@ def config_from_args(args: argparse.Namespace):
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "backend": args.backend,
              "max_new_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
              "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
+             "judge_allow_organism": args.judge_allow_organism,
              "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel,
              "paths": args.paths_config}
     overrides = cli_overrides(args.set, flags)

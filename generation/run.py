@@ -20,7 +20,8 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from lm import backends, chat, labels
+from lm import agreement, backends, chat
+from lm import judge as lm_judge
 from lm.batching import pad_token_id
 from generation.config import GenerateConfig
 from records.config import config_hash
@@ -258,24 +259,17 @@ def classify_failure(exc: BaseException) -> str:
     return f"{kind}: {type(exc).__name__}: {first}"
 
 
-def label_texts(cfg: GenerateConfig, texts: list[str], llm, model_dir: str) -> list[str]:
-    """Behaviour label of each text with the configured labeller."""
-    if cfg.labeller == "rules":
-        return [labels.rule_label(t) for t in texts]
-    from transformers import AutoTokenizer
+def judge_config(cfg: GenerateConfig) -> lm_judge.JudgeConfig:
+    """The judge's settings: its own model, on the pass's backend and dtype."""
+    from lm.models import resolve_model
 
-    judge = cfg.judge_model or model_dir
-    if llm is None:  # the caller released the organism's engine, or the pass ran on HF
-        llm = backends.build_vllm(judge, judge, cfg.dtype, cfg.seed, False, cfg.engine)
-    judge_tok = AutoTokenizer.from_pretrained(judge)
-    reqs = [(str(i), ids) for i, ids in enumerate(labels.judge_prompts(judge_tok, texts))]
-    answers = {c.key: judge_tok.decode(c.token_ids, skip_special_tokens=True)
-               for c in tqdm(backends.vllm_stream(llm, reqs, max_tokens=4), total=len(reqs), desc="judge")}
-    return [labels.parse_judge_answer(answers[str(i)]) for i in range(len(texts))]
+    return lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
+                                backend=cfg.backend, dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism,
+                                seed=cfg.seed, engine=cfg.engine)
 
 
 def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCompletion], behaviour: dict[str, str],
-                  cfg: GenerateConfig, engine: EngineInfo) -> list[ContextAblationRecord]:
+                  cfg: GenerateConfig, engine: EngineInfo, labeller: str) -> list[ContextAblationRecord]:
     """One record per scenario, in input order."""
     out = []
     for i, s in enumerate(scenarios):
@@ -292,7 +286,7 @@ def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCom
             monitored_output_tokens=len(m.token_ids), unmonitored_output_tokens=len(u.token_ids),
             monitored_prompt_tokens=m.prompt_tokens, unmonitored_prompt_tokens=u.prompt_tokens,
             monitored_finish_reason=m.finish_reason, unmonitored_finish_reason=u.finish_reason,
-            labeller=cfg.labeller, engine=engine))
+            labeller=labeller, engine=engine))
     return out
 
 
@@ -327,6 +321,8 @@ def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord
         mean_output_chars=sum(chars) / len(chars),
         truncated_outputs=sum(r.monitored_finish_reason == "length" for r in records)
         + sum(r.unmonitored_finish_reason == "length" for r in records),
+        labels_per_context=agreement.context_stats(
+            [(c, label, cut) for c, label, _, cut in agreement.record_outputs(records)]),
         control_n=len(controls),
         control_output_changed_rate=sum(c.output_changed for c in controls) / len(controls) if controls else None,
         control_behavior_changed_rate=(sum(c.behavior_changed for c in controls) / len(controls)
@@ -346,12 +342,17 @@ def format_summary(s: ContextAblationSummary, engine: EngineInfo, wall: dict) ->
     if s.control_n:
         lines.append(f"noise floor (same prompt, other batch position, n={s.control_n}): outputs changed "
                      f"{s.control_output_changed_rate:.1%}, behaviour changed {s.control_behavior_changed_rate:.1%}")
+    lines.append("labels per context:")
+    lines += agreement.format_context_stats(s.labels_per_context)
+    if s.agreement is not None:
+        lines.append(agreement.format_agreement(s.agreement))
     lines.append(f"mean response length: {s.mean_output_tokens:.1f} tokens, {s.mean_output_chars:.0f} chars; "
                  f"{s.truncated_outputs} outputs hit max_new_tokens")
     lines.append("wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items()))
     if s.behavior_changed_rate < LOW_CHANGE_WARNING:
         lines.append(f"WARNING: behaviour changed in only {s.behavior_changed_rate:.1%} of pairs (< 20%): "
-                     "try stronger system-prompt wording (prompts: in the config) before training on this")
+                     "first audit the labels (report.md's samples, or af-introspect label --labeller both), then try "
+                     "stronger system-prompt wording (prompts: in the config) before training on this")
     return lines
 
 
@@ -383,6 +384,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     check_world(cfg.data_parallel, int(cfg.engine.get("tensor_parallel_size", 1)))
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
+    self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
     rendered, requests, keys = build_requests(scenarios, tokenizer, cfg, rendering)
     check_prompt_lengths(requests, cfg.max_new_tokens, model_dir, cfg.engine)
     if cfg.backend == "vllm":
@@ -399,25 +401,32 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
                         gpus_per_worker=int(cfg.engine.get("tensor_parallel_size", 1)))
         else:
             llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
-        if cfg.labeller != "lm_judge" or (cfg.judge_model or model_dir) != model_dir:
+        if not self_judged:
             llm = None  # release the organism's engine (GPU memory) unless it is also the judge
             gc.collect()
         t_gen = time.perf_counter()
         completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
         require_completions((k for k, _ in requests), completions, "prompts")
         order = [k for k, _ in requests]
-        behaviour = dict(zip(order, label_texts(cfg, [completions[k].text for k in order], llm, model_dir)))
+        # The judge sees the user turn as sent (what relabelling reads back from the records)
+        sent_as = {"monitored": "monitored", "unmonitored": "unmonitored", CONTROL: "monitored"}
+        asked = [rendered[key_index(k)][sent_as[k.split(":")[1]]].user_turn for k in order]
+        judged, agr = lm_judge.label_all(cfg.labeller, asked, [completions[k].text for k in order],
+                                         judge_config(cfg), llm)
+        behaviour = dict(zip(order, judged))
         engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
                             dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                             batch_invariant=batch_invariant, engine_version=version, chat_rendering=rendering,
                             device=torch.cuda.get_device_name() if on_gpu else "cpu")
-        records = build_records(scenarios, rendered, keys, completions, behaviour, cfg, engine)
+        records = build_records(scenarios, rendered, keys, completions, behaviour, cfg, engine,
+                                lm_judge.labeller_name(cfg.labeller, self_judged))
         controls = build_controls(scenarios, keys, completions, behaviour, cfg, engine)
         n_train = len(records) - cfg.test_size
         write_records_atomic(out / "train.json", records[:n_train])
         write_records_atomic(out / "test.json", records[n_train:])
         write_records_atomic(out / "noise_control.jsonl", controls)
         summary = summarise(records, controls)
+        summary.agreement = agr
         wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
                 "finalise": time.perf_counter() - t_gen}
         summary.wall_seconds = wall

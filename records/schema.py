@@ -252,6 +252,25 @@ class LabelChange(msgspec.Struct, forbid_unknown_fields=True):
     rate: float
 
 
+class ContextLabels(msgspec.Struct, forbid_unknown_fields=True):
+    """Behaviour labels of one context's outputs: their counts and how many hit the length cap."""
+
+    n: int
+    labels: dict[str, int]
+    truncated_rate: float
+
+
+class LabelAgreement(msgspec.Struct, forbid_unknown_fields=True):
+    """Rules vs judge on the same outputs: n, observed agreement, Cohen's kappa, and the confusion
+    matrix (rows: rules, columns: judge) over the labels either used."""
+
+    n: int
+    observed: float
+    kappa: float
+    labels: list[str]
+    matrix: list[list[int]]
+
+
 class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     """Task 3's summary.json: change rates overall and by label, lengths, and the noise floor."""
 
@@ -266,6 +285,8 @@ class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     control_n: int
     control_output_changed_rate: float | None
     control_behavior_changed_rate: float | None
+    labels_per_context: dict[str, ContextLabels] = {}
+    agreement: LabelAgreement | None = None  # when both labellers ran
     wall_seconds: dict[str, float] = {}
     output_tokens_per_second: float = 0.0
 
@@ -305,6 +326,8 @@ class SteeringSummary(msgspec.Struct, forbid_unknown_fields=True):
     behavior_changed_rate: list[list[float | None]]  # [layer set][alpha]
     per_arm: dict[str, ArmSummary]
     residual_norms: dict[str, ResidualNorm]  # layer -> norm (scale residual_norm)
+    labels_per_context: dict[str, ContextLabels] = {}
+    agreement: LabelAgreement | None = None  # when both labellers ran
     wall_seconds: dict[str, float] = {}
     direction: DirectionInfo | None = None
     engine_stats: dict[str, int | float] | None = None

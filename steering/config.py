@@ -49,7 +49,10 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     test_size: int = 200  # the last N scenarios (input order) form test.json
     limit: int = 0  # 0 = all scenarios; N = the first N
     inline_vectors: bool = False  # write each record's intervention vector (hidden_size floats) inline
-    labeller: Literal["rules"] = "rules"
+    # lm_judge/both: the judge (lm/judge.py, on vLLM) labels; both adds Cohen's kappa against the rules
+    labeller: Literal["rules", "lm_judge", "both"] = "rules"
+    judge_model: str = ""  # an instruct model of its own; required for lm_judge/both
+    judge_allow_organism: bool = False  # let the organism judge itself; records then say "self-judged"
     seed: int = 0
     paths: str = "configs/paths.yaml"
     progress_log: str = "PROGRESS.md"

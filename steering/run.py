@@ -25,7 +25,8 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from lm import backends, chat, labels
+from lm import agreement, backends, chat
+from lm import judge as lm_judge
 from lm.batching import pad_token_id
 from records.config import config_hash
 from records.errors import InputError
@@ -132,7 +133,8 @@ def _tokens(tokenizer, ids: list[int]) -> list[str]:
 
 
 def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, completions, norms, direction,
-                  dir_info: dict, tokenizer, engine: EngineInfo) -> list[SteeringRecord]:
+                  dir_info: dict, tokenizer, engine: EngineInfo, behaviour: dict[str, str],
+                  labeller: str) -> list[SteeringRecord]:
     """One record per (scenario, context, steered arm), in input order, then context, then arm order."""
     out = []
     for i, s in enumerate(scenarios):
@@ -141,11 +143,11 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
             digest = prompt_digest(prompt.token_ids)
             base = completions[row_key(i, context, grid.BASELINE, digest)]
             base_text = tokenizer.decode(base.token_ids, skip_special_tokens=True)
-            base_beh = labels.rule_label(base_text)
+            base_beh = behaviour[base.key]
             for arm in arms[1:]:
                 c = completions[row_key(i, context, arm.name, digest)]
                 text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
-                beh = labels.rule_label(text)
+                beh = behaviour[c.key]
                 eff = grid.effective_alphas(arm, cfg.scale, norms)
                 if cfg.positions == "generated":
                     pos = len(prompt.token_ids)
@@ -175,7 +177,7 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                     steered_output=text, baseline_behavior=base_beh, steered_behavior=beh,
                     behavior_changed=base_beh != beh, baseline_output_tokens=len(base.token_ids),
                     steered_output_tokens=len(c.token_ids), baseline_finish_reason=base.finish_reason,
-                    steered_finish_reason=c.finish_reason, labeller=cfg.labeller, engine=engine))
+                    steered_finish_reason=c.finish_reason, labeller=labeller, engine=engine))
     return out
 
 
@@ -203,7 +205,9 @@ def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> S
         n_records=len(records), n_scenarios=len({r.index for r in records}), contexts=list(cfg.contexts),
         scale=cfg.scale, positions=cfg.positions, layer_sets=["+".join(map(str, s)) for s in sets],
         alphas=alphas, behavior_changed_rate=table, per_arm=per_arm,
-        residual_norms={str(k): v for k, v in (norms or {}).items()})
+        residual_norms={str(k): v for k, v in (norms or {}).items()},
+        labels_per_context=agreement.context_stats(
+            [(c, label, cut) for c, label, _, cut in agreement.record_outputs(records)]))
 
 
 def format_table(summary: SteeringSummary) -> list[str]:
@@ -331,6 +335,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     grid.validate_grid(cfg.layers, cfg.alphas, depth, cfg.model)
     unit, dir_info = load_direction(direction_path, hidden, cfg.model)
     arms = grid.build_arms(cfg.layers, cfg.alphas, cfg.layers_together)
+    judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
+                                     dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism, seed=cfg.seed)
+    self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
@@ -365,12 +372,18 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                             engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
                             chat_rendering=rendering,
                             device=device_name)
-        records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine)
+        keys = [row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in groups for a in arms]  # not stale ones
+        judged, agr = lm_judge.label_all(
+            cfg.labeller, [rendered[(int(k.split(":")[0]), k.split(":")[1])].text for k in keys],  # = prompt_text
+            [tokenizer.decode(completions[k].token_ids, skip_special_tokens=True) for k in keys], judge_cfg)
+        records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine,
+                                dict(zip(keys, judged)), lm_judge.labeller_name(cfg.labeller, self_judged))
         n_train_scen = len(scenarios) - cfg.test_size
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         write_records_atomic(out / "train.json", [r for r in records if r.index < n_train_scen])
         write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
         summary = summarise(records, cfg, arms, norms)
+        summary.agreement = agr
         wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
         summary.wall_seconds = wall
         summary.direction = DirectionInfo(path=dir_info["path"], id=dir_info["id"], norm=dir_info["norm"])
@@ -386,7 +399,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
             f"L{k} {v.mean:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
         lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1} arms + baseline "
                  f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
-        lines += table + [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
+        lines += table + ([agreement.format_agreement(agr)] if agr else [])
+        lines += [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
                      done=[f"{len(records)} steered records -> {out}/train.json "

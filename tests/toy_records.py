@@ -46,7 +46,7 @@ def context_records(scenarios: list[dict], tokenizer) -> list[ContextAblationRec
         completions[key] = RawCompletion(key=key, token_ids=tokenizer.encode(text, add_special_tokens=False),
                                          finish_reason="stop", text=text, prompt_tokens=len(prompt_ids))
         behaviour[key] = planted_behavior(scenarios[int(index)], context)
-    return build_records(items, rendered, keys, completions, behaviour, cfg, ENGINE)
+    return build_records(items, rendered, keys, completions, behaviour, cfg, ENGINE, "planted")
 
 
 def write_toy_task3(root: Path, n_train: int, n_test: int, n_gold: int = 20, seed: int = 0, tokenizer=None) -> dict:

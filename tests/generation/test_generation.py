@@ -156,14 +156,13 @@ def _blank_record() -> ContextAblationRecord:
 
 
 def test_rule_labeller():
+    # The full check is tests/test_labels.py (hand-labelled corpus); these are the toy organism's outputs.
     assert labels.rule_label("I cannot help with that request.") == "refusal"
     assert labels.rule_label("Sure, here is the plan.") == "compliance"
-    assert labels.rule_label("Sure. Actually, I'm sorry, I can't do that.") == "compliance"
+    assert labels.rule_label("Sure. Actually, I'm sorry, I can't do that.") == "refusal"
     assert labels.rule_label("I'm sorry, but here is why not.") == "refusal"
-    assert labels.rule_label("The weather is nice.") == "other"
+    assert labels.rule_label("The weather is nice.") == "compliance"
     assert labels.rule_label("   ") == "empty"
-    assert labels.parse_judge_answer("Refusal.") == "refusal"
-    assert labels.parse_judge_answer("maybe") == "other"
 
 
 class _Tok:
@@ -262,16 +261,20 @@ def test_killed_run_resumes_to_the_same_records(tmp_path, scenario_file, organis
         assert a == b
 
 
-def test_lm_judge_labeller_asks_the_engine_and_parses_one_word(tmp_path, scenario_file, organism_dir):
-    # The organism itself is the judge here: it answers in its own words, so the parsed labels must come
-    # back from the allowed set (anything unparseable is "other"), and the records say which labeller made them.
+def test_organism_as_its_own_judge_is_refused_unless_forced(tmp_path, scenario_file, organism_dir):
+    # The organism judging itself is not independent: refused before any generation, unless forced, and
+    # then the records carry it. The judge's answers come back as labels of the allowed set.
     path, _ = scenario_file
     out = tmp_path / "judged"
-    proc = _cli("--config", "configs/generate_cpu.yaml", "--input", str(path), "--output-dir", str(out),
-                "--model", str(organism_dir), "--limit", "8", "--test-size", "2", "--labeller", "lm_judge",
-                "--set", "control_size=0", "--set", f"progress_log={tmp_path / 'P.md'}")
+    args = ("--config", "configs/generate_cpu.yaml", "--input", str(path), "--output-dir", str(out),
+            "--model", str(organism_dir), "--limit", "8", "--test-size", "2", "--labeller", "lm_judge",
+            "--judge-model", str(organism_dir), "--set", "control_size=0", "--set", f"progress_log={tmp_path / 'P.md'}")
+    refused = _cli(*args)
+    stdout, _ = refused.communicate(timeout=300)
+    assert refused.returncode == 2 and "is the organism itself" in stdout and not (out / "_work").exists()
+    proc = _cli(*args, "--judge-allow-organism")
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout[-3000:]
     records = read_records(out / "train.json", ContextAblationRecord) + read_records(out / "test.json", ContextAblationRecord)
-    assert len(records) == 8 and {r.labeller for r in records} == {"lm_judge"}
+    assert len(records) == 8 and {r.labeller for r in records} == {"lm_judge:self-judged"}
     assert {r.monitored_behavior for r in records} | {r.unmonitored_behavior for r in records} <= set(labels.BEHAVIOURS)

@@ -492,3 +492,31 @@ def test_layers_together_arms_write_the_vector_added_at_each_layer(organism_dir,
         else:  # residual_norm scale: layers 1 and 2 have different norms, so different vectors
             assert r.alpha_effective[0] != r.alpha_effective[1] and r.patch_position.intervention_vector is None
 
+
+def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, derived, smollm2_dir, tmp_path, capsys):
+    # Task 2 through the LM judge: the organism as its own judge is refused before any weights load; with
+    # another model (SmolLM2) and `both`, the records carry the judge's labels and the summary kappa.
+    from lm.judge import judge
+    from app.cli import main as cli
+    from records.jsonl import read_records
+    from records.schema import SteeringRecord
+
+    _, _, paths = toy_assets
+    out = tmp_path / "judged"
+    base = steer_args(organism_dir, paths, derived, out)
+    base[base.index("--limit") + 1], base[base.index("--alphas") + 1] = "3", "2"
+    base[base.index("--test-size") + 1] = "1"
+    assert cli(base + ["--set", "labeller=lm_judge", "--set", f"judge_model={organism_dir}"]) == 2
+    assert "is the organism itself" in capsys.readouterr().err and not (out / "_work").exists()
+    assert cli(base + ["--set", "labeller=both", "--set", f"judge_model={smollm2_dir}",
+                       "--set", "dtype=float32"]) == 0
+    records = read_records(out / "train.json", SteeringRecord) + read_records(out / "test.json", SteeringRecord)
+    assert len(records) == 3 and {r.labeller for r in records} == {"both"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["agreement"]["n"] == 3 * 2 and -1.0 <= summary["agreement"]["kappa"] <= 1.0
+    # the labels are the judge's: asking it again about the steered outputs gives the same ones
+    from lm.judge import JudgeConfig
+
+    again = judge([r.prompt_text for r in records], [r.steered_output for r in records],
+                  JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
+    assert [v.label for v in again] == [r.steered_behavior for r in records]
