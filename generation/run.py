@@ -21,8 +21,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tqdm import tqdm
 
 from generation import backends, prompts
-from lm import agreement, judge as lm_judge
 from generation.config import GenerateConfig
+from lm import agreement, judge as lm_judge
 from records.config import config_hash, encode_config
 from records.errors import InputError, StageFailure
 from records.assets import select_scenarios
@@ -212,7 +212,8 @@ def classify_failure(exc: BaseException) -> str:
 
 
 def judge_config(cfg: GenerateConfig) -> lm_judge.JudgeConfig:
-    """The judge's settings: its own model, on the pass's backend and dtype."""
+    """The judge's settings: its own model, on the pass's backend, dtype and engine settings (memory and
+    parallelism fit the same machine)."""
     from records.models import resolve_model
 
     return lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
@@ -338,6 +339,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
+    own_engine = llm is None  # an engine the caller passed in stays the caller's
     rendered, requests = build_requests(scenarios, tokenizer, cfg, rendering)
     work = out / "_work"
     _check_resume(work, resume_key(cfg, model_dir, len(scenarios), batch_invariant))
@@ -350,6 +352,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     else:
         llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
     if not self_judged:
+        if own_engine and llm is not None and cfg.labeller != "rules":
+            backends.shutdown_vllm(llm)  # the judge's engine starts next: free the memory, in-process too
         llm = None  # release the organism's engine (GPU memory) unless it is also the judge
         gc.collect()
     t_gen = time.perf_counter()

@@ -35,6 +35,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     # report, plots and the research log
     report = (run / "report.md").read_text()
     assert "## Task 3" in report and "## Task 2" in report
+    assert "<details><summary>monitored / refusal:" in report  # per-label samples to audit the labels by eye
     for png in ("task3_change_by_label.png", "task2_heatmap.png", "task2_dose_response.png", "task3_training.png"):
         assert (run / "plots" / png).stat().st_size > 5000
     log = (tmp_path / "PROGRESS.md").read_text()
