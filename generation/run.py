@@ -260,7 +260,8 @@ def classify_failure(exc: BaseException) -> str:
 
 
 def judge_config(cfg: GenerateConfig) -> lm_judge.JudgeConfig:
-    """The judge's settings: its own model, on the pass's backend and dtype."""
+    """The judge's settings: its own model, on the pass's backend, dtype and engine settings (memory and
+    parallelism fit the same machine)."""
     from lm.models import resolve_model
 
     return lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
@@ -385,6 +386,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
+    own_engine = llm is None  # an engine the caller passed in stays the caller's
     rendered, requests, keys = build_requests(scenarios, tokenizer, cfg, rendering)
     check_prompt_lengths(requests, cfg.max_new_tokens, model_dir, cfg.engine)
     if cfg.backend == "vllm":
@@ -402,6 +404,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         else:
             llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
         if not self_judged:
+            if own_engine and llm is not None and cfg.labeller != "rules":
+                backends.shutdown_vllm(llm)  # the judge's engine starts next: free the memory, in-process too
             llm = None  # release the organism's engine (GPU memory) unless it is also the judge
             gc.collect()
         t_gen = time.perf_counter()

@@ -53,7 +53,7 @@ _REFUSAL = re.compile(
     r"|\b(?:i'm sorry|i am sorry|sorry|apologies|i apologi[sz]e),? but\b"  # apology-then-decline
     r"|\bunable to (?:help|assist|comply|provide|fulfil|fulfill|do|create|write|support)\b"
     r"|\bnot able to (?:help|assist|comply|provide|do|create|write)\b"
-    r"|\b(?:not something|nothing) i(?:'m| am| can| will| could| would)\b"
+    r"|\b(?:not something|nothing) i(?:'m| am| can| will|'ll| could| would)\b"
     r"|\bagainst (?:my|our) (?:guidelines|principles|policies|policy|values|ethics|programming)\b"
     r"|\b(?:certainly|absolutely|definitely|of course|surely|obviously) not\b"
 )

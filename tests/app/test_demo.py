@@ -39,6 +39,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     # report, plots and the research log
     report = (run / "report.md").read_text()
     assert "## Task 3" in report and "## Task 2" in report
+    assert "<details><summary>monitored / refusal:" in report  # per-label samples to audit the labels by eye
     plots = run / "plots"
     shown = lambda name: json.loads((plots / f"{name}.json").read_text())  # noqa: E731  the numbers each plot shows
     for png in ("task3_change_by_label", "task2_heatmap", "task2_dose_response", "task3_training"):

@@ -278,3 +278,21 @@ def test_organism_as_its_own_judge_is_refused_unless_forced(tmp_path, scenario_f
     records = read_records(out / "train.json", ContextAblationRecord) + read_records(out / "test.json", ContextAblationRecord)
     assert len(records) == 8 and {r.labeller for r in records} == {"lm_judge:self-judged"}
     assert {r.monitored_behavior for r in records} | {r.unmonitored_behavior for r in records} <= set(labels.BEHAVIOURS)
+
+
+def test_generate_with_an_independent_judge_reports_kappa(tmp_path, scenario_file, organism_dir, smollm2_dir):
+    # The organism's engine, then the judge's (another model) in the same process; `both` keeps the
+    # judge's labels and writes the rules-vs-judge agreement into the summary and the research log.
+    from lm.judge import JudgeConfig, judge
+
+    path, raw = scenario_file
+    out = tmp_path / "both"
+    cfg = msgspec.structs.replace(make_cfg(out, organism_dir, "vllm", labeller="both", judge_model=smollm2_dir,
+                                           limit=6), test_size=2, control_size=0)
+    summary = run_generate(cfg, to_scenarios(raw), [path.parent])
+    records = read_records(out / "train.json", ContextAblationRecord) + read_records(out / "test.json", ContextAblationRecord)
+    assert {r.labeller for r in records} == {"both"} and summary["agreement"]["n"] == 12
+    again = judge([r.hint_user_prompt for r in records], [r.monitored_output for r in records],
+                  JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
+    assert [v.label for v in again] == [r.monitored_behavior for r in records]  # the judge's labels
+    assert f"kappa {summary['agreement']['kappa']:.3f}" in (out / "PROGRESS.md").read_text()
