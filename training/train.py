@@ -36,6 +36,8 @@ from records.jsonl import write_atomic, write_json_atomic
 from training import data as D
 from training import distributed as dist
 from training import examples as E
+from training import packing as P
+from training import speed as S
 from training.config import TrainConfig
 from training.continuous import ContinuousEmbedder, prompt_markers, resolve_markers
 
@@ -98,7 +100,8 @@ class Explainer:
     def loss_sum(self, batch: D.Batch) -> torch.Tensor:
         """Weighted sum of answer-token cross-entropies of one micro-batch (the caller divides)."""
         embeds = self.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
-        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        extra = P.decoder_kwargs(batch, self.causal_lm.config._attn_implementation, self.dtype)  # packed rows
+        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state
         # The vocabulary projection only where an answer token is predicted: [n_answer, vocab]
         logits = self.causal_lm.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
         ce = F.cross_entropy(logits, batch.targets, reduction="none")  # [n_answer]
@@ -121,8 +124,9 @@ class Explainer:
             vecs = [vectors[i] for i in idx if vectors[i] is not None]
             vt = torch.from_numpy(np.stack(vecs)).to(self.device) if vecs else None
             embeds = self.embed(ids, vt)  # [batch, width, hidden]
-            out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+            with S.generation_mode(self.causal_lm):
+                out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
             # With inputs_embeds only, generate returns just the new tokens: [batch, new]
             for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 answers[i] = text
@@ -145,14 +149,16 @@ def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.devi
         raise InputError("train.peft_lora: false (full fine-tuning) is not supported; this stage trains LoRA adapters")
     model_dir = resolve_model(cfg.model_path, "model_path")
     tokenizer = tokenizer or load_tokenizer(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **S.load_kwargs(cfg.train)).to(device)
     base.config.use_cache = False
+    S.fuse(base, cfg.train)
     lora = LoraConfig(r=cfg.train.lora_r, lora_alpha=cfg.train.lora_alpha or 2 * cfg.train.lora_r,
                       lora_dropout=cfg.train.lora_dropout, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM", trainable_token_indices=token_indices or None)
-    model = get_peft_model(base, lora)
+    model = get_peft_model(base, lora, **S.peft_kwargs(cfg.train))
     if cfg.train.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    S.compile_layers(base, cfg.train)
     markers = markers or {}
     rep_id = tokenizer.convert_tokens_to_ids(markers["continuous_rep"]) if markers else -1
     hidden = base.config.get_text_config().hidden_size
@@ -514,7 +520,15 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     optimizer = make_optimizer(cfg, explainer)
     lengths = [len(e.ids) for e in train_enc]
     t = cfg.train
-    steps_per_epoch = len(D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, 0, t.group_by_length))
+    packed = P.layout(lengths, t.batch_size, t.gradient_accumulation, t.pack_tokens, world) if t.packing else None
+
+    def epoch_plan(epoch: int) -> list[list[list[int]]]:
+        """steps -> micro-batches (packed rows when packing) -> example positions"""
+        if packed:
+            return P.epoch_plan(lengths, packed, t.seed, epoch)
+        return D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, epoch, t.group_by_length)
+
+    steps_per_epoch = len(epoch_plan(0))
     total_steps = steps_per_epoch * t.num_epochs  # the schedule's horizon, whatever --max-steps says
     limit = min(total_steps, max_steps) if max_steps else total_steps
     if debug:
@@ -548,6 +562,10 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
               f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
               f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
+        if packed:
+            print(f"packing: {packed.rows_per_step} row(s) of {packed.width} tokens a step, "
+                  f"{len(train_enc) / steps_per_epoch:.1f} examples a step on average "
+                  f"(row batching: {packed.step_examples})")
 
     losses: list[float] = []
     last_eval: dict = {}
@@ -566,21 +584,23 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     t_loop = time.perf_counter()
     try:
         while step < limit:
-            plan = D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, epoch, t.group_by_length)
+            plan = epoch_plan(epoch)
             if pos >= len(plan):
                 epoch, pos = epoch + 1, 0
                 continue
             micro = [[train_enc[i] for i in mb] for mb in plan[pos]]
             step_examples = [e for mb in micro for e in mb]
             denom = D.answer_weight(step_examples)  # the whole step's, on every process
-            if world > 1:  # this process's share, in micro-batches of at most batch_size
+            if world > 1 and packed:  # whole rows: rows_per_step is a multiple of the world size
+                micro = dist.my_share(micro)
+            elif world > 1:  # this process's share, in micro-batches of at most batch_size
                 mine = dist.my_share(step_examples)
                 micro = [mine[k:k + t.batch_size] for k in range(0, len(mine), t.batch_size)]
             explainer.model.train()
             optimizer.zero_grad(set_to_none=True)
             loss_value, step_tokens, step_padded = 0.0, 0, 0
             for mb in micro:
-                batch = D.collate(mb, pad).to(device)
+                batch = (P.collate(mb, pad, packed.width) if packed else D.collate(mb, pad)).to(device)
                 loss = explainer.loss_sum(batch) / denom
                 loss.backward()
                 loss_value += float(loss.detach())
@@ -602,7 +622,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             losses.append(loss_value)
             metrics.write({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                            "tokens": tokens_seen, "padding_fraction": 1 - tokens_seen / max(1, padded_seen),
-                           "elapsed_s": time.perf_counter() - t0,
+                           "elapsed_s": time.perf_counter() - t0, "micro_batches": len(micro),
                            "examples": [e.index for e in step_examples]}, "train")
             if debug and main_process:
                 print(f"debug step {step}/{limit}: loss {loss_value:.4f}")
