@@ -53,10 +53,9 @@ VARIANTS = {
     "packed-bf16": ("packed", "flex_attention", {"bf16_adapters": True}),
     "packed-bf16-compile": ("packed", "flex_attention", {"bf16_adapters": True, "compile_layers": True}),
     "packed-bf16-liger": ("packed", "flex_attention", {"bf16_adapters": True, "liger": True}),
-    "packed-bf16-liger-compile": ("packed", "flex_attention",
-                                  {"bf16_adapters": True, "liger": True, "compile_layers": True}),
 }
-DEFAULT_VARIANTS = "padded,today,packed-fp32,packed-bf16,packed-bf16-compile,packed-bf16-liger,packed-bf16-liger-compile"
+# liger + compile_layers together failed on the H200 (dynamo cannot trace liger's autograd functions)
+DEFAULT_VARIANTS = "padded,today,packed-fp32,packed-bf16,packed-bf16-compile,packed-bf16-liger"
 
 
 def speed_options(attn: str, **options) -> SimpleNamespace:

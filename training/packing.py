@@ -3,8 +3,9 @@
 Row batching (training/data.py) pads each micro-batch of `batch_size` examples to its longest one; at
 150-600 tokens an 8-example batch is small enough that a 7B step is launch-bound. Packing instead fills
 rows of one fixed width: every example keeps its own position ids (0, 1, ... restarting at each example)
-and attends only to itself, so its logits are the ones it would get alone (tests/training/test_packing.py
-checks this), and only answer positions reach the vocabulary projection, as in row batching.
+and attends only to itself, so its logits are the ones it would get alone (tests/test_packing.py on
+CPU, `benchmarks/bench_training.py --check` with flex attention on the GPU), and only answer positions
+reach the vocabulary projection, as in row batching.
 
 Same recipe as row batching: a step holds `batch_size x gradient_accumulation` examples on average. The
 row width is that many examples' mean token count divided over `k` rows per step (k the fewest rows of at
@@ -44,9 +45,10 @@ def layout(lengths: list[int], batch_size: int, accumulation: int, pack_tokens: 
     step_examples = batch_size * accumulation
     step_tokens = step_examples * sum(lengths) / len(lengths)
     rows = world * math.ceil(step_tokens / (world * pack_tokens))
-    width = max(math.ceil(step_tokens / rows), max(lengths))
-    return Layout(width=ROW_MULTIPLE * math.ceil(width / ROW_MULTIPLE), rows_per_step=rows,
-                  step_examples=step_examples)
+    width = ROW_MULTIPLE * math.ceil(max(step_tokens / rows, max(lengths)) / ROW_MULTIPLE)
+    # the longest example may have widened the rows: fewer of them then keep the average
+    rows = world * max(1, round(step_tokens / (world * width)))
+    return Layout(width=width, rows_per_step=rows, step_examples=step_examples)
 
 
 def epoch_plan(lengths: list[int], lay: Layout, seed: int, epoch: int) -> list[list[list[int]]]:
