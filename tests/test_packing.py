@@ -141,3 +141,20 @@ def test_speed_options_are_off_by_default_and_validated():
     assert S.load_kwargs(t) == {} and S.peft_kwargs(t) == {"autocast_adapter_dtype": True}
     assert S.load_kwargs(TrainSection(tasks={}, attn_implementation="flex_attention")) == {
         "attn_implementation": "flex_attention"}
+
+
+def test_gpu_configs_train_packed_and_liger_with_compiled_layers_is_refused():
+    from pathlib import Path
+
+    from records.errors import InputError
+    from training.config import load_train_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    gpu = [p for p in configs.glob("af_*.yaml") if not p.name.endswith("_cpu.yaml")]
+    assert gpu
+    for path in gpu:
+        t = load_train_config(str(path)).train
+        assert (t.packing, t.attn_implementation, t.bf16_adapters, t.compile_layers, t.liger) == (
+            True, "flex_attention", True, True, False), path.name
+    with pytest.raises(InputError, match="do not combine"):
+        load_train_config(str(configs / "af_context_ablation_cpu.yaml"), ["train.liger=true", "train.compile_layers=true"])

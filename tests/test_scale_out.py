@@ -132,17 +132,22 @@ def task3_records(tmp_path_factory):
     return write_toy_task3(root, n_train=24, n_test=4, n_gold=4)
 
 
-def train_argv(records: dict, out: Path) -> list[str]:
+def train_argv(records: dict, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     # the toy organism explains itself; no dropout, so the processes' RNG streams cannot matter
     return ["train", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"), "--output-dir", str(out),
             "--force", "--max-steps", "6", "--progress-log", str(out.parent / "P.md"),
             "--set", f"train.dataset={records['records']}", "--set", f"train.paths={records['paths']}",
             "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2", "--set", "train.lora_dropout=0",
             "--set", "train.save_steps=3", "--set", "train.eval_steps=1000", "--set", "train.eval_samples=2",
-            "--set", "test.max_new_tokens=4"]
+            "--set", "test.max_new_tokens=4", *extra]
 
 
-def test_two_process_training_follows_the_single_process_loss_curve(task3_records, organism_dir, tmp_path):
+# packed rows: 4 rows of 256 tokens a step on the toy, the same layout for 1 and 2 processes (2 rows each)
+PACKED = ("--set", "train.packing=true", "--set", "train.pack_tokens=128")
+
+
+@pytest.mark.parametrize("extra", [(), PACKED], ids=["rows", "packed"])
+def test_two_process_training_follows_the_single_process_loss_curve(task3_records, organism_dir, tmp_path, extra):
     import os
     import subprocess
     import sys
@@ -151,9 +156,9 @@ def test_two_process_training_follows_the_single_process_loss_curve(task3_record
     from safetensors.torch import load_file
 
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert cli_main(train_argv(task3_records, single)) == 0
+    assert cli_main(train_argv(task3_records, single, extra)) == 0
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "records.cli", *train_argv(task3_records, ddp)], cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, "-m", "records.cli", *train_argv(task3_records, ddp, extra)], cwd=REPO,
                               env=dict(os.environ, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                                        PYTHONPATH=str(REPO)),

@@ -26,6 +26,7 @@ CPU_CONFIG = REPO / "configs" / "af_context_ablation_cpu.yaml"
 STEPS = 12  # 9 steps per epoch: the run crosses an epoch boundary
 # packed rows (training/packing.py) of the toy's width: several rows a step, so a kill can land between them
 PACKED = ["train.packing=true", "train.pack_tokens=128"]
+PACKED_STEPS = 14  # 12 packed steps per epoch (4 rows of 256 tokens a step): the run crosses an epoch boundary
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,8 @@ def straight(toy, tmp_path_factory):
 def straight_packed(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight_packed")
     cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, PACKED), str(out))
-    summary = T.main(cfg, force=True, max_steps=STEPS)
-    assert summary["steps"] == STEPS
+    summary = T.main(cfg, force=True, max_steps=PACKED_STEPS)
+    assert summary["steps"] == PACKED_STEPS
     return out
 
 
@@ -69,8 +70,9 @@ def train_entries(out: Path) -> list[dict]:
             for r in rows if "loss" in r]
 
 
-def run_child(toy, out: Path, kill: dict | None, resume: bool = False, extra: list[str] | None = None) -> int:
-    spec = {"config": str(CPU_CONFIG), "sets": config_sets(toy, extra), "output_dir": str(out), "max_steps": STEPS,
+def run_child(toy, out: Path, kill: dict | None, resume: bool = False, extra: list[str] | None = None,
+              steps: int = STEPS) -> int:
+    spec = {"config": str(CPU_CONFIG), "sets": config_sets(toy, extra), "output_dir": str(out), "max_steps": steps,
             "kill": kill, "resume": resume}
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("train_child.py")), json.dumps(spec)],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -116,7 +118,7 @@ def test_killed_training_resumes_exactly(toy, straight, tmp_path, function, call
 # packed: (step whose packed row is killed, which row of it, where that lands, checkpoint the resume starts from)
 PACKED_KILLS = [
     (5, 2, "packed, mid-gradient-accumulation: step 5's second row", 4),
-    (10, 2, "packed, second epoch: step 10's second row, after the epoch boundary", 8),
+    (13, 2, "packed, second epoch: step 13's second row, after the epoch boundary", 12),
 ]
 
 
@@ -124,13 +126,13 @@ PACKED_KILLS = [
 def test_killed_packed_training_resumes_exactly(toy, straight_packed, tmp_path, kill_step, row, where, resume_step):
     rows = [json.loads(line)["micro_batches"] for line in (straight_packed / "metrics.jsonl").read_text().splitlines()
             if "loss" in json.loads(line)]
-    assert min(rows) >= 2, f"packed rows per step {rows}: the test needs several rows a step"
+    assert rows[kill_step - 1] >= row, f"packed rows per step {rows}: step {kill_step} has no row {row}"
     call = sum(rows[:kill_step - 1]) + row
     out = tmp_path / "killed"
     kill = {"function": "training.packing.collate", "call": call}
-    assert run_child(toy, out, kill, extra=PACKED) == -signal.SIGKILL, f"no kill {where}"
+    assert run_child(toy, out, kill, extra=PACKED, steps=PACKED_STEPS) == -signal.SIGKILL, f"no kill {where}"
     cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, PACKED), str(out))
-    summary = T.main(cfg, force=True, resume=True, max_steps=STEPS)
+    summary = T.main(cfg, force=True, resume=True, max_steps=PACKED_STEPS)
     assert summary["resumed_from"].endswith(f"checkpoint-{resume_step:08d}"), summary["resumed_from"]
     a = load_file(straight_packed / "final" / "adapter" / "adapter_model.safetensors")
     b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
