@@ -158,3 +158,29 @@ def test_gpu_configs_train_packed_and_liger_with_compiled_layers_is_refused():
             True, "flex_attention", True, True, False), path.name
     with pytest.raises(InputError, match="do not combine"):
         load_train_config(str(configs / "af_context_ablation_cpu.yaml"), ["train.liger=true", "train.compile_layers=true"])
+
+
+def test_gradient_checkpointing_gives_the_same_packed_loss_and_gradients():
+    from peft import LoraConfig, get_peft_model
+
+    items = random_examples(6, seed=4)
+    lay = P.layout([len(e.ids) for e in items], 6, 1, pack_tokens=128)
+    b = P.collate(items[:3], 0, lay.width)
+
+    def loss_and_grads(checkpointing: bool):
+        torch.manual_seed(5)
+        base = tiny_model("sdpa")
+        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        if checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ce = torch.nn.functional.cross_entropy(answer_logits(base, b, "sdpa"), b.targets, reduction="none")
+        loss = (ce * b.weights).sum()
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_a, grads_a = loss_and_grads(False)
+    loss_b, grads_b = loss_and_grads(True)
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert grads_a.keys() == grads_b.keys() and all(torch.allclose(grads_a[k], grads_b[k], atol=1e-6) for k in grads_a)
+    assert any(g.abs().sum() > 0 for g in grads_a.values())

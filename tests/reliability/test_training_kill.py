@@ -117,12 +117,13 @@ def test_killed_training_resumes_exactly(toy, straight, tmp_path, function, call
 
 # packed: (step whose packed row is killed, which row of it, where that lands, checkpoint the resume starts from)
 PACKED_KILLS = [
-    (5, 2, "packed, mid-gradient-accumulation: step 5's second row", 4),
-    (13, 2, "packed, second epoch: step 13's second row, after the epoch boundary", 12),
+    (13, 2, "packed, second epoch: step 13's second row, mid-gradient-accumulation after the epoch boundary", 12),
+    (5, 2, "packed, mid-epoch: step 5's second row", 4),
 ]
+RUN_PACKED = PACKED_KILLS[:count(full=len(PACKED_KILLS), reduced=1)]  # CI: the first
 
 
-@pytest.mark.parametrize("kill_step,row,where,resume_step", PACKED_KILLS, ids=[k[2].split(":")[0] for k in PACKED_KILLS])
+@pytest.mark.parametrize("kill_step,row,where,resume_step", RUN_PACKED, ids=[k[2].split(":")[0] for k in RUN_PACKED])
 def test_killed_packed_training_resumes_exactly(toy, straight_packed, tmp_path, kill_step, row, where, resume_step):
     rows = [json.loads(line)["micro_batches"] for line in (straight_packed / "metrics.jsonl").read_text().splitlines()
             if "loss" in json.loads(line)]
