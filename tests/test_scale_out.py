@@ -148,17 +148,22 @@ def task3_records(tmp_path_factory):
     return write_toy_task3(root, n_train=24, n_test=4, n_gold=4)
 
 
-def train_argv(records: dict, out: Path) -> list[str]:
+def train_argv(records: dict, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     # the toy organism explains itself; no dropout, so the processes' RNG streams cannot matter
     return ["train", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"), "--output-dir", str(out),
             "--force", "--max-steps", "6", "--progress-log", str(out.parent / "P.md"),
             "--set", f"train.dataset={records['records']}", "--set", f"train.paths={records['paths']}",
             "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2", "--set", "train.lora_dropout=0",
             "--set", "train.save_steps=3", "--set", "train.eval_steps=1000", "--set", "train.eval_samples=2",
-            "--set", "test.max_new_tokens=4"]
+            "--set", "test.max_new_tokens=4", *extra]
 
 
-def test_two_process_training_follows_the_single_process_loss_curve(task3_records, organism_dir, tmp_path):
+# packed rows: 4 rows of 256 tokens a step on the toy, the same layout for 1 and 2 processes (2 rows each)
+PACKED = ("--set", "train.packing=true", "--set", "train.pack_tokens=128")
+
+
+@pytest.mark.parametrize("extra", [(), PACKED], ids=["rows", "packed"])
+def test_two_process_training_follows_the_single_process_loss_curve(task3_records, organism_dir, tmp_path, extra):
     import os
     import subprocess
     import sys
@@ -171,11 +176,11 @@ def test_two_process_training_follows_the_single_process_loss_curve(task3_record
     # many threads the pytest process was left with or on how loaded the machine is, and the only
     # difference between the runs is the order of the gradient sums (the tolerance below).
     one_thread = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    reference = subprocess.run([sys.executable, "-m", "app.cli", *train_argv(task3_records, single)], cwd=REPO,
+    reference = subprocess.run([sys.executable, "-m", "app.cli", *train_argv(task3_records, single, extra)], cwd=REPO,
                                env=one_thread, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert reference.returncode == 0, reference.stdout[-3000:]
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", *train_argv(task3_records, ddp)], cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", *train_argv(task3_records, ddp, extra)], cwd=REPO,
                               env=dict(one_thread, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
@@ -192,6 +197,10 @@ def test_two_process_training_follows_the_single_process_loss_curve(task3_record
     assert a[0]["loss"] > a[-1]["loss"]  # and the curve does go down
     wa = load_file(single / "final" / "adapter" / "adapter_model.safetensors")
     wb = load_file(ddp / "final" / "adapter" / "adapter_model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4) for k in wa)
+    # Packed: the same losses to 1e-6, but a few weights (67 of 2,048 in one LoRA A, seen once) move by up to 2e-4:
+    # Adam turns the last-bit differences of summing 2+2 rows instead of 4 into whole steps where a gradient
+    # element is near zero. A wrong share of rows would change the losses above, not only these.
+    atol = 5e-4 if extra else 1e-5
+    assert all(torch.allclose(wa[k], wb[k], atol=atol, rtol=1e-4) for k in wa)
     state = torch.load(ddp / "checkpoints" / "checkpoint-00000006" / "trainer_state.pt", weights_only=True)
     assert len(state["rng_by_rank"]) == 2  # each process resumes its own RNG stream

@@ -14,6 +14,7 @@ Task names pick the record type: `hint_attribution` (Task 3, ContextAblationReco
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 
@@ -94,6 +95,13 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bf16: bool = True  # only on GPU; CPU always trains in fp32
     gradient_checkpointing: bool = False  # ours
     group_by_length: bool = True  # ours: length-grouped batches (little padding); False = plain shuffle
+    # ours, speed (training/packing.py, training/speed.py; the GPU YAMLs turn them on):
+    packing: bool = False  # fixed-width packed rows, batch_size x gradient_accumulation examples a step on average
+    pack_tokens: int = 8192  # most tokens in one packed row (rows per step grow past it)
+    attn_implementation: str = ""  # "" = transformers' default | eager | sdpa | flex_attention (packing on GPU)
+    bf16_adapters: bool = False  # LoRA weights in the base dtype (bf16 on GPU) instead of peft's fp32 upcast
+    liger: bool = False  # liger-kernel RMSNorm/RoPE/SwiGLU (GPU, needs liger-kernel)
+    compile_layers: bool = False  # torch.compile each decoder layer (not with liger)
     max_length: int = 1024  # examples longer than this are dropped, with a count in the log
     dataset: str = ""  # folder holding train.json / test.json records
     tasks: dict[str, TaskConfig]
@@ -165,6 +173,16 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             p.add(where, f"train.{name} must be a finite number >= 0, got {value}")
     if t.lr_scheduler_type not in ("constant", "linear"):
         p.add(where, f"train.lr_scheduler_type must be constant or linear, got {t.lr_scheduler_type!r}")
+    if t.packing and t.pack_tokens < 128:
+        p.add(where, f"train.pack_tokens must be >= 128, got {t.pack_tokens}")
+    if t.liger and t.compile_layers:
+        p.add(where, "train.liger and train.compile_layers do not combine (torch.compile cannot trace liger-kernel's "
+                     "functions); pick one (compile_layers measured faster on the H200)")
+    if t.liger and importlib.util.find_spec("liger_kernel") is None:
+        p.add(where, "train.liger: true needs liger-kernel (pip install liger-kernel)")
+    if t.attn_implementation not in ("", "eager", "sdpa", "flex_attention"):
+        p.add(where, f"train.attn_implementation must be one of eager, sdpa, flex_attention (or empty), "
+                     f"got {t.attn_implementation!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         p.add(where, f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if not t.tasks:

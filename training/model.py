@@ -18,6 +18,8 @@ from lm.batching import left_pad, pad_token_id
 from lm.tokens import CHAT_TEMPLATE
 from records.errors import InputError
 from training import data as D
+from training import packing as P
+from training import speed as S
 from training.config import TrainConfig
 from training.continuous import ContinuousEmbedder
 
@@ -70,7 +72,8 @@ class Explainer:
     def loss_sum(self, batch: D.Batch) -> torch.Tensor:
         """Weighted sum of answer-token cross-entropies of one micro-batch (the caller divides)."""
         embeds = self.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
-        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        extra = P.decoder_kwargs(batch, self.causal_lm.config._attn_implementation, self.dtype)  # packed rows
+        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state
         # The vocabulary projection only where an answer token is predicted: [n_answer, vocab]
         logits = self.causal_lm.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
         ce = F.cross_entropy(logits, batch.targets, reduction="none")  # [n_answer]
@@ -91,8 +94,9 @@ class Explainer:
             vecs = [vectors[i] for i in idx if vectors[i] is not None]
             vt = torch.from_numpy(np.stack(vecs)).to(self.device) if vecs else None
             embeds = self.embed(ids, vt)  # [batch, width, hidden]
-            out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+            with S.generation_mode(self.causal_lm):
+                out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
             # With inputs_embeds only, generate returns just the new tokens: [batch, new]
             for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 answers[i] = text
@@ -115,14 +119,16 @@ def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.devi
         raise InputError("train.peft_lora: false (full fine-tuning) is not supported; this stage trains LoRA adapters")
     model_dir = resolve_model(cfg.model_path, "model_path")
     tokenizer = tokenizer or load_tokenizer(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **S.load_kwargs(cfg.train)).to(device)
     base.config.use_cache = False
+    S.fuse(base, cfg.train)
     lora = LoraConfig(r=cfg.train.lora_r, lora_alpha=cfg.train.lora_alpha or 2 * cfg.train.lora_r,
                       lora_dropout=cfg.train.lora_dropout, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM", trainable_token_indices=token_indices or None)
-    model = get_peft_model(base, lora)
+    model = get_peft_model(base, lora, **S.peft_kwargs(cfg.train))
     if cfg.train.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    S.compile_layers(base, cfg.train)
     markers = markers or {}
     rep_id = tokenizer.convert_tokens_to_ids(markers["continuous_rep"]) if markers else -1
     hidden = base.config.get_text_config().hidden_size

@@ -37,6 +37,7 @@ from training import distributed as dist
 from training import examples as E
 from training.checkpoint import (Progress, check_resume, complete_checkpoints, load_checkpoint, remove_partial_saves,
                                  rng_state, save_checkpoint, save_final)
+from training import packing as P
 from training.config import TrainConfig
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
@@ -144,7 +145,15 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         optimizer = make_optimizer(cfg, explainer)
         lengths = [len(e.ids) for e in train_enc]
         t = cfg.train
-        steps_per_epoch = len(D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, 0, t.group_by_length))
+        packed = P.layout(lengths, t.batch_size, t.gradient_accumulation, t.pack_tokens, world) if t.packing else None
+
+        def epoch_plan(epoch: int) -> list[list[list[int]]]:
+            """steps -> micro-batches (packed rows when packing) -> example positions"""
+            if packed:
+                return P.epoch_plan(lengths, packed, t.seed, epoch)
+            return D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, epoch, t.group_by_length)
+
+        steps_per_epoch = len(epoch_plan(0))
         total_steps = steps_per_epoch * t.num_epochs  # the schedule's horizon, whatever --max-steps says
         limit = min(total_steps, max_steps) if max_steps else total_steps
         # --debug: the same loop, shorter; every step printed, a small eval that shows its answers
@@ -180,6 +189,10 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
                   f"{n_trainable:,} trainable parameters; {len(train_enc)} train / {len(test_enc)} test examples; "
                   f"{steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {total_steps} steps; running to step {limit}")
+            if packed:
+                print(f"packing: {packed.rows_per_step} row(s) of {packed.width} tokens a step, "
+                      f"{len(train_enc) / steps_per_epoch:.1f} examples a step on average "
+                      f"(row batching: {packed.step_examples})")
 
         def save() -> None:
             """Checkpoint where the loop stands: with the RNG states, enough to continue bit-for-bit."""
@@ -196,21 +209,23 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         t_loop = time.perf_counter()
         try:
             while prog.step < limit:
-                plan = D.epoch_plan(lengths, t.batch_size, t.gradient_accumulation, t.seed, prog.epoch, t.group_by_length)
+                plan = epoch_plan(prog.epoch)
                 if prog.step_in_epoch >= len(plan):
                     prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
                     continue
                 micro = [[train_enc[i] for i in mb] for mb in plan[prog.step_in_epoch]]
                 step_examples = [e for mb in micro for e in mb]
                 denom = D.answer_weight(step_examples)  # the whole step's, on every process
-                if world > 1:  # this process's share, in micro-batches of at most batch_size
+                if world > 1 and packed:  # whole rows: rows_per_step is a multiple of the world size
+                    micro = dist.my_share(micro)
+                elif world > 1:  # this process's share, in micro-batches of at most batch_size
                     mine = dist.my_share(step_examples)
                     micro = [mine[k:k + t.batch_size] for k in range(0, len(mine), t.batch_size)]
                 explainer.model.train()
                 optimizer.zero_grad(set_to_none=True)
                 loss_value, step_tokens, step_padded = 0.0, 0, 0
                 for mb in micro:
-                    batch = D.collate(mb, pad).to(device)
+                    batch = (P.collate(mb, pad, packed.width) if packed else D.collate(mb, pad)).to(device)
                     loss = explainer.loss_sum(batch) / denom
                     loss.backward()
                     loss_value += float(loss.detach())
@@ -235,7 +250,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                 metrics.write({"step": step, "epoch": prog.epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                "tokens": prog.tokens_seen,
                                "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen),
-                               "elapsed_s": time.perf_counter() - t0,
+                               "elapsed_s": time.perf_counter() - t0, "micro_batches": len(micro),
                                "examples": [e.index for e in step_examples]}, "train")
                 if main_process and (step % print_every == 0 or step == limit):
                     rate = (prog.tokens_seen - tokens_at_start) / (time.perf_counter() - t_loop)

@@ -26,6 +26,9 @@ from training.config import load_train_config
 REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "af_context_ablation_cpu.yaml"
 STEPS = 12  # 9 steps per epoch: the run crosses an epoch boundary
+# packed rows (training/packing.py) of the toy's width: several rows a step, so a kill can land between them
+PACKED = ["train.packing=true", "train.pack_tokens=128"]
+PACKED_STEPS = 14  # 12 packed steps per epoch (4 rows of 256 tokens a step): the run crosses an epoch boundary
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +39,9 @@ def toy(tmp_path_factory):
     return info
 
 
-def config_sets(toy) -> list[str]:
+def config_sets(toy, extra: list[str] | None = None) -> list[str]:
     # accumulation 2 (a kill can land between micro-batches), dropout (the RNG must be restored), two epochs
-    return [f"model_path={toy['model']}", f"target_model_path={toy['model']}", f"train.dataset={toy['records']}",
+    return (extra or []) + [f"model_path={toy['model']}", f"target_model_path={toy['model']}", f"train.dataset={toy['records']}",
             f"train.paths={toy['paths']}", "train.num_epochs=2", "train.batch_size=4",
             "train.gradient_accumulation=2", "train.save_steps=2", "train.save_total_limit=2",
             "train.lora_dropout=0.1", "train.eval_steps=1000", "train.eval_samples=2", "test.max_new_tokens=4"]
@@ -53,6 +56,15 @@ def straight(toy, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def straight_packed(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight_packed")
+    cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, PACKED), str(out))
+    summary = T.main(cfg, force=True, max_steps=PACKED_STEPS)
+    assert summary["steps"] == PACKED_STEPS
+    return out
+
+
 def train_entries(out: Path) -> list[dict]:
     """The logged training steps with everything that must repeat exactly (not wall-clock time)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -60,8 +72,9 @@ def train_entries(out: Path) -> list[dict]:
             for r in rows if "loss" in r]
 
 
-def run_child(toy, out: Path, kill: dict | None, resume: bool = False) -> int:
-    spec = {"config": str(CPU_CONFIG), "sets": config_sets(toy), "output_dir": str(out), "max_steps": STEPS,
+def run_child(toy, out: Path, kill: dict | None, resume: bool = False, extra: list[str] | None = None,
+              steps: int = STEPS) -> int:
+    spec = {"config": str(CPU_CONFIG), "sets": config_sets(toy, extra), "output_dir": str(out), "max_steps": steps,
             "kill": kill, "resume": resume}
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("train_child.py")), json.dumps(spec)],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -102,6 +115,33 @@ def test_killed_training_resumes_exactly(toy, straight, tmp_path, function, call
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # partial saves gone
     for pt in out.rglob("*.pt"):
         torch.load(pt, weights_only=True)
+
+
+# packed: (step whose packed row is killed, which row of it, where that lands, checkpoint the resume starts from)
+PACKED_KILLS = [
+    (13, 2, "packed, second epoch: step 13's second row, mid-gradient-accumulation after the epoch boundary", 12),
+    (5, 2, "packed, mid-epoch: step 5's second row", 4),
+]
+RUN_PACKED = PACKED_KILLS[:count(full=len(PACKED_KILLS), reduced=1)]  # CI: the first
+
+
+@pytest.mark.parametrize("kill_step,row,where,resume_step", RUN_PACKED, ids=[k[2].split(":")[0] for k in RUN_PACKED])
+def test_killed_packed_training_resumes_exactly(toy, straight_packed, tmp_path, kill_step, row, where, resume_step):
+    rows = [json.loads(line)["micro_batches"] for line in (straight_packed / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+    assert rows[kill_step - 1] >= row, f"packed rows per step {rows}: step {kill_step} has no row {row}"
+    call = sum(rows[:kill_step - 1]) + row
+    out = tmp_path / "killed"
+    kill = {"function": "training.packing.collate", "call": call}
+    assert run_child(toy, out, kill, extra=PACKED, steps=PACKED_STEPS) == -signal.SIGKILL, f"no kill {where}"
+    cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, PACKED), str(out))
+    summary = T.main(cfg, force=True, resume=True, max_steps=PACKED_STEPS)
+    assert summary["resumed_from"].endswith(f"checkpoint-{resume_step:08d}"), summary["resumed_from"]
+    a = load_file(straight_packed / "final" / "adapter" / "adapter_model.safetensors")
+    b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the example-order log: the same examples, steps, losses as the uninterrupted packed run
+    assert train_entries(out) == train_entries(straight_packed)
 
 
 def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, tmp_path):
