@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from lm import agreement, answers, labels
@@ -117,6 +118,6 @@ def test_samples_section_is_collapsed_bounded_and_escaped():
 
 def test_context_stats_counts_labels_and_truncation():
     stats = agreement.context_stats([("m", "refusal", True), ("m", "compliance", False), ("u", "no_answer", True)])
-    assert stats == {"m": {"n": 2, "labels": {"compliance": 1, "refusal": 1}, "truncated_rate": 0.5},
+    assert msgspec.to_builtins(stats) == {"m": {"n": 2, "labels": {"compliance": 1, "refusal": 1}, "truncated_rate": 0.5},
                      "u": {"n": 1, "labels": {"no_answer": 1}, "truncated_rate": 1.0}}
     assert Counter(rule_label(r["response"]) for r in corpus())["no_answer"] >= 10
