@@ -204,6 +204,13 @@ class FastSteeredGenerator:
             results.append(Generated(ids if cut is None else ids[:cut], "length" if cut is None else "stop"))
         return results
 
+    def set_direction(self, direction: torch.Tensor) -> None:
+        """Steer the next batches along another unit direction; written in place, so captured graphs
+        (which read the state's tensor) stay valid."""
+        self.direction = direction
+        if self._state is not None:
+            self._state.direction.copy_(direction.reshape(-1).to(self._state.direction))
+
     def release(self) -> None:
         """Drop the cache and graphs (after an OOM, or when done)."""
         self._ctx = None
