@@ -166,7 +166,8 @@ class Direction(NamedTuple):
 
     @property
     def per_layer(self) -> bool:
-        return len(set(self.ids.values())) > 1
+        """Derived at each steered layer (and its negation): one vector per layer, even with one layer."""
+        return self.name.lstrip("-") == "derived"
 
 
 def same_everywhere(name: str, kind: str, vid: str, norm: float, unit: np.ndarray, layers) -> Direction:

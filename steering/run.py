@@ -395,7 +395,7 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
                 if all(row_key(i, c, arm.name, digest[(i, c)]) in done for i, c, arm in batch):
                     continue
                 vec = d.vectors[layer if layer is not None else next(iter(d.vectors))]
-                runner.set_direction(torch.from_numpy(vec).to(device))
+                runner.set_direction(torch.from_numpy(vec.copy()).to(device))  # the engine writes in place
                 rows = []
                 for i, c, arm in batch:
                     eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)

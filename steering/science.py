@@ -115,8 +115,8 @@ def report_section(summary: SteeringSummary) -> list[str]:
           "Change = behaviour label differs from the baseline's; degenerate outputs (coherence check) are "
           "never a change. Specificity = AF change rate minus the non-AF change rate.", "", *table_lines(summary), ""]
     md += [f"- {line}" for line in control_lines(summary)] or ["- no real direction changes >= 50% of outputs"]
-    md += ["", "Dose-response (change / degenerate per alpha):", "", "| direction | layers | " + " | ".join(
-        ["alpha: change (degenerate)"]) + " |", "|---|---|---|"]
+    md += ["", "Dose-response per direction:", "", "| direction | layers | alpha: changed (degenerate) |",
+           "|---|---|---|"]
     for c in summary.dose_response:
         cells = ", ".join(f"{a:g}: {_pct(ch)} ({_pct(dg)})" for a, ch, dg in zip(c.alphas, c.changed, c.degenerate))
         md.append(f"| {c.direction} | {c.layers} | {cells} |")
