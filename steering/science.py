@@ -113,7 +113,8 @@ def report_section(summary: SteeringSummary) -> list[str]:
     """Markdown lines for the report: the per-arm table, the controls, dose-response and warnings."""
     md = ["### Specificity and controls", "",
           "Change = behaviour label differs from the baseline's; degenerate outputs (coherence check) are "
-          "never a change. Specificity = AF change rate minus the non-AF change rate.", "", *table_lines(summary), ""]
+          "never a change. Specificity = AF change rate minus the non-AF change rate; a family whose baseline "
+          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns.", "", *table_lines(summary), ""]
     md += [f"- {line}" for line in control_lines(summary)] or ["- no real direction changes >= 50% of outputs"]
     md += ["", "Dose-response per direction:", "", "| direction | layers | alpha: changed (degenerate) |",
            "|---|---|---|"]
