@@ -124,7 +124,9 @@ def main(args: argparse.Namespace) -> int:
                        "--output-dir", run / "task3", *sizes, "--set", f"progress_log={log}"])
     if args.profile == "toy":  # the real run steers along the user's af_intent_direction.npy
         stage("steer-direction", ["steer", "--config", cfg["steer"], "--paths-config", paths,
-                                  "--derive-direction", "--layer", 2, "--out", run / "directions"])
+                                  "--derive-direction", "--layer", 2, "--out", run / "directions",
+                                  # the grid's own split, so the direction never sees its test scenarios
+                                  "--limit", args.steer_scenarios, "--test-size", max(1, args.steer_scenarios // 4)])
         steer_extra = ["--direction", sorted((run / "directions").glob("*.npy"))[-1], "--limit", args.steer_scenarios,
                        "--test-size", max(1, args.steer_scenarios // 4)]
     else:

@@ -202,6 +202,9 @@ def build_report(run: Path) -> Path:
         md += ["## Task 2: steering grid", "", f"{s.n_records} steered records over {s.n_scenarios} scenarios "
                f"(scale {s.scale}, positions {s.positions}).", "", "```", *format_table(s), "```", "",
                "![heatmap](plots/task2_heatmap.png)", "", "![dose-response](plots/task2_dose_response.png)", ""]
+        from steering.science import report_section
+
+        md += report_section(s)
         md += _labels_section(t2, SteeringRecord, s)
 
     md += ["## Explainer training and evaluation", ""]

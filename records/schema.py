@@ -123,6 +123,7 @@ class RawCompletion(msgspec.Struct, forbid_unknown_fields=True):
     text: str
     finish_reason: str
     prompt_tokens: int
+    median_loss: float | None = None  # steering: the output's median token loss under the unsteered model
 
 
 class ControlRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -165,6 +166,16 @@ class PatchPosition(msgspec.Struct, forbid_unknown_fields=True):
     counterfact_text_token: str
     intervention_vector: list[float] | None = None
     intervention_vectors: list[list[float]] | None = None
+
+
+class CoherenceCheck(msgspec.Struct, forbid_unknown_fields=True):
+    """steering/coherence.py's checks of one steered output; `degenerate` when any reason fired."""
+
+    repeated_ngrams: float  # share of token n-grams repeating an earlier one
+    compression_ratio: float | None  # zlib / raw bytes; None for short texts
+    median_loss: float | None  # nats per token under the unsteered model; None for an empty output
+    degenerate: bool
+    reasons: list[str] = []  # "repeated" | "compression" | "loss"
 
 
 class SteeringRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -213,6 +224,12 @@ class SteeringRecord(msgspec.Struct, forbid_unknown_fields=True):
     labeller: str
     engine: EngineInfo
     schema_version: int = SCHEMA_VERSION
+    # which direction this arm added: "file" (the user's), "derived", "-<name>" (negation), "random<k>"
+    direction_name: str = "file"
+    direction_kind: str = "file"  # "file" | "derived" | "negated" | "random"
+    family: str = ""  # "af" (label in af_labels), else the source's family (toy: harmful / benign) or label
+    # None: not checked. A degenerate output has steered_behavior "degenerate" and behavior_changed False.
+    coherence: CoherenceCheck | None = None
 
 
 class FeatureRecord(msgspec.Struct, forbid_unknown_fields=True):
@@ -305,6 +322,31 @@ class ArmSummary(msgspec.Struct, forbid_unknown_fields=True):
     output_changed_rate: float | None
     by_label: dict[str, float | None]
     transitions: dict[str, int]
+    direction: str = "file"
+    degenerate_rate: float | None = None  # share of steered outputs that failed the coherence check
+    by_family: dict[str, float | None] = {}  # behaviour change rate per family
+    specificity: float | None = None  # AF change rate minus the change rate of all non-AF records
+
+
+class DirectionSummary(msgspec.Struct, forbid_unknown_fields=True):
+    """One direction a run steered along; per_layer_id: the derived direction differs per layer."""
+
+    name: str
+    kind: str  # "file" | "derived" | "negated" | "random"
+    ids: dict[str, str]  # layer -> id of the vector steered there (the derived one differs per layer)
+    norms: dict[str, float]  # layer -> the raw vector's norm before normalising (random: 1)
+
+
+class DoseResponse(msgspec.Struct, forbid_unknown_fields=True):
+    """Rates along alpha for one (direction, layer set); alpha 0 included when the run had that arm."""
+
+    direction: str
+    layers: str
+    alphas: list[float]
+    changed: list[float | None]
+    degenerate: list[float | None]
+    af_changed: list[float | None]
+    non_af_changed: list[float | None]
 
 
 class DirectionInfo(msgspec.Struct, forbid_unknown_fields=True):
@@ -331,6 +373,9 @@ class SteeringSummary(msgspec.Struct, forbid_unknown_fields=True):
     wall_seconds: dict[str, float] = {}
     direction: DirectionInfo | None = None
     engine_stats: dict[str, int | float] | None = None
+    directions: list[DirectionSummary] = []
+    dose_response: list[DoseResponse] = []
+    warnings: list[str] = []  # e.g. an arm whose outputs are mostly degenerate
 
 
 def read_summary(path: str | Path, summary_type: type[T]) -> T:

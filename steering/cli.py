@@ -124,6 +124,6 @@ def main(args: argparse.Namespace) -> int:
 
     scenarios = load_scenarios(input_path, paths.known_labels)
     direction = cfg.direction or paths.af_intent_direction
-    run(cfg, scenarios, [Path(paths.data_root), input_path, Path(direction)], direction)
+    run(cfg, scenarios, [Path(paths.data_root), input_path, Path(direction)], direction, paths.af_labels)
     return 0
 

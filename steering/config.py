@@ -19,6 +19,19 @@ class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
     contrast: Literal["monitoring", "label"] = "monitoring"
     context: Literal["monitored", "unmonitored"] = "unmonitored"
     positions: Literal["last", "mean"] = "last"  # the last prompt token, or the mean over prompt tokens
+    # monitoring contrast over AF-labelled scenarios only (AF monitored vs unmonitored): a direction of the
+    # monitoring effect where it exists, not of what separates harmful from benign requests
+    af_only: bool = False
+
+
+class CoherenceConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """When a steered output counts as `degenerate` (steering/coherence.py): any one check suffices."""
+
+    ngram: int = 3  # token n-gram size of the repetition check
+    max_repeated: float = 0.5  # share of the output's token n-grams that repeat an earlier one
+    min_compression: float = 0.3  # zlib-compressed bytes / UTF-8 bytes (outputs of >= 64 bytes only)
+    # median per-token loss (nats) of the steered output under the UNSTEERED model, given the prompt
+    max_median_loss: float = 6.0
 
 
 class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -59,3 +72,13 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     heatmap: bool = True
     prompts: PromptTemplates = msgspec.field(default_factory=PromptTemplates)
     derive: DeriveConfig = msgspec.field(default_factory=DeriveConfig)
+    # Controls beside `direction` (named "file"): "derived" = the difference of means at each steered layer
+    # from this run's TRAINING scenarios (derive.contrast/context/positions/af_only), "-<name>" = a
+    # direction's negation, "random<k>" = seeded random unit directions (the same norm once scaled: every
+    # direction is a unit vector times the arm's effective alpha). Arms of the file direction keep their
+    # plain names (L2@a1); the others are "<direction>/L2@a1".
+    derived: bool = False
+    negate: bool = False  # also the negation of the file direction and of the derived one
+    random_directions: int = 0
+    alpha_zero: bool = False  # an alpha-0 control arm per layer set (file direction): must equal the baseline
+    coherence: CoherenceConfig = msgspec.field(default_factory=CoherenceConfig)

@@ -41,6 +41,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
     check_output_dir(out.parent if out.suffix == ".npy" else out, [paths.data_root, input_path])
     if cfg.limit:
         scenarios = scenarios[:cfg.limit]
+    # never the scenarios a steering run with the same limit and test_size holds out as test.json
+    n_test = min(cfg.test_size, max(0, len(scenarios) - 1))
+    scenarios = scenarios[:len(scenarios) - n_test]
     model_dir = resolve_model(cfg.model)
     depth, hidden = grid.model_depth(model_dir)
     if not 0 <= d.layer < depth:
@@ -50,9 +53,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
     rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
     model = backends.load_hf_model(model_dir, cfg.dtype)
     vec, meta = dirmod.derive(model, tokenizer, scenarios, d.layer, d.contrast, cfg.prompts, rendering,
-                              paths.af_labels, d.context, d.positions)
+                              paths.af_labels, d.context, d.positions, af_only=d.af_only)
     meta.update(model=cfg.model if cfg.model != "toy" else model_dir, scenarios=str(input_path),
-                n_scenarios=len(scenarios))
+                n_scenarios=len(scenarios), held_out_test=n_test)
     path = dirmod.save_direction(d.out, vec, meta)
     write_json_atomic(path.with_suffix(".manifest.json"),
                       make_manifest("steer-derive", cfg, model_dir, {"scenarios": str(input_path)}))

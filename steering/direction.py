@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -124,9 +124,14 @@ def mean_residual(model, prompts: Sequence[Sequence[int]], layer: int, pad_id: i
 
 def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, rendering: str,
            af_labels: Sequence[str], context: str = "unmonitored", positions: str = "last",
-           batch_size: int = 16) -> tuple[np.ndarray, dict]:
-    """(direction, metadata) as the module docstring describes. Raises InputError when a side is empty."""
+           batch_size: int = 16, af_only: bool = False) -> tuple[np.ndarray, dict]:
+    """(direction, metadata) as the module docstring describes; `af_only` restricts the monitoring
+    contrast to AF-labelled scenarios. Raises InputError when a side is empty."""
     pad = pad_token_id(tokenizer)
+    if af_only:
+        if contrast != "monitoring":
+            raise InputError("derive.af_only restricts the monitoring contrast; the label contrast needs both sides")
+        scenarios = [s for s in scenarios if s.label in af_labels]
     if contrast == "monitoring":
         pos = [chat.render(tokenizer, templates.system("monitored"), s.text, rendering).token_ids for s in scenarios]
         neg = [chat.render(tokenizer, templates.system("unmonitored"), s.text, rendering).token_ids for s in scenarios]
@@ -151,7 +156,48 @@ def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, re
     meta = {
         "contrast": contrast, "layer": layer, "positions": positions, "sign": f"{sides[0]} minus {sides[1]}",
         "context": context if contrast == "label" else "both", "n_positive": len(pos), "n_negative": len(neg),
-        "norm": norm, "hidden_size": int(vec.shape[0]), "rendering": rendering,
+        "norm": norm, "hidden_size": int(vec.shape[0]), "rendering": rendering, "af_only": af_only,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     return vec.astype(np.float32), meta
+
+
+class Direction(NamedTuple):
+    """One direction a run steers along: a unit vector per steered layer (the same one unless derived)."""
+
+    name: str  # "file", "derived", "-file", "random0", ...
+    kind: str  # "file" | "derived" | "negated" | "random"
+    ids: dict[int, str]  # layer -> id of the vector steered there
+    norms: dict[int, float]  # layer -> norm of the raw vector before normalising (random: 1)
+    vectors: dict[int, np.ndarray]  # layer -> unit vector (float32, (hidden,))
+
+    @property
+    def per_layer(self) -> bool:
+        """Derived at each steered layer (and its negation): one vector per layer, even with one layer."""
+        return self.name.lstrip("-") == "derived"
+
+
+def same_everywhere(name: str, kind: str, vid: str, norm: float, unit: np.ndarray, layers) -> Direction:
+    return Direction(name, kind, {k: vid for k in layers}, {k: norm for k in layers}, {k: unit for k in layers})
+
+
+def negated(d: Direction) -> Direction:
+    return Direction(f"-{d.name}", "negated", {k: f"-{v}" for k, v in d.ids.items()}, dict(d.norms),
+                     {k: -v for k, v in d.vectors.items()})
+
+
+def random_directions(count: int, hidden: int, seed: int, layers) -> list[Direction]:
+    """`count` seeded Gaussian directions, normalised: controls that share nothing with the model."""
+    out = []
+    for k in range(count):
+        vec = np.random.default_rng([seed, k]).standard_normal(hidden)
+        unit = (vec / np.linalg.norm(vec)).astype(np.float32)
+        out.append(same_everywhere(f"random{k}", "random", f"random-s{seed}-{k}", 1.0, unit, layers))
+    return out
+
+
+def from_vectors(name: str, raw: dict[int, np.ndarray]) -> Direction:
+    """The derived direction from its raw (unnormalised) vector at each layer."""
+    units = {k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in sorted(raw.items())}
+    ids = {k: hashlib.sha256(u.tobytes()).hexdigest()[:16] for k, u in units.items()}
+    return Direction(name, "derived", ids, {k: float(np.linalg.norm(v)) for k, v in raw.items()}, units)

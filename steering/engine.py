@@ -165,7 +165,7 @@ class FastSteeredGenerator:
         if self.use_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs the model on a CUDA device")
         self.prefill_tokens = prefill_tokens
-        self.direction = direction
+        self.direction = direction.detach().clone()  # set_direction writes into it: never alias the caller's
         self._ctx: _Context | None = None
         self._state: SteeringState | None = None
         self._pool = None  # one CUDA graph memory pool per context, shared by its graphs
@@ -203,6 +203,13 @@ class FastSteeredGenerator:
             cut = next((i for i, t in enumerate(ids) if t in eos), None) if not force_length else None
             results.append(Generated(ids if cut is None else ids[:cut], "length" if cut is None else "stop"))
         return results
+
+    def set_direction(self, direction: torch.Tensor) -> None:
+        """Steer the next batches along another unit direction; written in place, so captured graphs
+        (which read the state's tensor) stay valid."""
+        self.direction = direction.detach().clone()
+        if self._state is not None:
+            self._state.direction.copy_(direction.reshape(-1).to(self._state.direction))
 
     def release(self) -> None:
         """Drop the cache and graphs (after an OOM, or when done)."""

@@ -19,9 +19,10 @@ BASELINE = "baseline"
 
 
 class Arm(NamedTuple):
-    name: str  # "baseline", "L20@a0.5", "L20+L30@a2"
+    name: str  # "baseline", "L20@a0.5", "L20+L30@a2"; other directions than the file: "random0/L20@a2"
     layers: tuple[int, ...]  # () for the baseline
     alpha: float
+    direction: str = "file"  # the Direction.name this arm adds
 
 
 def arm_name(layers: Sequence[int], alpha: float) -> str:
@@ -74,6 +75,23 @@ def build_arms(layers: Sequence[int], alphas: Sequence[float], together: bool = 
         sets.append(tuple(layers))
     arms = [Arm(BASELINE, (), 0.0)]
     arms += [Arm(arm_name(s, a), s, a) for s in sets for a in alphas]
+    return arms
+
+
+def build_direction_arms(directions, layers: Sequence[int], alphas: Sequence[float], together: bool = False,
+                         alpha_zero: bool = False) -> list[Arm]:
+    """build_arms for every direction (`directions`: (name, per_layer) pairs, the file direction first),
+    plus an alpha-0 arm per layer set of the first one. A per-layer direction (derived at each layer)
+    gets no layers-together arm: the engine adds one direction per batch at every steered layer."""
+    base = build_arms(layers, alphas, together)
+    zero = [Arm(arm_name(a.layers, 0.0), a.layers, 0.0) for a in build_arms(layers, [0.0], together)[1:]]
+    arms = [base[0]]
+    for k, (name, per_layer) in enumerate(directions):
+        prefix = "" if name == "file" else f"{name}/"
+        own = [a for a in base[1:] if not (per_layer and len(a.layers) > 1)]
+        if k == 0 and alpha_zero:
+            own = [a for a in zero if 0.0 not in alphas] + own
+        arms += [Arm(prefix + a.name, a.layers, a.alpha, name) for a in own]
     return arms
 
 

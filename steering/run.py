@@ -19,7 +19,9 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
+import msgspec
 import numpy as np
 import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -34,9 +36,10 @@ from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_re
 from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
-from records.schema import (ArmSummary, DirectionInfo, EngineInfo, PatchPosition, RawCompletion, ResidualNorm, Scenario,
-                            SteeringRecord, SteeringSummary, read_summary)
-from steering import grid
+from records.schema import (ArmSummary, DirectionInfo, DirectionSummary, EngineInfo, PatchPosition, RawCompletion,
+                            ResidualNorm, Scenario, SteeringRecord, SteeringSummary, read_summary)
+from steering import coherence, grid, science
+from steering import direction as dirmod
 from steering.config import SteerConfig
 from steering.engine import FastSteeredGenerator, Row, hf_generate
 
@@ -47,8 +50,61 @@ NORMS_FILE = "residual_norms.json"
 
 
 def row_key(index: int, context: str, arm: str, digest: str) -> str:
-    """`<scenario index>:<context>:<arm>:<prompt digest>`: a completion is reused only for exactly its prompt."""
+    """`<scenario index>:<context>:<arm>:<prompt digest>`: a completion is reused only for exactly its prompt.
+    The arm's name carries its direction ("random0/L2@a1"; the file direction's arms are plain)."""
     return f"{index}:{context}:{arm}:{digest}"
+
+
+class DeriveJob(NamedTuple):
+    """What the in-run derived direction is computed from: the TRAINING scenarios only."""
+
+    scenarios: list[Scenario]
+    af_labels: list[str]
+    rendering: str
+
+
+def direction_names(cfg: SteerConfig) -> list[tuple[str, bool]]:
+    """(name, differs per layer) of every direction of the run, the file direction first."""
+    names = [("file", False)] + ([("derived", True)] if cfg.derived else [])
+    if cfg.negate:
+        names += [(f"-{n}", per_layer) for n, per_layer in names]
+    return names + [(f"random{k}", False) for k in range(cfg.random_directions)]
+
+
+def fixed_directions(cfg: SteerConfig, unit: np.ndarray, dir_info: dict) -> list[dirmod.Direction]:
+    """The directions that need no model: the file's, its negation, the random controls."""
+    layers = sorted(set(cfg.layers))
+    file = dirmod.same_everywhere("file", "file", dir_info["id"], dir_info["norm"], unit, layers)
+    out = [file] + ([dirmod.negated(file)] if cfg.negate else [])
+    return out + dirmod.random_directions(cfg.random_directions, unit.shape[0], cfg.seed, layers)
+
+
+def derived_directions(cfg: SteerConfig, work: Path, model=None, tokenizer=None,
+                       job: DeriveJob | None = None) -> list[dirmod.Direction]:
+    """The derived direction at each steered layer (and its negation): computed once per run into
+    `_work/derived_L<layer>.npy`, then read back (resume, records)."""
+    import io
+
+    if not cfg.derived:
+        return []
+    raw = {}
+    for layer in sorted(set(cfg.layers)):
+        path = work / f"derived_L{layer}.npy"
+        if not path.exists():
+            d = cfg.derive
+            vec, _ = dirmod.derive(model, tokenizer, job.scenarios, layer, d.contrast, cfg.prompts, job.rendering,
+                                   job.af_labels, d.context, d.positions, af_only=d.af_only)
+            buf = io.BytesIO()
+            np.save(buf, vec)
+            write_atomic(path, buf.getvalue())
+        raw[layer] = np.load(path).astype(np.float64)
+    derived = dirmod.from_vectors("derived", raw)
+    return [derived] + ([dirmod.negated(derived)] if cfg.negate else [])
+
+
+def sort_directions(cfg: SteerConfig, directions: list[dirmod.Direction]) -> list[dirmod.Direction]:
+    order = [n for n, _ in direction_names(cfg)]
+    return sorted(directions, key=lambda d: order.index(d.name))
 
 
 def validate_early(cfg: SteerConfig) -> None:
@@ -73,10 +129,16 @@ def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[grid.Arm],
     return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
-def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, norm_sample: list[list[int]]) -> str:
+def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, norm_sample: list[list[int]],
+               derive_sample: list[list[int]] = ()) -> str:
     """What changes every row: a resumed run with another value is refused. The residual norms scale every
-    arm, so the prompts they are measured on count too. (What changes one prompt is in its rows' keys.)"""
-    return config_hash({"model": model_dir, "weights": model_fingerprint(model_dir), "direction": direction_id,
+    arm, so the prompts they are measured on count too, and the derived direction's prompts. (What
+    changes one prompt is in its rows' keys.)"""
+    controls = {"directions": direction_names(cfg), "seed": cfg.seed, "alpha_zero": cfg.alpha_zero,
+                "derive": [cfg.derive.contrast, cfg.derive.context, cfg.derive.positions,
+                                                       cfg.derive.af_only, [prompt_digest(p) for p in derive_sample]]}
+    extra = {"controls": controls} if cfg.derived or cfg.negate or cfg.random_directions or cfg.alpha_zero else {}
+    return config_hash({**extra, "model": model_dir, "weights": model_fingerprint(model_dir), "direction": direction_id,
                         "layers": cfg.layers, "together": cfg.layers_together, "alphas": cfg.alphas,
                         "scale": cfg.scale, "positions": cfg.positions, "max_new_tokens": cfg.max_new_tokens,
                         "batch_size": cfg.batch_size, "dtype": backends.resolve_dtype(cfg.dtype),
@@ -91,6 +153,12 @@ def norm_sample(cfg: SteerConfig, groups) -> list[list[int]]:
 
 class BatchRunner:
     """Generates planned batches with the chosen engine; OOM halves the sub-batch size and retries."""
+
+    def set_direction(self, direction: torch.Tensor) -> None:
+        """The unit direction of the next batches (one direction per batch)."""
+        self.direction = direction
+        if self.fast is not None:
+            self.fast.set_direction(direction)
 
     def __init__(self, cfg: SteerConfig, model, direction: torch.Tensor, eos_ids, pad_id: int):
         self.cfg, self.model, self.eos_ids, self.pad_id = cfg, model, eos_ids, pad_id
@@ -132,10 +200,19 @@ def _tokens(tokenizer, ids: list[int]) -> list[str]:
     return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
-def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, completions, norms, direction,
-                  dir_info: dict, tokenizer, engine: EngineInfo, behaviour: dict[str, str],
-                  labeller: str) -> list[SteeringRecord]:
-    """One record per (scenario, context, steered arm), in input order, then context, then arm order."""
+def direction_file(d: dirmod.Direction, layer: int) -> str:
+    """Where a record's direction lies, relative to the records folder."""
+    if d.name == "file":
+        return "direction.npy"
+    return f"directions/{d.name}_L{layer}.npy" if d.per_layer else f"directions/{d.name}.npy"
+
+
+def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, completions, norms,
+                  directions: list[dirmod.Direction], dir_info: dict, tokenizer, engine: EngineInfo,
+                  behaviour: dict[str, str], labeller: str, af_labels=()) -> list[SteeringRecord]:
+    """One record per (scenario, context, steered arm), in input order, then context, then arm order.
+    A steered output that differs from the baseline and fails the coherence check is `degenerate`."""
+    by_name = {d.name: d for d in directions}
     out = []
     for i, s in enumerate(scenarios):
         for context in cfg.contexts:
@@ -148,6 +225,12 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                 c = completions[row_key(i, context, arm.name, digest)]
                 text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
                 beh = behaviour[c.key]
+                check = coherence.check(c.token_ids, text, c.median_loss, cfg.coherence)
+                if check.degenerate and c.token_ids != base.token_ids:
+                    beh = "degenerate"
+                else:  # an output the steering left as it was is not broken by it, whatever it looks like
+                    check = msgspec.structs.replace(check, degenerate=False, reasons=[])
+                d = by_name[arm.direction]
                 eff = grid.effective_alphas(arm, cfg.scale, norms)
                 if cfg.positions == "generated":
                     pos = len(prompt.token_ids)
@@ -157,7 +240,7 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                     tok = _tokens(tokenizer, prompt.token_ids[-1:])[0]
                 vector, per_layer = None, None
                 if cfg.inline_vectors:
-                    per_layer = [[float(x) for x in (a * direction)] for a in eff]  # the vector added at each layer
+                    per_layer = [[float(x) for x in (a * d.vectors[layer])] for a, layer in zip(eff, arm.layers)]
                     vector = per_layer[0] if len(set(eff)) == 1 else None
                 out.append(SteeringRecord(
                     layer=list(arm.layers), input_tokens=_tokens(tokenizer, prompt.token_ids),
@@ -166,25 +249,29 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                     patch_position=PatchPosition(orig_pos=pos, orig_text_token=tok, counterfact_pos=pos,
                                                  counterfact_text_token=tok, intervention_vector=vector,
                                                  intervention_vectors=per_layer),
-                    counterfactual_text=(f"steered along {Path(dir_info['path']).name} at layer(s) "
+                    counterfactual_text=(f"steered along {Path(dir_info['path']).name if d.name == 'file' else d.name}"
+                                         f"{'' if d.name == 'file' else f' ({d.kind} direction)'} at layer(s) "
                                          f"{', '.join(map(str, arm.layers))} with alpha {arm.alpha:g} "
                                          f"({cfg.scale}), positions: {cfg.positions}"),
                     gt_original_target=base_beh, gt_counterfactual_target=beh,
                     sample_id=s.id, index=i, arm=arm.name, label=s.label, source=s.source, context=context,
                     alpha=arm.alpha, alpha_effective=eff, scale_mode=cfg.scale, position_policy=cfg.positions,
-                    direction_id=dir_info["id"], direction_path="direction.npy", direction_norm=dir_info["norm"],
+                    direction_id=d.ids[arm.layers[0]], direction_path=direction_file(d, arm.layers[0]),
+                    direction_norm=d.norms[arm.layers[0]],
                     input_token_ids=list(prompt.token_ids), prompt_text=prompt.text, baseline_output=base_text,
                     steered_output=text, baseline_behavior=base_beh, steered_behavior=beh,
-                    behavior_changed=base_beh != beh, baseline_output_tokens=len(base.token_ids),
+                    behavior_changed=beh not in (base_beh, "degenerate"), baseline_output_tokens=len(base.token_ids),
                     steered_output_tokens=len(c.token_ids), baseline_finish_reason=base.finish_reason,
-                    steered_finish_reason=c.finish_reason, labeller=labeller, engine=engine))
+                    steered_finish_reason=c.finish_reason, labeller=labeller, engine=engine,
+                    direction_name=d.name, direction_kind=d.kind, family=science.family(s.label, s.source, af_labels),
+                    coherence=check))
     return out
 
 
 def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> SteeringSummary:
     """Behaviour change rate per (layer set, alpha), overall and per context and label; residual norms."""
-    sets = list(dict.fromkeys(arm.layers for arm in arms[1:]))
-    alphas = list(dict.fromkeys(arm.alpha for arm in arms[1:]))
+    sets = list(dict.fromkeys(arm.layers for arm in arms[1:] if arm.direction == "file"))
+    alphas = list(dict.fromkeys(arm.alpha for arm in arms[1:] if arm.direction == "file"))
     by_arm: dict[str, list[SteeringRecord]] = {}
     for r in records:
         by_arm.setdefault(r.arm, []).append(r)
@@ -200,14 +287,18 @@ def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> S
             n=len(rs), behavior_changed_rate=rate(rs),
             output_changed_rate=sum(r.is_different for r in rs) / len(rs) if rs else None,
             by_label={lab: rate([r for r in rs if r.label == lab]) for lab in sorted({r.label for r in rs})},
-            transitions=dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())))
-    return SteeringSummary(
+            transitions=dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())),
+            direction=arm.direction, degenerate_rate=science.degenerate_rate(rs), by_family=science.by_family(rs),
+            specificity=science.specificity(rs))
+    summary = SteeringSummary(
         n_records=len(records), n_scenarios=len({r.index for r in records}), contexts=list(cfg.contexts),
         scale=cfg.scale, positions=cfg.positions, layer_sets=["+".join(map(str, s)) for s in sets],
         alphas=alphas, behavior_changed_rate=table, per_arm=per_arm,
-        residual_norms={str(k): v for k, v in (norms or {}).items()},
+        residual_norms={str(k): v for k, v in (norms or {}).items()}, dose_response=science.dose_response(records),
         labels_per_context=agreement.context_stats(
             [(c, label, cut) for c, label, _, cut in agreement.record_outputs(records)]))
+    summary.warnings = science.warnings(summary)
+    return summary
 
 
 def format_table(summary: SteeringSummary) -> list[str]:
@@ -248,10 +339,24 @@ def save_heatmap(summary: SteeringSummary, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+def plan_direction_batches(groups, arms: list[grid.Arm], directions: list[dirmod.Direction], batch_size: int):
+    """(direction, layer for a per-layer direction or None, batch) in plan order: every batch steers along
+    one unit vector. The baseline rides with the file direction (its coefficients are 0)."""
+    by_name = {d.name: d for d in directions}
+    parts: dict[tuple[str, int | None], list[grid.Arm]] = {}
+    for arm in arms:
+        d = by_name[arm.direction]
+        parts.setdefault((d.name, arm.layers[0] if d.per_layer and arm.layers else None), []).append(arm)
+    return [(by_name[name], layer, b) for (name, layer), own in parts.items()
+            for b in plan_batches(groups, own, batch_size)]
+
+
 def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray, work: Path,
-               rank: int | None = None, world: int = 1) -> tuple[dict | None, str]:
-    """Load the model, measure residual norms (once per run), and generate every planned row this
-    process owns that no shard holds yet, each batch fsynced to this process's shard as it finishes.
+               rank: int | None = None, world: int = 1, directions: list[dirmod.Direction] = (),
+               job: DeriveJob | None = None) -> tuple[dict | None, str]:
+    """Load the model, measure residual norms (once per run), derive the in-run direction (once per run),
+    and generate every planned row this process owns that no shard holds yet, each batch fsynced to this
+    process's shard as it finishes with the unsteered model's loss on each output (coherence check).
 
     Returns (fast-engine stats or None, device name).
     """
@@ -273,39 +378,61 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
         log.info("layer %d: mean residual norm %.3f (median %.3f, %d tokens)", layer, norms[layer].mean,
                  norms[layer].median, norms[layer].n_tokens)
 
+    directions = sort_directions(cfg, list(directions) + derived_directions(cfg, work, model, tokenizer, job))
     mine = [g for g in groups if rank is None or owns(g[0], rank, world)]
-    batches = plan_batches(mine, arms, cfg.batch_size)
+    batches = plan_direction_batches(mine, arms, directions, cfg.batch_size)
     arm_by_name = {a.name: a for a in arms}
     group_id = {(i, c): k for k, (i, c, _) in enumerate(groups)}
     prompt_ids = {(i, c): ids for i, c, ids in groups}
     digest = {(i, c): prompt_digest(ids) for i, c, ids in groups}
     runner = BatchRunner(cfg, model, torch.from_numpy(unit).to(device), eos_ids, pad)
-    total = sum(len(b) for b in batches)
+    total = sum(len(b) for _, _, b in batches)
     with ShardWriter(shard_file(work, SHARD_STEM, rank), RawCompletion) as writer:
         done = {c.key for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-        finished = sum(row_key(i, c, a.name, digest[(i, c)]) in done for b in batches for i, c, a in b)
+        finished = sum(row_key(i, c, a.name, digest[(i, c)]) in done for _, _, b in batches for i, c, a in b)
         if finished:
             log.info("resuming: %d of %d rows already finished", finished, total)
         with tqdm(total=total, initial=finished, desc="steer" if rank is None else f"steer[{rank}]",
                   unit="row") as bar:
-            for batch in batches:
+            for d, layer, batch in batches:
                 if all(row_key(i, c, arm.name, digest[(i, c)]) in done for i, c, arm in batch):
                     continue
+                vec = d.vectors[layer if layer is not None else next(iter(d.vectors))]
+                runner.set_direction(torch.from_numpy(vec.copy()).to(device))  # the engine writes in place
                 rows = []
                 for i, c, arm in batch:
                     eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)
                     rows.append(Row(prompt_ids[(i, c)], group_id[(i, c)], dict(zip(arm.layers, eff))))
                 results = runner.run(rows)
+                losses = coherence.median_token_loss(model, [r.prompt for r in rows], [g.token_ids for g in results],
+                                                     pad)
                 writer.append(RawCompletion(key=row_key(i, c, arm.name, digest[(i, c)]), token_ids=g.token_ids, text="",
-                                            finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]))
-                              for (i, c, arm), g in zip(batch, results))
+                                            finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]),
+                                            median_loss=loss)
+                              for (i, c, arm), g, loss in zip(batch, results, losses))
                 bar.update(len(batch))
     stats = dict(runner.fast.stats) if runner.fast is not None else None
     return stats, torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
 
-def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, groups, arms, unit, work: Path) -> None:
-    steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world)
+def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, groups, arms, unit, work: Path,
+                  directions, job) -> None:
+    steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world, directions, job)
+
+
+def save_directions(out: Path, directions: list[dirmod.Direction]) -> None:
+    """Every direction but the file's (direction.npy) as the unit vectors the records point at."""
+    import io
+
+    for d in directions:
+        if d.name == "file":
+            continue
+        for layer in sorted(d.vectors) if d.per_layer else [next(iter(d.vectors))]:
+            buf = io.BytesIO()
+            np.save(buf, d.vectors[layer])
+            path = out / direction_file(d, layer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, buf.getvalue())
 
 
 def _load_norms(work: Path) -> dict[int, ResidualNorm] | None:
@@ -316,7 +443,8 @@ def _load_norms(work: Path) -> dict[int, ResidualNorm] | None:
     return {int(k): v for k, v in read_summary(path, dict[str, ResidualNorm]).items()}
 
 
-def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str) -> SteeringSummary:
+def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str,
+         af_labels: list[str] = ()) -> SteeringSummary:
     """Run the grid on already-validated scenarios; returns the summary dict."""
     from records.assets import check_output_dir, select_scenarios
     from lm.models import resolve_model
@@ -334,7 +462,12 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     depth, hidden = grid.model_depth(model_dir)
     grid.validate_grid(cfg.layers, cfg.alphas, depth, cfg.model)
     unit, dir_info = load_direction(direction_path, hidden, cfg.model)
-    arms = grid.build_arms(cfg.layers, cfg.alphas, cfg.layers_together)
+    if cfg.random_directions < 0:
+        raise InputError(f"random_directions {cfg.random_directions}: must be 0 or a positive count")
+    arms = grid.build_direction_arms(direction_names(cfg), cfg.layers, cfg.alphas, cfg.layers_together,
+                                     cfg.alpha_zero)
+    fixed = fixed_directions(cfg, unit, dir_info)
+    n_train_scen = len(scenarios) - cfg.test_size
     judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
                                      dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism, seed=cfg.seed)
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
@@ -347,7 +480,10 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     with output_lock(out):  # one writer per output folder, from the first write on
         work = out / "_work"
         groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
-        check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups)),
+        job = DeriveJob(scenarios[:n_train_scen], list(af_labels), rendering) if cfg.derived else None
+        derive_sample = ([chat.render(tokenizer, cfg.prompts.system(c), s.text, rendering).token_ids
+                          for s in job.scenarios for c in ("monitored", "unmonitored")] if job else [])
+        check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups), derive_sample),
                          "model or its weights, direction, grid, scale and the prompts its norms come from, "
                          "positions, length or batch size")
         if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
@@ -355,11 +491,12 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
 
         t_setup = time.perf_counter()
         if cfg.data_parallel > 1:
-            run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work))
+            run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work, fixed, job))
             engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         else:
-            engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work)
+            engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work, None, 1, fixed, job)
         norms = _load_norms(work)
+        directions = sort_directions(cfg, fixed + derived_directions(cfg, work))
         t_gen = time.perf_counter()
 
         completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
@@ -376,10 +513,11 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         judged, agr = lm_judge.label_all(
             cfg.labeller, [rendered[(int(k.split(":")[0]), k.split(":")[1])].text for k in keys],  # = prompt_text
             [tokenizer.decode(completions[k].token_ids, skip_special_tokens=True) for k in keys], judge_cfg)
-        records = build_records(cfg, scenarios, rendered, arms, completions, norms, unit, dir_info, tokenizer, engine,
-                                dict(zip(keys, judged)), lm_judge.labeller_name(cfg.labeller, self_judged))
-        n_train_scen = len(scenarios) - cfg.test_size
+        records = build_records(cfg, scenarios, rendered, arms, completions, norms, directions, dir_info, tokenizer,
+                                engine, dict(zip(keys, judged)), lm_judge.labeller_name(cfg.labeller, self_judged),
+                                af_labels)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
+        save_directions(out, directions)
         write_records_atomic(out / "train.json", [r for r in records if r.index < n_train_scen])
         write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
         summary = summarise(records, cfg, arms, norms)
@@ -388,6 +526,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         summary.wall_seconds = wall
         summary.direction = DirectionInfo(path=dir_info["path"], id=dir_info["id"], norm=dir_info["norm"])
         summary.engine_stats = engine_stats
+        summary.directions = [DirectionSummary(d.name, d.kind, {str(k): v for k, v in d.ids.items()},
+                                               {str(k): v for k, v in d.norms.items()}) for d in directions]
         write_json_atomic(out / "summary.json", summary)
         write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
                                                               {"scenarios": cfg.input, "direction": str(direction_path)}))
@@ -401,6 +541,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                  f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
         lines += table + ([agreement.format_agreement(agr)] if agr else [])
         lines += [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
+        lines += ["per arm (change / degenerate / by family / specificity):", *science.table_lines(summary)]
+        lines += science.control_lines(summary) + [f"WARNING: {w}" for w in summary.warnings]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
                      done=[f"{len(records)} steered records -> {out}/train.json "

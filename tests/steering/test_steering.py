@@ -309,11 +309,12 @@ def derived(organism_dir, toy_assets, tmp_path_factory):
     root, raw, paths = toy_assets
     out = tmp_path_factory.mktemp("dirs")
     rc = cli(["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths),
-              "--model", str(organism_dir), "--derive-direction", "--layer", "2", "--out", str(out), "--limit", "40"])
+              "--model", str(organism_dir), "--derive-direction", "--layer", "2", "--out", str(out), "--limit", "40", "--test-size", "0"])
     assert rc == 0
     path = out / "direction_monitoring_L2.npy"
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["layer"] == 2 and meta["sign"] == "monitored minus unmonitored" and meta["n_positive"] == 40
+    assert meta["held_out_test"] == 0
     return path
 
 
@@ -520,3 +521,59 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     again = judge([r.prompt_text for r in records], [r.steered_output for r in records],
                   JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
     assert [v.label for v in again] == [r.steered_behavior for r in records]
+
+
+def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, derived, tmp_path):
+    """Several directions in one run: each record adds its own direction's vector; alpha 0 is the baseline;
+    alpha 8 (x residual norm) breaks the toy's output for every direction, and those outputs are counted
+    degenerate, never changed; the in-run derived direction comes from the training scenarios only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.cli import main as cli
+    from lm import chat
+    from lm.chat import PromptTemplates
+    from records.assets import load_scenarios
+    from records.jsonl import read_records
+    from records.paths import PathsConfig
+    from records.schema import SteeringRecord, SteeringSummary, read_summary
+    from steering import direction as dirmod
+
+    root, _, paths = toy_assets
+    out = tmp_path / "controls"
+    rc = cli(["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths), "--model",
+              str(organism_dir), "--direction", str(derived), "--output-dir", str(out), "--limit", "3",
+              "--test-size", "1", "--layers", "2", "--alphas", "8", "--max-new-tokens", "12",
+              "--set", "derived=true", "--set", "random_directions=2", "--set", "alpha_zero=true",
+              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
+    assert rc == 0
+    records = [r for split in ("train.json", "test.json") for r in read_records(out / split, SteeringRecord)]
+    assert sorted({r.arm for r in records}) == ["L2@a0", "L2@a8", "derived/L2@a8", "random0/L2@a8", "random1/L2@a8"]
+    files = {"file": derived, "derived": out / "directions/derived_L2.npy", "random0": out / "directions/random0.npy",
+             "random1": out / "directions/random1.npy"}
+    units = {name: np.load(path) / np.linalg.norm(np.load(path)) for name, path in files.items()}
+    assert abs(float(units["random0"] @ units["random1"])) < 0.5
+    for r in records:
+        assert r.arm.split("/")[0] == r.direction_name or "/" not in r.arm and r.direction_name == "file"
+        np.testing.assert_allclose(r.patch_position.intervention_vector, r.alpha_effective[0] * units[r.direction_name],
+                                   rtol=1e-5, atol=1e-6)
+        if r.alpha == 0:
+            assert r.steered_output == r.baseline_output and not r.behavior_changed and not r.coherence.degenerate
+        else:
+            assert r.steered_behavior == "degenerate" and not r.behavior_changed and r.coherence.degenerate, r
+    summary = read_summary(out / "summary.json", SteeringSummary)
+    assert summary.per_arm["L2@a8"].degenerate_rate == 1.0 and summary.per_arm["L2@a8"].behavior_changed_rate == 0.0
+    assert any("L2@a8" in w and "degenerate" in w for w in summary.warnings)
+    assert [d.name for d in summary.directions] == ["file", "derived", "random0", "random1"]
+
+    # derived in the run = the difference of means over the 2 training scenarios, not over all 3
+    tok = AutoTokenizer.from_pretrained(organism_dir)
+    model = AutoModelForCausalLM.from_pretrained(organism_dir, dtype=torch.float32).eval()
+    scenarios = load_scenarios(root / "gold-1560-full.json", PathsConfig().known_labels)[:3]
+    rendering = chat.detect_chat_rendering(tok)
+
+    def unit_of(scen):
+        vec, _ = dirmod.derive(model, tok, scen, 2, "monitoring", PromptTemplates(), rendering, ["alignment_faking"])
+        return vec / np.linalg.norm(vec)
+
+    np.testing.assert_allclose(units["derived"], unit_of(scenarios[:2]), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(units["derived"], unit_of(scenarios), atol=1e-3)

@@ -1,0 +1,125 @@
+"""Steering science: is a direction's effect specific, above its controls, and graded with alpha?
+
+From the records of one run: per arm the share of outputs changed and the share degenerate, change rates
+per scenario family (AF / harmful / benign), a specificity score (AF change rate minus the change rate
+of all non-AF records: a generic refusal axis that flips every family scores ~0), the random-direction
+and alpha-0 controls beside the real directions, and the dose-response per direction. Degenerate
+outputs are never a change (steering/coherence.py).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from records.schema import DoseResponse, SteeringRecord, SteeringSummary
+
+AF = "af"
+MOSTLY_DEGENERATE = 0.5  # an arm above this share of degenerate outputs is warned about
+REAL_EFFECT = 0.5  # "the direction changes behaviour": the share the controls are compared at
+
+
+def family(label: str, source: str, af_labels: Sequence[str]) -> str:
+    """"af" for an AF label; else the family a source names ("toy_organism:harmful" -> "harmful"), else
+    the label itself."""
+    if label in af_labels:
+        return AF
+    tail = source.rsplit(":", 1)[-1] if ":" in source else ""
+    return tail if tail in ("harmful", "benign") else label
+
+
+def change_rate(records: Sequence[SteeringRecord]) -> float | None:
+    return sum(r.behavior_changed for r in records) / len(records) if records else None
+
+
+def degenerate_rate(records: Sequence[SteeringRecord]) -> float | None:
+    return sum(r.steered_behavior == "degenerate" for r in records) / len(records) if records else None
+
+
+def by_family(records: Sequence[SteeringRecord]) -> dict[str, float | None]:
+    fams = sorted({r.family for r in records}, key=lambda f: (f != AF, f))
+    return {f: change_rate([r for r in records if r.family == f]) for f in fams}
+
+
+def specificity(records: Sequence[SteeringRecord]) -> float | None:
+    """AF change rate minus non-AF change rate; None when either side has no records."""
+    af = change_rate([r for r in records if r.family == AF])
+    other = change_rate([r for r in records if r.family != AF])
+    return None if af is None or other is None else af - other
+
+
+def dose_response(records: Sequence[SteeringRecord]) -> list[DoseResponse]:
+    """One curve per (direction, layer set), alphas ascending (alpha-0 arms belong to their direction)."""
+    groups: dict[tuple[str, str], dict[float, list[SteeringRecord]]] = {}
+    for r in records:
+        groups.setdefault((r.direction_name, "+".join(map(str, r.layer))), {}).setdefault(r.alpha, []).append(r)
+    out = []
+    for (name, layers), by_alpha in groups.items():
+        alphas = sorted(by_alpha)
+        rs = [by_alpha[a] for a in alphas]
+        out.append(DoseResponse(
+            direction=name, layers=layers, alphas=alphas, changed=[change_rate(x) for x in rs],
+            degenerate=[degenerate_rate(x) for x in rs],
+            af_changed=[change_rate([r for r in x if r.family == AF]) for x in rs],
+            non_af_changed=[change_rate([r for r in x if r.family != AF]) for x in rs]))
+    return out
+
+
+def warnings(summary: SteeringSummary) -> list[str]:
+    return [f"arm {name}: {a.degenerate_rate:.0%} of its outputs are degenerate (coherence check); its change "
+            f"rate says little about behaviour" for name, a in summary.per_arm.items()
+            if a.degenerate_rate is not None and a.degenerate_rate > MOSTLY_DEGENERATE]
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def control_lines(summary: SteeringSummary) -> list[str]:
+    """Where a real direction (file, derived, or a negation) changes >= REAL_EFFECT of its outputs, what the
+    random directions and alpha 0 change at the same layers (and alpha)."""
+    curves = summary.dose_response
+    lines = []
+    randoms = [c for c in curves if c.direction.startswith("random")]
+    zero = [c.changed[c.alphas.index(0.0)] for c in curves if 0.0 in c.alphas]
+    if zero:
+        lines.append(f"alpha 0 (must equal the baseline): change {_pct(max(zero))} at most")
+    for c in curves:
+        if c.direction.startswith("random"):
+            continue
+        for a, rate in zip(c.alphas, c.changed):
+            if rate is None or rate < REAL_EFFECT or a == 0.0:
+                continue
+            ctrl = [r.changed[r.alphas.index(a)] for r in randoms if r.layers == c.layers and a in r.alphas]
+            ctrl = [x for x in ctrl if x is not None]
+            lines.append(f"{c.direction} L{c.layers} alpha {a:g}: change {_pct(rate)}; random directions "
+                         + (f"{_pct(max(ctrl))} at most ({len(ctrl)})" if ctrl else "not run"))
+    return lines
+
+
+def table_lines(summary: SteeringSummary) -> list[str]:
+    """A markdown table: one row per arm, change and degenerate shares, per-family change, specificity."""
+    fams = sorted({f for a in summary.per_arm.values() for f in a.by_family}, key=lambda f: (f != AF, f))
+    head = ["arm", "direction", "n", "changed", "degenerate", *(f"{f} changed" for f in fams), "specificity"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, a in summary.per_arm.items():
+        spec = "-" if a.specificity is None else f"{a.specificity:+.2f}"
+        lines.append("| " + " | ".join([name, a.direction, str(a.n), _pct(a.behavior_changed_rate),
+                                        _pct(a.degenerate_rate), *(_pct(a.by_family.get(f)) for f in fams),
+                                        spec]) + " |")
+    return lines
+
+
+def report_section(summary: SteeringSummary) -> list[str]:
+    """Markdown lines for the report: the per-arm table, the controls, dose-response and warnings."""
+    md = ["### Specificity and controls", "",
+          "Change = behaviour label differs from the baseline's; degenerate outputs (coherence check) are "
+          "never a change. Specificity = AF change rate minus the non-AF change rate; a family whose baseline "
+          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns.", "", *table_lines(summary), ""]
+    md += [f"- {line}" for line in control_lines(summary)] or ["- no real direction changes >= 50% of outputs"]
+    md += ["", "Dose-response per direction:", "", "| direction | layers | alpha: changed (degenerate) |",
+           "|---|---|---|"]
+    for c in summary.dose_response:
+        cells = ", ".join(f"{a:g}: {_pct(ch)} ({_pct(dg)})" for a, ch, dg in zip(c.alphas, c.changed, c.degenerate))
+        md.append(f"| {c.direction} | {c.layers} | {cells} |")
+    md += [""] + [f"**Warning:** {w}" for w in summary.warnings] + ([""] if summary.warnings else [])
+    return md
