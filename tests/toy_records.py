@@ -45,7 +45,8 @@ def context_records(scenarios: list[dict], tokenizer, start_index: int = 0) -> l
             unmonitored_output=ou, monitored_behavior=bm, unmonitored_behavior=bu, behavior_changed=bm != bu,
             monitored_output_tokens=0, unmonitored_output_tokens=0, monitored_prompt_tokens=len(rm.token_ids),
             unmonitored_prompt_tokens=len(ru.token_ids), monitored_finish_reason="stop",
-            unmonitored_finish_reason="stop", labeller="planted", engine=ENGINE))
+            unmonitored_finish_reason="stop", labeller="planted", engine=ENGINE,
+            output_changed=om != ou))
     return out
 
 
