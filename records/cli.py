@@ -23,6 +23,7 @@ STAGES = {
     "train": ("training.cli", "train the LoRA explainer on a task's records"),
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
     "report": ("training.report", "turn a run directory into report.md with plots"),
+    "export": ("interop.cli", "write a run's splits in introspective-interp's files and layout"),
     "demo": ("training.demo", "the whole pipeline on the embedded toy organism (CPU)"),
 }
 
