@@ -165,7 +165,7 @@ def plan_features(folder: Path, plan: Plan) -> None:
     import torch
 
     vectors: dict[tuple[int, int], np.ndarray] = {}
-    info: dict = {"records": folder.as_posix(), "modes": []}
+    info: dict = {"records": folder.as_posix(), "modes": [], "representations": []}
     for mode in FEATURE_MODES:
         sub = folder / f"by_{mode}"
         if not (sub / SPLIT_FILE.format("train")).is_file():
@@ -175,6 +175,8 @@ def plan_features(folder: Path, plan: Plan) -> None:
         for split in SPLITS:
             records = read_split(sub, split, FeatureRecord)
             for r in records:
+                if r.representation not in info["representations"]:
+                    info["representations"].append(r.representation)
                 if r.vectors_path not in arrays:
                     arrays[r.vectors_path] = np.load(sub / r.vectors_path, mmap_mode="r", allow_pickle=False)
                 vec = np.array(arrays[r.vectors_path][r.row], dtype=np.float32)  # a copy: the file is mmapped
@@ -235,7 +237,14 @@ def summary_lines(summary: dict) -> list[str]:
         if task == "features_explain":
             splits = ", ".join(f"by_{m}: {info[f'{m}_train_features']} train / {info[f'{m}_test_features']} test"
                                for m in info["modes"])
-            lines.append(f"{task}: {splits} features; layers {info['layers']}, vectors {info['vector_dim']}-wide")
+            lines.append(f"{task}: {splits} features; layers {info['layers']}, vectors {info['vector_dim']}-wide "
+                         f"({', '.join(info['representations'])})")
+            if "activation_profile" in info["representations"]:
+                lines.append(f"{task}: NOTE the reference feeds a feature vector in as the target model's hidden "
+                             "state (straight, or through a per-layer projection sized by the target's hidden size "
+                             "and layer count): activation profiles only fit a target whose hidden size is "
+                             f"{info['vector_dim']}; export decoder_direction vectors (features --decoder) to train "
+                             "Task 1 there")
             continue
         extra = (f"; {info['train_raw_changed_label_same'] + info['test_raw_changed_label_same']} rows with raw "
                  "outputs changed but the label the same" if task == "hint_attribution"
