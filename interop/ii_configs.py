@@ -90,7 +90,7 @@ def dump_yaml(config: dict, header: str) -> bytes:
 def readme(out: Path, configs: list[Path], summary_lines: list[str]) -> bytes:
     """README.md of the export: the exact commands, debug run first, then the full run."""
     cmds = "\n".join(
-        f"python train.py --config_path {c} --debug   # ~100 examples, 1 epoch, no wandb\n"
+        f"python train.py --config_path {c} --debug\n"
         f"WANDB_MODE=offline python train.py --config_path {c}" for c in configs)
     return f"""# af-introspect export for introspective-interp
 
@@ -102,8 +102,9 @@ each task's debug run first, then its full run:
 {cmds}
 ```
 
-A full run deletes its `output_dir` (under `checkpoints/` here) before it starts: that is train.py's own
-behaviour. The configs name the explainer and the target model by hub id or path; both must load on the
+`--debug` is train.py's debug mode: batch 5, an evaluation every 20 steps, no wandb, and `output_dir` kept;
+it does not shorten the 20 epochs, so stop it once the first evaluations look sane. A full run deletes
+its `output_dir` (under `checkpoints/` here) before it starts: that is train.py's own behaviour. The configs name the explainer and the target model by hub id or path; both must load on the
 machine that trains, and the explainer's chat template must be Llama-3, Gemma or Qwen style (the
 reference's batching knows only those).
 
