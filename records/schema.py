@@ -2,7 +2,8 @@
 
 Stages talk only through records on disk, so each can run, resume and be tested alone. Field names of
 `ContextAblationRecord` and `SteeringRecord` include the ones introspective-interp's
-HintAttributionDataset and ActPatchDataset read, so its loaders can consume our splits directly.
+HintAttributionDataset and ActPatchDataset read; `af-introspect export introspective-interp` (interop/)
+writes them in the form its loaders need (docs/interop.md).
 """
 
 from __future__ import annotations
