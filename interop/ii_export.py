@@ -130,7 +130,7 @@ def plan_act_patch(folder: Path, tokenizer, target_tokenizer, plan: Plan) -> Non
     markers = {"begin_continuous": ii_configs.LLAMA3_MARKERS["begin_continuous"],
                "end_continuous": ii_configs.LLAMA3_MARKERS["end_continuous"],
                "feature": ii_configs.LLAMA3_MARKERS["continuous_rep"]}
-    info = {"records": folder.as_posix(), "over_token_limit": [], "split_arms": 0}
+    info = {"records": folder.as_posix(), "over_token_limit": [], "split_records": 0}
     units: dict[str, np.ndarray] = {}
 
     def slots(row: dict) -> dict:
@@ -151,7 +151,7 @@ def plan_act_patch(folder: Path, tokenizer, target_tokenizer, plan: Plan) -> Non
                 units[r.direction_path] = ii_rows.unit_direction(np.load(path, allow_pickle=False))
             ids = tokenizer(r.prompt_text, add_special_tokens=False)["input_ids"]
             made = ii_rows.act_patch_rows(r, units[r.direction_path], tokenizer.convert_ids_to_tokens(ids))
-            info["split_arms"] += len(made) > 1
+            info["split_records"] += len(made) > 1
             rows += made
         info[f"{split}_rows"] = len(rows)
         info["over_token_limit"] += count_over_limit("act_patch", split, rows, tokenizer, slots, target)
@@ -226,7 +226,9 @@ def plan_configs(out: Path, plan: Plan, explainer: str, target: str) -> list[Pat
         config = ii_configs.train_config(task, data, explainer, target, out / "checkpoints", n_test)
         rel = f"config/af/{ii_configs.STEMS[task]}.yaml"
         plan.files[rel] = ii_configs.dump_yaml(config, f"introspective-interp config written by af-introspect export "
-                                                       f"({task}); commands: {out / 'README.md'}")
+                                                       f"({task}); commands: {out / 'README.md'}\n"
+                                                       "continuous_tokens are Llama-3's reserved tokens: change them "
+                                                       "for an explainer of another family")
         written.append(out / rel)
     return written
 
@@ -248,7 +250,8 @@ def summary_lines(summary: dict) -> list[str]:
             continue
         extra = (f"; {info['train_raw_changed_label_same'] + info['test_raw_changed_label_same']} rows with raw "
                  "outputs changed but the label the same" if task == "hint_attribution"
-                 else f"; {info['split_arms']} arms split per layer; vectors {info['vector_dim']}-wide")
+                 else f"; {info['split_records']} records split into one row per layer (their arm's layers got "
+                 f"different multipliers); vectors {info['vector_dim']}-wide")
         lines.append(f"{task}: {info['train_rows']} train / {info['test_rows']} test rows{extra}; "
                      f"{len(info['over_token_limit'])} examples over {ii_rows.REFERENCE_TOKEN_LIMIT} tokens "
                      "(the reference skips them)")

@@ -169,7 +169,7 @@ def test_arms_with_different_per_layer_alphas_become_one_row_per_layer(exported)
         mine = {(r["arm"], tuple(r["layer"])): r["alpha_effective"] for r in rows if r["sample_id"] == sample}
         assert mine == {("L1@a1", (1,)): 1.0, ("L1+L2@a2", (1,)): 0.5, ("L1+L2@a2", (2,)): pytest.approx(0.8),
                         ("L2+L3@a1", (2, 3)): 1.0}
-    assert exported.summary["tasks"]["act_patch"]["split_arms"] == 4
+    assert exported.summary["tasks"]["act_patch"]["split_records"] == 4
 
 
 def test_act_patch_targets_are_our_explainers_behaviour_sentences(exported):
