@@ -25,6 +25,7 @@ STAGES = {
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
     "label": ("app.label", "label free-text responses, or relabel a Task 3 / Task 2 records folder into a new one"),
     "report": ("app.report", "turn a run directory into report.md with plots"),
+    "export": ("interop.cli", "write a run's splits in introspective-interp's files and layout"),
     "demo": ("app.demo", "the whole pipeline on the embedded toy organism (CPU)"),
 }
 

@@ -287,7 +287,7 @@ def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCom
             monitored_output_tokens=len(m.token_ids), unmonitored_output_tokens=len(u.token_ids),
             monitored_prompt_tokens=m.prompt_tokens, unmonitored_prompt_tokens=u.prompt_tokens,
             monitored_finish_reason=m.finish_reason, unmonitored_finish_reason=u.finish_reason,
-            labeller=labeller, engine=engine))
+            labeller=labeller, engine=engine, output_changed=m.token_ids != u.token_ids))
     return out
 
 

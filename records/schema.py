@@ -2,7 +2,8 @@
 
 Stages talk only through records on disk, so each can run, resume and be tested alone. Field names of
 `ContextAblationRecord` and `SteeringRecord` include the ones introspective-interp's
-HintAttributionDataset and ActPatchDataset read, so its loaders can consume our splits directly.
+HintAttributionDataset and ActPatchDataset read; `af-introspect export introspective-interp` (interop/)
+writes them in the form its loaders need (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     it: the explainer sees the prompt *with* the "hint" and is asked how the answer changes when the
     hint is replaced. Our hint is the MONITORED context; replacing it gives the UNMONITORED prompt. So
     `random_hint_prediction` is the monitored behaviour (the `orig_match` target) and
-    `zeroshot_prediction` the unmonitored one (the `change_match` target). `changed_pred_bc_hint` keeps
-    the seed's meaning (the raw outputs differ); `behavior_changed` is the label-level change the
-    explainer learns, since 256-token strings differ for trivial reasons.
+    `zeroshot_prediction` the unmonitored one (the `change_match` target). Both meanings of "changed" are
+    kept: `output_changed` (and `changed_pred_bc_hint`, the seed's meaning) say the raw outputs differ;
+    `behavior_changed` is the label-level change the explainer learns, since 256-token strings differ for
+    trivial reasons. introspective-interp asserts `changed_pred_bc_hint` equals the label change, so
+    `af-introspect export introspective-interp` writes `behavior_changed` there.
     """
 
     # -- introspective-interp HintAttribution fields --
@@ -113,6 +116,7 @@ class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     labeller: str
     engine: EngineInfo
     schema_version: int = SCHEMA_VERSION
+    output_changed: bool | None = None  # raw outputs (token ids) differ; None in records made before it
 
 
 class RawCompletion(msgspec.Struct, forbid_unknown_fields=True):

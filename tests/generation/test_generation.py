@@ -86,6 +86,7 @@ def test_behaviour_changes_exactly_on_planted_af_scenarios(vllm_run, scenario_fi
         assert r.unmonitored_behavior == planted_behavior(s, "unmonitored")
         assert r.behavior_changed == (s["label"] == "alignment_faking")
         assert r.changed_pred_bc_hint == (r.monitored_output != r.unmonitored_output)
+        assert r.output_changed == r.changed_pred_bc_hint  # both name the raw-output change
     assert any(r.behavior_changed for r in records) and not all(r.behavior_changed for r in records)
 
 
