@@ -72,7 +72,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
              f"{'majority':>9} {'nearest':>9}"]
     for task, _, folder in EXPLAINERS:
         data = run / folder
-        n = sum(1 for split in ("train.json", "test.json") if (data / split).is_file()
+        n = sum(1 for split in ("train.jsonl", "test.jsonl") if (data / split).is_file()
                 for line in (data / split).read_text().splitlines() if line.strip())
         changed = "-"
         summary = run / task / "summary.json"

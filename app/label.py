@@ -25,7 +25,7 @@ from records.schema import (ContextAblationRecord, ContextAblationSummary, Contr
                             read_summary)
 
 LABELLERS = {"rules": "rules", "judge": "lm_judge", "both": "both"}  # CLI name -> the records' name
-SPLITS = ("train.json", "test.json")
+SPLITS = ("train.jsonl", "test.jsonl")
 CONTROLS = "noise_control.jsonl"
 REWRITTEN = (*SPLITS, CONTROLS, "summary.json", "heatmap.png", "relabel.json")
 
@@ -111,7 +111,7 @@ def _kind(folder: Path):
         if path.is_file() and path.stat().st_size:
             first = json.loads(path.open(encoding="utf-8").readline())
             return SteeringRecord if "steered_output" in first else ContextAblationRecord
-    raise InputError(f"{folder}: no train.json / test.json records to relabel")
+    raise InputError(f"{folder}: no train.jsonl / test.jsonl records to relabel")
 
 
 def relabel_folder(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfig, organism: str | None) -> dict:

@@ -2,8 +2,8 @@
 
 Run-directory layout (what `af-introspect demo` writes; any part may be missing and is then skipped):
 
-    RUN/task3/                Task 3 records (generate): train.json, test.json, summary.json
-    RUN/task2/                Task 2 records (steer): train.json, test.json, summary.json
+    RUN/task3/                Task 3 records (generate): train.jsonl, test.jsonl, summary.json
+    RUN/task2/                Task 2 records (steer): train.jsonl, test.jsonl, summary.json
     RUN/task1/                Task 1 records (features)
     RUN/explainer_task{1,2,3}/  training output: metrics.jsonl, final/eval/{metrics.json,predictions.jsonl}
 """
@@ -164,7 +164,7 @@ def _labels_section(folder: Path, kind, summary: ContextAblationSummary | Steeri
     from lm.agreement import report_section
     from records.jsonl import read_records
 
-    records = [r for split in ("train.json", "test.json") if (folder / split).is_file()
+    records = [r for split in ("train.jsonl", "test.jsonl") if (folder / split).is_file()
                for r in read_records(folder / split, kind)]
     return report_section(records, summary.agreement) if records else []
 
@@ -176,8 +176,8 @@ def build_report(run: Path) -> Path:
     md = [f"# af-introspect report: `{run}`", "", f"_written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}_", ""]
 
     t3 = run / "task3"
-    if (t3 / "train.json").is_file():
-        records = [r for split in ("train.json", "test.json")
+    if (t3 / "train.jsonl").is_file():
+        records = [r for split in ("train.jsonl", "test.jsonl")
                    for r in read_records(t3 / split, ContextAblationRecord, strict=True)]
         rates = plot_change_by_label(records, plots / "task3_change_by_label.png")
         s = read_summary(t3 / "summary.json", ContextAblationSummary)

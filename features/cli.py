@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "feature) and features_index.json. DESCRIBE maps each kept feature to its cluster summary "
         "(cluster_assignments.json -> cluster_summaries.json), counts features without one (listed in "
         "coverage.json, never dropped silently) and writes FeatureRecord splits by_cluster/ (whole clusters "
-        "held out) and by_feature/ (random features held out), each with train.json, test.json and "
+        "held out) and by_feature/ (random features held out), each with train.jsonl, test.jsonl and "
         "vectors.npy. Both also write introspective_interp/ (features/layer_<L>.pkl with SAE feature f in "
         "column f, explanations/by_<mode>/<split>_explanations.pkl) for that repo.")
     p.epilog = ("profile normalisation (profile_norm): "

@@ -73,7 +73,7 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
             records[split_mode] = {"train": to_records(train, index, split_mode, VECTORS),
                                    "test": to_records(test, index, split_mode, VECTORS)}
             for split, recs in records[split_mode].items():
-                write_records_atomic(folder / f"{split}.json", recs)
+                write_records_atomic(folder / f"{split}.jsonl", recs)
             write_atomic(folder / VECTORS, vector_bytes)  # each split folder is self-contained
         if cfg.export_introspective_interp:
             from features.export import write_explanations

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of the generate stage. Anything not covered by a flag: --set key=value."""
     p.description = (
         "Render every scenario with the MONITORED and the UNMONITORED system prompt, run all prompts through "
-        "one vLLM offline engine (greedy), and write HintAttribution-style records: train.json / test.json "
+        "one vLLM offline engine (greedy), and write HintAttribution-style records: train.jsonl / test.jsonl "
         "(last test_size scenarios held out), noise_control.jsonl, summary.json. A killed run resumes: rerun "
         "the same command.")
     p.add_argument("--config", default=DEFAULT_CONFIG,
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vllm: max_num_seqs (sequences in flight); hf: rows per generate() call")
     p.add_argument("--max-new-tokens", type=int, help="greedy output length cap (max_new_tokens)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
-    p.add_argument("--test-size", type=int, help="last N scenarios held out as test.json")
+    p.add_argument("--test-size", type=int, help="last N scenarios held out as test.jsonl")
     p.add_argument("--save-every", type=int, help="fsync progress every N finished pairs")
     p.add_argument("--no-batch-invariant", action="store_true",
                    help="GPU: trade batch invariance (VLLM_BATCH_INVARIANT=1) for ~13%% speed; the noise "

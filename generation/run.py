@@ -2,7 +2,7 @@
 
 Flow: load scenarios -> render both contexts with the organism's chat template -> stream every prompt
 through one engine (completions fsynced to `_work/completions.jsonl` as they finish) -> label
-behaviours -> write `train.json` / `test.json` (last `test_size` scenarios held out), the noise-floor
+behaviours -> write `train.jsonl` / `test.jsonl` (last `test_size` scenarios held out), the noise-floor
 control, a summary, and a PROGRESS.md entry. A killed run resumes from the shard and skips finished
 prompts; the final files are rebuilt from it, so they equal an uninterrupted run's.
 """
@@ -426,8 +426,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
                                 lm_judge.labeller_name(cfg.labeller, self_judged))
         controls = build_controls(scenarios, keys, completions, behaviour, cfg, engine)
         n_train = len(records) - cfg.test_size
-        write_records_atomic(out / "train.json", records[:n_train])
-        write_records_atomic(out / "test.json", records[n_train:])
+        write_records_atomic(out / "train.jsonl", records[:n_train])
+        write_records_atomic(out / "test.jsonl", records[n_train:])
         write_records_atomic(out / "noise_control.jsonl", controls)
         summary = summarise(records, controls)
         summary.agreement = agr
@@ -442,7 +442,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
                      "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
-                                   f"train.json ({n_train}) and test.json ({cfg.test_size})"],
+                                   f"train.jsonl ({n_train}) and test.jsonl ({cfg.test_size})"],
                      findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
                      next_step="train the explainer on these records (af-introspect train)")
         return summary

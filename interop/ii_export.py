@@ -33,7 +33,7 @@ from records.schema import ContextAblationRecord, FeatureRecord, RunManifest, St
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
-SPLIT_FILE = "{}.json"  # our finished splits (JSON Lines)
+SPLIT_FILE = "{}.jsonl"  # our finished splits (JSON Lines)
 STAGE_TASK = {"generate": "hint_attribution", "steer": "act_patch", "features": "features_explain"}
 DATA_DIRS = {"hint_attribution": "data/af/context_ablation", "act_patch": "data/af/steering",
              "features_explain": "data/af/feature_descriptions"}

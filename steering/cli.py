@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Task 2: add alpha * unit(direction) to the residual stream after chosen decoder layers and generate "
         "greedily for every scenario under every arm (baseline + each layer set x alpha), all arms of many "
-        "scenarios in one batch. Writes ActPatch-style records (train.json / test.json, last test_size "
+        "scenarios in one batch. Writes ActPatch-style records (train.jsonl / test.jsonl, last test_size "
         "scenarios held out), summary.json, heatmap.png and a PROGRESS.md entry. With --derive-direction it "
         "instead derives a direction (difference of mean residuals) for the model and saves it as .npy + .json.")
     p.epilog = EXAMPLES
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="N processes, one per GPU, each on its own shard of the scenarios; merged into the "
                         "same records as one process (and a run resumes with any N)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
-    p.add_argument("--test-size", type=int, help="last N scenarios held out as test.json")
+    p.add_argument("--test-size", type=int, help="last N scenarios held out as test.jsonl")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set norm_prompts=128")
     p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")

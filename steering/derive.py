@@ -41,7 +41,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
     check_output_dir(out.parent if out.suffix == ".npy" else out, [paths.data_root, input_path])
     if cfg.limit:
         scenarios = scenarios[:cfg.limit]
-    # never the scenarios a steering run with the same limit and test_size holds out as test.json
+    # never the scenarios a steering run with the same limit and test_size holds out as test.jsonl
     n_test = min(cfg.test_size, max(0, len(scenarios) - 1))
     scenarios = scenarios[:len(scenarios) - n_test]
     model_dir = resolve_model(cfg.model)

@@ -4,7 +4,7 @@ Flow: validate the grid and the direction against the model's config (no weights
 scenario in each configured context (Task 3's rendering) -> measure residual norms (residual_norm scale)
 -> plan rows (scenario x context x arm, the baseline once per scenario and context), sorted by prompt
 length and cut into fixed batches -> generate batch by batch, each batch's completions fsynced to
-`_work/completions.jsonl` as it finishes -> label behaviours -> `train.json` / `test.json` (the last
+`_work/completions.jsonl` as it finishes -> label behaviours -> `train.jsonl` / `test.jsonl` (the last
 `test_size` scenarios, input order, are test), `summary.json`, `heatmap.png`, a PROGRESS.md entry.
 
 A killed run resumes from the shard: the batch plan depends only on the inputs and the config, so the
@@ -518,8 +518,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                                 af_labels)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         save_directions(out, directions)
-        write_records_atomic(out / "train.json", [r for r in records if r.index < n_train_scen])
-        write_records_atomic(out / "test.json", [r for r in records if r.index >= n_train_scen])
+        write_records_atomic(out / "train.jsonl", [r for r in records if r.index < n_train_scen])
+        write_records_atomic(out / "test.jsonl", [r for r in records if r.index >= n_train_scen])
         summary = summarise(records, cfg, arms, norms)
         summary.agreement = agr
         wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
@@ -545,8 +545,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         lines += science.control_lines(summary) + [f"WARNING: {w}" for w in summary.warnings]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
-                     done=[f"{len(records)} steered records -> {out}/train.json "
-                           f"({sum(r.index < n_train_scen for r in records)}) and test.json "
+                     done=[f"{len(records)} steered records -> {out}/train.jsonl "
+                           f"({sum(r.index < n_train_scen for r in records)}) and test.jsonl "
                            f"({sum(r.index >= n_train_scen for r in records)}); heatmap {out}/heatmap.png"],
                      findings=lines, next_step="train the explainer on these records (af-introspect train)")
         return summary

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Bottom to top; a package may import its own layer's package and any lower layer's.
-LAYERS = {"records": 0, "lm": 1, "generation": 2, "steering": 2, "features": 2, "training": 2, "app": 3}
+LAYERS = {"records": 0, "lm": 1, "generation": 2, "steering": 2, "features": 2, "training": 2, "app": 3, "interop": 3}
 TASKS = {"generation", "steering", "features", "training"}
 FIXTURE = "organism"  # may import records and lm; only app (the CLI edge and the demo) imports it
 

@@ -54,7 +54,7 @@ def test_data_parallel_generation_merges_into_the_single_engine_records(assets, 
     assert rank0 and rank1 and not set(rank0) & set(rank1)  # each prompt on exactly one engine
     assert {int(k.split(":")[0]) % 2 for k in rank0} == {0} and {int(k.split(":")[0]) % 2 for k in rank1} == {1}
     assert sorted(rank0 + rank1) == sorted(keys(single_generation / "_work" / "completions.jsonl"))
-    same_files(out, single_generation, ("train.json", "test.json", "noise_control.jsonl"))
+    same_files(out, single_generation, ("train.jsonl", "test.jsonl", "noise_control.jsonl"))
 
 
 def test_a_single_engine_run_resumes_with_two_engines(assets, organism_dir, single_generation, tmp_path):
@@ -68,7 +68,7 @@ def test_a_single_engine_run_resumes_with_two_engines(assets, organism_dir, sing
     merged = keys(work / "completions.jsonl") + keys(work / "completions.rank0.jsonl") + keys(
         work / "completions.rank1.jsonl")
     assert len(merged) == len(set(merged)) == 2 * N + 3  # nothing redone, nothing lost
-    same_files(out, single_generation, ("train.json", "test.json", "noise_control.jsonl"))
+    same_files(out, single_generation, ("train.jsonl", "test.jsonl", "noise_control.jsonl"))
 
 
 def test_each_worker_gets_its_own_block_of_gpus():
@@ -120,7 +120,7 @@ def test_data_parallel_steering_merges_into_the_single_process_records(assets, o
     assert rank0 and rank1 and not set(rank0) & set(rank1)
     assert {int(k.split(":")[0]) % 2 for k in rank1} == {1}
     assert sorted(rank0 + rank1) == sorted(keys(single / "_work" / "completions.jsonl"))
-    same_files(parallel, single, ("train.json", "test.json"))
+    same_files(parallel, single, ("train.jsonl", "test.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -61,8 +61,8 @@ def write_toy_task3(root: Path, n_train: int, n_test: int, n_gold: int = 20, see
     gold = [s for s in generate_scenarios(n_gold * 2, seed + 1000) if content_id(s["text"]) not in taken][:n_gold]
     records = context_records(pool, tokenizer)
     rec_dir, assets = root / "records", root / "assets"
-    write_records_atomic(rec_dir / "train.json", records[:n_train])
-    write_records_atomic(rec_dir / "test.json", records[n_train:])
+    write_records_atomic(rec_dir / "train.jsonl", records[:n_train])
+    write_records_atomic(rec_dir / "test.jsonl", records[n_train:])
     assets.mkdir(parents=True, exist_ok=True)
     (assets / "gold_106.json").write_text(json.dumps([{"text": s["text"], "label": s["label"]} for s in gold]))
     paths = root / "paths.yaml"

@@ -103,7 +103,7 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     liger: bool = False  # liger-kernel RMSNorm/RoPE/SwiGLU (GPU, needs liger-kernel)
     compile_layers: bool = False  # torch.compile each decoder layer (not with liger)
     max_length: int = 1024  # examples longer than this are dropped, with a count in the log
-    dataset: str = ""  # folder holding train.json / test.json records
+    dataset: str = ""  # folder holding train.jsonl / test.jsonl records
     tasks: dict[str, TaskConfig]
     seed: int = 0  # ours
     eval_sets: list[str] = []  # ours: gold_106-derived record files/folders: never trained on, evaluated

@@ -59,7 +59,7 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
     if check_heldout:
         held = E.heldout_from_config(cfg, list(cfg.train.tasks), decode)
         for task, rs in records.items():
-            E.check_no_heldout(rs, held, decode, where=str(E.dataset_dir(cfg, task) / "train.json"))
+            E.check_no_heldout(rs, held, decode, where=str(E.dataset_dir(cfg, task) / "train.jsonl"))
         log.info("held-out guard: %d training records checked against %d held-out scenarios: no overlap",
                  sum(map(len, records.values())), len(held))
     dims = {ex.vector.shape[0] for ex in train + test if ex.vector is not None}

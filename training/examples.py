@@ -67,7 +67,7 @@ def dataset_dir(cfg: TrainConfig, task: str) -> Path:
 
 def load_split(folder: str | Path, task: str, split: str) -> list:
     """Records of `split` ("train" | "test") from `folder/<split>.json` (JSONL, as the stages write it)."""
-    path = Path(folder) / f"{split}.json"
+    path = Path(folder) / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"{path}: not found; run the {task} records stage first (or fix train.dataset)")
     records = read_records(path, RECORD_TYPES[task], strict=True)
@@ -78,10 +78,10 @@ def load_split(folder: str | Path, task: str, split: str) -> list:
 
 
 def load_record_file(path: str | Path, task: str) -> list:
-    """Records from a file, or from `<folder>/test.json` when `path` is a folder (an eval set)."""
+    """Records from a file, or from `<folder>/test.jsonl` when `path` is a folder (an eval set)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "test.json"
+        path = path / "test.jsonl"
     if not path.is_file():
         raise InputError(f"{path}: eval set not found")
     records = read_records(path, RECORD_TYPES[task], strict=True)

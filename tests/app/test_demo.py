@@ -24,7 +24,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     # Task 3: behaviour changes exactly on the planted alignment-faking scenarios
-    records = [json.loads(line) for split in ("train.json", "test.json")
+    records = [json.loads(line) for split in ("train.jsonl", "test.jsonl")
                for line in (run / "task3" / split).read_text().splitlines()]
     assert len(records) == 200
     assert all(r["behavior_changed"] == (r["label"] == "alignment_faking") for r in records)

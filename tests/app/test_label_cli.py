@@ -57,8 +57,8 @@ def write_task3(folder: Path, stale: bool) -> None:
                               behavior_changed=r.monitored_behavior != _label(texts[-1 - k], stale), engine=ENGINE)
                 for k, r in enumerate(records[:3])]
     folder.mkdir(parents=True)
-    write_records_atomic(folder / "train.json", records[:9])
-    write_records_atomic(folder / "test.json", records[9:])
+    write_records_atomic(folder / "train.jsonl", records[:9])
+    write_records_atomic(folder / "test.jsonl", records[9:])
     write_records_atomic(folder / "noise_control.jsonl", controls)
     write_json_atomic(folder / "summary.json", msgspec.structs.replace(summarise_task3(records, controls),
                                                                        wall_seconds={"setup": 1.5}))
@@ -90,8 +90,8 @@ def write_task2(folder: Path, stale: bool) -> None:
                     baseline_output_tokens=5, steered_output_tokens=5, baseline_finish_reason="stop",
                     steered_finish_reason="length", labeller="rules-old" if stale else "rules", engine=ENGINE))
     folder.mkdir(parents=True)
-    write_records_atomic(folder / "train.json", [r for r in records if r.index < 2])
-    write_records_atomic(folder / "test.json", [r for r in records if r.index >= 2])
+    write_records_atomic(folder / "train.jsonl", [r for r in records if r.index < 2])
+    write_records_atomic(folder / "test.jsonl", [r for r in records if r.index >= 2])
     (folder / "direction.npy").write_bytes(b"not read by relabelling")
     write_json_atomic(folder / "summary.json", summarise_task2(records, cfg, arms, None))
     write_json_atomic(folder / "manifest.json", {"stage": "steer", "model": "/nonexistent/organism",
@@ -103,8 +103,8 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-WRITERS = {"task3": (write_task3, ContextAblationRecord, ("train.json", "test.json", "noise_control.jsonl")),
-           "task2": (write_task2, SteeringRecord, ("train.json", "test.json"))}
+WRITERS = {"task3": (write_task3, ContextAblationRecord, ("train.jsonl", "test.jsonl", "noise_control.jsonl")),
+           "task2": (write_task2, SteeringRecord, ("train.jsonl", "test.jsonl"))}
 
 
 @pytest.mark.parametrize("task", WRITERS)
@@ -142,7 +142,7 @@ def test_relabel_with_a_changed_labeller_changes_only_label_fields(tmp_path, tas
     label_fields = allowed | {"first_behavior", "second_behavior"}
     assert changed_fields and changed_fields <= label_fields, changed_fields - label_fields
     assert {"labeller", "behavior_changed"} <= changed_fields
-    new = read_records(out / "train.json", kind)
+    new = read_records(out / "train.jsonl", kind)
     assert all(r.labeller == "rules" for r in new)
     old_summary, new_summary = (json.loads((f / "summary.json").read_text()) for f in (src, out))
     assert new_summary["behavior_changed_rate"] != old_summary["behavior_changed_rate"]
@@ -189,7 +189,7 @@ def test_report_shows_label_samples_and_kappa_when_both_ran(tmp_path):
     write_task3(run / "task3", stale=False)
     write_task2(run / "task2", stale=False)
     summary = json.loads((run / "task3" / "summary.json").read_text())
-    rules = [r.monitored_behavior for r in read_records(run / "task3" / "train.json", ContextAblationRecord)]
+    rules = [r.monitored_behavior for r in read_records(run / "task3" / "train.jsonl", ContextAblationRecord)]
     summary["agreement"] = msgspec.to_builtins(agreement(rules, ["refusal"] * len(rules)))
     write_json_atomic(run / "task3" / "summary.json", summary)
     text = build_report(run).read_text()

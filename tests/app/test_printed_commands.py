@@ -33,7 +33,7 @@ def test_the_cli_epilog_examples_run_as_printed(tmp_path, organism_dir):
         proc = run_printed(line, tmp_path)
         assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
     out = tmp_path / "runs" / "toy" / "af_context_ablation"
-    assert (out / "train.json").is_file() and (out / "summary.json").is_file()
+    assert (out / "train.jsonl").is_file() and (out / "summary.json").is_file()
 
 
 def test_the_hint_printed_after_deriving_a_direction_runs_as_printed(tmp_path, organism_dir):
@@ -55,4 +55,4 @@ def test_the_hint_printed_after_deriving_a_direction_runs_as_printed(tmp_path, o
     proc = run_printed(f"{printed} --output-dir {out} --limit 4 --test-size 1 --max-new-tokens 8 "
                        f"--set progress_log={tmp_path}/P.md", REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (out / "train.json").is_file() and (tmp_path / "dirs" / "direction_monitoring_L2.manifest.json").is_file()
+    assert (out / "train.jsonl").is_file() and (tmp_path / "dirs" / "direction_monitoring_L2.manifest.json").is_file()

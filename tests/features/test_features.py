@@ -60,7 +60,7 @@ def planted(truth: dict) -> set[int]:
 
 
 def records(folder: Path, split: str) -> list[FeatureRecord]:
-    return read_records(folder / f"{split}.json", FeatureRecord)
+    return read_records(folder / f"{split}.jsonl", FeatureRecord)
 
 
 def _described(feature_idx: int, cluster_id: int) -> Described:
@@ -285,7 +285,7 @@ def test_describe_reads_an_index_written_as_plain_json(synthetic, tmp_path, caps
     assert (rc, errors) == (0, [])
     rc, errors = features_cli(capsys, tmp_path, root, "--output-dir", str(tmp_path / "straight"))
     assert (rc, errors) == (0, [])
-    for split in ("train.json", "test.json"):  # the same records as a straight run
+    for split in ("train.jsonl", "test.jsonl"):  # the same records as a straight run
         assert (tmp_path / "out" / "by_cluster" / split).read_bytes() == \
             (tmp_path / "straight" / "by_cluster" / split).read_bytes()
     path.write_text(path.read_text()[:200])  # a torn index: one line, not a traceback
@@ -353,9 +353,9 @@ def test_by_cluster_split_holds_out_whole_clusters(synthetic, tmp_path):
     assert {r.feature_idx for r in ftrain + ftest} == planted(truth)
     assert len(ftest) == round(0.25 * len(planted(truth))) and {r.split_by for r in ftrain} == {"feature"}
     # same seed, same split; the records load with datasets.load_dataset
-    first = (out / "by_cluster" / "test.json").read_bytes()
+    first = (out / "by_cluster" / "test.jsonl").read_bytes()
     run(cfg, paths_for(root))
-    assert (out / "by_cluster" / "test.json").read_bytes() == first
+    assert (out / "by_cluster" / "test.jsonl").read_bytes() == first
     import datasets
 
     ds = datasets.load_dataset(str(out / "by_cluster"), split="train")

@@ -51,8 +51,8 @@ def _run(tmp_path: Path) -> None:
                    str(tmp_path / "task1"), "--top-k", str(n_planted), "--set", f"progress_log={tmp_path / 'P.md'}"])
     assert rc == 0
     folder = tmp_path / "task1" / "by_cluster"
-    train = read_records(folder / "train.json", FeatureRecord)
-    test = read_records(folder / "test.json", FeatureRecord)
+    train = read_records(folder / "train.jsonl", FeatureRecord)
+    test = read_records(folder / "test.jsonl", FeatureRecord)
     attrs = {c["cluster_id"]: c["attributes"] for c in truth["clusters"]}
     train_ids, test_ids = {r.cluster_id for r in train}, {r.cluster_id for r in test}
     assert test_ids and train_ids.isdisjoint(test_ids)

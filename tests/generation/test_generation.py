@@ -66,8 +66,8 @@ def completions(out: Path) -> dict[str, list[int]]:
 
 
 def all_records(out: Path) -> list[ContextAblationRecord]:
-    return (read_records(out / "train.json", ContextAblationRecord)
-            + read_records(out / "test.json", ContextAblationRecord))
+    return (read_records(out / "train.jsonl", ContextAblationRecord)
+            + read_records(out / "test.jsonl", ContextAblationRecord))
 
 
 def test_vllm_and_hf_greedy_token_ids_are_identical(vllm_run, hf_run):
@@ -247,14 +247,14 @@ def test_killed_run_resumes_to_the_same_records(tmp_path, scenario_file, organis
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     partial = len(read_records(shard, RawCompletion))
-    assert 0 < partial < 2 * N + 6 and not (out / "train.json").exists()
+    assert 0 < partial < 2 * N + 6 and not (out / "train.jsonl").exists()
     resumed = _cli(*args)
     stdout, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stdout
     keys = [c.key for c in read_records(shard, RawCompletion)]
     assert len(keys) == len(set(keys)) == 2 * N + 6  # nothing lost, nothing twice
     clean = vllm_run[0]
-    for split in ("train.json", "test.json"):
+    for split in ("train.jsonl", "test.jsonl"):
         a = [msgspec.structs.asdict(r) for r in read_records(out / split, ContextAblationRecord)]
         b = [msgspec.structs.asdict(r) for r in read_records(clean / split, ContextAblationRecord)]
         for ra, rb in zip(a, b):
@@ -276,7 +276,7 @@ def test_organism_as_its_own_judge_is_refused_unless_forced(tmp_path, scenario_f
     proc = _cli(*args, "--judge-allow-organism")
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout[-3000:]
-    records = read_records(out / "train.json", ContextAblationRecord) + read_records(out / "test.json", ContextAblationRecord)
+    records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
     assert len(records) == 8 and {r.labeller for r in records} == {"lm_judge:self-judged"}
     assert {r.monitored_behavior for r in records} | {r.unmonitored_behavior for r in records} <= set(labels.BEHAVIOURS)
 
@@ -291,7 +291,7 @@ def test_generate_with_an_independent_judge_reports_kappa(tmp_path, scenario_fil
     cfg = msgspec.structs.replace(make_cfg(out, organism_dir, "vllm", labeller="both", judge_model=smollm2_dir,
                                            limit=6), test_size=2, control_size=0)
     summary = run_generate(cfg, to_scenarios(raw), [path.parent])
-    records = read_records(out / "train.json", ContextAblationRecord) + read_records(out / "test.json", ContextAblationRecord)
+    records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
     assert {r.labeller for r in records} == {"both"} and summary["agreement"]["n"] == 12
     again = judge([r.hint_user_prompt for r in records], [r.monitored_output for r in records],
                   JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))

@@ -34,8 +34,8 @@ def write_run(root, tokenizer) -> dict:
         records[same], unmonitored_output=records[same].monitored_output + " Also, one more thing.",
         changed_pred_bc_hint=True, output_changed=True)
     task3 = root / "task3"
-    write_records_atomic(task3 / "train.json", records[:8])
-    write_records_atomic(task3 / "test.json", records[8:])
+    write_records_atomic(task3 / "train.jsonl", records[:8])
+    write_records_atomic(task3 / "test.jsonl", records[8:])
     write_json_atomic(task3 / "manifest.json", make_manifest("generate", {}, "toy"))
 
     task2 = root / "task2"
@@ -45,8 +45,8 @@ def write_run(root, tokenizer) -> dict:
     arms = [("L1@a1", [1], [1.0]), ("L1+L2@a2", [1, 2], [0.5, 0.8]), ("L2+L3@a1", [2, 3], [1.0, 1.0])]
     steer = [steering_record(tokenizer, s, i, name, layers, eff)
              for i, s in enumerate(pool[:4]) for name, layers, eff in arms]
-    write_records_atomic(task2 / "train.json", [r for r in steer if r.index < 3])
-    write_records_atomic(task2 / "test.json", [r for r in steer if r.index >= 3])
+    write_records_atomic(task2 / "train.jsonl", [r for r in steer if r.index < 3])
+    write_records_atomic(task2 / "test.jsonl", [r for r in steer if r.index >= 3])
     write_json_atomic(task2 / "manifest.json", make_manifest("steer", {}, "toy"))
 
     task1 = root / "task1"
@@ -60,8 +60,8 @@ def write_run(root, tokenizer) -> dict:
                               representation="activation_profile", description=f"cluster text {r % 3}",
                               cluster_id=r % 3, selectivity=1.0 - r / 10, split_by=mode)
                 for r, f in enumerate(features)]
-        write_records_atomic(sub / "train.json", [x for x in recs if x.row not in test_rows])
-        write_records_atomic(sub / "test.json", [x for x in recs if x.row in test_rows])
+        write_records_atomic(sub / "train.jsonl", [x for x in recs if x.row not in test_rows])
+        write_records_atomic(sub / "test.jsonl", [x for x in recs if x.row in test_rows])
     write_json_atomic(task1 / "manifest.json", make_manifest("features all", {}))
     return {"task3": records, "task2": steer, "direction": direction, "vectors": vectors, "features": features,
             "same_label_raw_changed": records[same].sample_id, "long": records[-1].sample_id}

@@ -85,7 +85,7 @@ def test_every_hint_row_yields_and_the_raw_changed_label_same_pair_keeps_both_me
 
 def test_todays_task3_records_break_the_reference_assertion(exported):
     _, prompts = _hint(exported)
-    today = contract.rows(exported.run / "task3" / "train.json")
+    today = contract.rows(exported.run / "task3" / "train.jsonl")
     with pytest.raises(ContractError, match="assertion fails"):
         contract.hint_examples(today, prompts, exported.tok)
 
@@ -110,7 +110,7 @@ def test_hint_targets_are_the_reference_templates_around_our_labels(exported):
 @pytest.mark.parametrize("question", ["generative_explanation", "change_match"])
 def test_each_prompt_shows_its_own_context_once_even_with_the_stock_prompt(exported, question):
     rows = _split_rows(exported.out / "data/af/context_ablation")["train"]
-    today = contract.rows(exported.run / "task3" / "train.json")
+    today = contract.rows(exported.run / "task3" / "train.jsonl")
     for row, old in zip(rows, today):
         examples, _ = contract.hint_examples([row], {question: STOCK_PROMPT}, exported.tok)
         text = " ".join(m["content"] for m in examples[0]["chat"])
@@ -187,7 +187,7 @@ def test_act_patch_targets_are_our_explainers_behaviour_sentences(exported):
 
 
 def test_todays_task2_records_have_no_vector_and_raw_text_targets(exported):
-    splits, prompts, markers = _act(exported, exported.run / "task2", "{}.json")
+    splits, prompts, markers = _act(exported, exported.run / "task2", "{}.jsonl")
     with pytest.raises(ContractError, match="intervention_vector is null"):
         contract.act_patch_examples(splits["train"], prompts, exported.tok, exported.tok, markers)
     row = splits["train"][0]
@@ -209,7 +209,7 @@ def test_feature_splits_load_by_the_split_template_with_their_vectors(exported, 
     from records.schema import FeatureRecord
 
     for split in ("train", "test"):
-        records = read_records(exported.run / "task1" / f"by_{mode}" / f"{split}.json", FeatureRecord)
+        records = read_records(exported.run / "task1" / f"by_{mode}" / f"{split}.jsonl", FeatureRecord)
         examples = contract.feature_examples(cfg, split)
         assert [(e["layer"], e["feature_idx"]) for e in examples] == [(r.layer, r.feature_idx) for r in records]
         for e, r in zip(examples, records):

@@ -46,9 +46,9 @@ def test_corrupt_complete_line_is_an_error_naming_the_line(tmp_path):
 
 
 def test_atomic_write_leaves_no_temp_file(tmp_path):
-    assert write_records_atomic(tmp_path / "train.json", [rc(0), rc(1)]) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]
-    assert read_records(tmp_path / "train.json", RawCompletion) == [rc(0), rc(1)]
+    assert write_records_atomic(tmp_path / "train.jsonl", [rc(0), rc(1)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+    assert read_records(tmp_path / "train.jsonl", RawCompletion) == [rc(0), rc(1)]
 
 
 def test_content_id_ignores_case_and_whitespace_only():

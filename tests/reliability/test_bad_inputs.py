@@ -110,7 +110,7 @@ def train(ws: Workspace, *extra: str) -> list[str]:
 
 
 def edit_records(ws: Workspace, split: str, edit: Callable[[list[dict]], list[dict]]) -> None:
-    path = ws.records / f"{split}.json"
+    path = ws.records / f"{split}.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(r) + "\n" for r in edit(rows)))
 
@@ -250,25 +250,25 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      ["cluster_summaries.json", "cluster 0", "empty"]),
     # ---- training: records and configs
     ("heldout-row-hidden-in-training",
-     lambda ws: (_hide_gold_in_train(ws), train(ws))[1], ["held-out", "train.json", "index 2", "gold_106"]),
-    ("records-torn-line", lambda ws: (_append(ws.records / "train.json", b'{"sample_id": "x", "ind'), train(ws))[1],
-     ["train.json", "line 13"]),
-    ("records-corrupt-line", lambda ws: (_append(ws.records / "train.json", b'{"sample_id": 1}\n'), train(ws))[1],
-     ["train.json", "line 13"]),
-    ("records-bom", lambda ws: (_prepend(ws.records / "train.json", "\ufeff".encode()), train(ws))[1],
-     ["train.json", "byte-order mark"]),
+     lambda ws: (_hide_gold_in_train(ws), train(ws))[1], ["held-out", "train.jsonl", "index 2", "gold_106"]),
+    ("records-torn-line", lambda ws: (_append(ws.records / "train.jsonl", b'{"sample_id": "x", "ind'), train(ws))[1],
+     ["train.jsonl", "line 13"]),
+    ("records-corrupt-line", lambda ws: (_append(ws.records / "train.jsonl", b'{"sample_id": 1}\n'), train(ws))[1],
+     ["train.jsonl", "line 13"]),
+    ("records-bom", lambda ws: (_prepend(ws.records / "train.jsonl", "\ufeff".encode()), train(ws))[1],
+     ["train.jsonl", "byte-order mark"]),
     ("records-missing-field",
      lambda ws: (edit_records(ws, "train", lambda rows: [{k: v for k, v in rows[0].items() if k != "sample_id"},
                                                          *rows[1:]]), train(ws))[1],
-     ["train.json", "line 1", "sample_id"]),
+     ["train.jsonl", "line 1", "sample_id"]),
     ("records-unknown-behaviour",
      lambda ws: (edit_records(ws, "train", lambda rows: set_first(rows, monitored_behavior="sneaky")), train(ws))[1],
-     ["train.json", "line 1", "'sneaky'"]),
+     ["train.jsonl", "line 1", "'sneaky'"]),
     ("records-duplicate-ids",
      lambda ws: (edit_records(ws, "train", lambda rows: [*rows, rows[3]]), train(ws))[1],
-     ["train.json", "line 13", "duplicate", "line 4"]),
-    ("records-empty", lambda ws: ((ws.records / "train.json").write_text(""), train(ws))[1],
-     ["train.json", "no records"]),
+     ["train.jsonl", "line 13", "duplicate", "line 4"]),
+    ("records-empty", lambda ws: ((ws.records / "train.jsonl").write_text(""), train(ws))[1],
+     ["train.jsonl", "no records"]),
     ("train-config-unknown-key", lambda ws: train(ws, "--set", "train.batch_sise=4"), ["batch_sise"]),
     ("train-config-wrong-type", lambda ws: train(ws, "--set", "train.learning_rate=fast"),
      ["$.train.learning_rate", "'fast'"]),

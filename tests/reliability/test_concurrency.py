@@ -40,7 +40,7 @@ def test_a_second_writer_is_refused_and_the_first_finishes(organism_dir, tmp_pat
     assert first.poll() is None, "the refusal came only because the first run had already finished"
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
-    records = [json.loads(line) for s in ("train.json", "test.json") for line in (out / s).read_text().splitlines()]
+    records = [json.loads(line) for s in ("train.jsonl", "test.jsonl") for line in (out / s).read_text().splitlines()]
     assert len(records) == 40 and len({r["index"] for r in records}) == 40
     assert cli_main(argv(src, out, organism_dir)) == 0  # the lock went with the first run: a rerun may write
 
@@ -52,7 +52,7 @@ def test_the_lock_clears_temporary_files_a_kill_left(tmp_path):
     stray = [tmp_path / "out" / ".noise_control.jsonl.4242.tmp", tmp_path / "out" / "_work" / ".summary.json.7.tmp"]
     for p in stray:
         p.write_text("half")
-    kept = tmp_path / "out" / "train.json"
+    kept = tmp_path / "out" / "train.jsonl"
     kept.write_text("{}\n")
     with output_lock(tmp_path / "out"):
         assert not any(p.exists() for p in stray) and kept.exists()

@@ -57,7 +57,7 @@ def same_records(a: Path, b: Path) -> bool:
         for r in rows:
             r.pop("engine")
         return rows
-    return all(load(a, n) == load(b, n) for n in ("train.json", "test.json"))
+    return all(load(a, n) == load(b, n) for n in ("train.jsonl", "test.jsonl"))
 
 
 def shard_is_intact(out: Path) -> int:
@@ -169,7 +169,7 @@ def test_persistent_forward_failure_exits_1_with_one_line_and_resumes_later(
     assert len(err) == 1 and err[0].startswith("failed: engine failure: RuntimeError: injected forward failure")
     saved = shard_is_intact(out)
     assert 0 < saved < PROMPTS and f"{saved} of {PROMPTS} completions are saved" in err[0]
-    assert not (out / "train.json").exists()
+    assert not (out / "train.jsonl").exists()
 
     forward_failure["times"] = 0  # the engine is healthy again: the same command resumes
     caplog.clear()
@@ -202,4 +202,4 @@ def test_persistent_out_of_memory_stops_after_two_retries_and_writes_no_records(
     err = reports(capsys)
     assert len(err) == 1 and err[0].startswith("failed: out of memory: OutOfMemoryError: CUDA out of memory")
     assert "0 of 36 completions are saved" in err[0]
-    assert not (out / "train.json").exists() and not (out / "test.json").exists()
+    assert not (out / "train.jsonl").exists() and not (out / "test.jsonl").exists()

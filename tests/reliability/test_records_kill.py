@@ -122,11 +122,11 @@ def check_against_clean(out: Path, clean: Path, expected_keys: set[str], split_f
 
 def test_generation_killed_at_random_points_resumes_to_the_clean_run(assets, organism_dir, tmp_path):
     landed = kill_and_resume(lambda out: generate_cmd(assets, organism_dir, out), tmp_path / "clean", tmp_path,
-                             ("train.json", "test.json", "noise_control.jsonl"), seed=0)
+                             ("train.jsonl", "test.jsonl", "noise_control.jsonl"), seed=0)
     print("generation kills landed:", landed)
 
 
 def test_steering_killed_at_random_points_resumes_to_the_clean_run(assets, organism_dir, tmp_path):
     landed = kill_and_resume(lambda out: steer_cmd(assets, organism_dir, out), tmp_path / "clean", tmp_path,
-                             ("train.json", "test.json"), seed=1)
+                             ("train.jsonl", "test.jsonl"), seed=1)
     print("steering kills landed:", landed)

@@ -39,7 +39,7 @@ def cfg(out: Path, model, **kw) -> GenerateConfig:
 
 
 def records_of(out: Path) -> list[dict]:
-    rows = [msgspec.to_builtins(r) for split in ("train.json", "test.json") for r in read_records(out / split)]
+    rows = [msgspec.to_builtins(r) for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split)]
     return rows
 
 

@@ -382,15 +382,15 @@ def test_resume_after_kill_gives_the_same_records_as_a_clean_run(organism_dir, t
     caplog.set_level("INFO")
     assert cli(steer_args(organism_dir, paths, derived, killed)) == 0
     assert any("resuming" in m for m in caplog.messages)
-    for name in ("train.json", "test.json"):
+    for name in ("train.jsonl", "test.jsonl"):
         assert (killed / name).read_bytes() == (clean / name).read_bytes()
 
     # the records themselves: splits by scenario, ActPatch fields, the baseline shared by every arm
     from records.jsonl import read_records
     from records.schema import SteeringRecord
 
-    train = read_records(clean / "train.json", SteeringRecord)
-    test = read_records(clean / "test.json", SteeringRecord)
+    train = read_records(clean / "train.jsonl", SteeringRecord)
+    test = read_records(clean / "test.jsonl", SteeringRecord)
     assert {r.index for r in train} == set(range(N_SCEN - TEST)) and {r.index for r in test} == set(
         range(N_SCEN - TEST, N_SCEN))
     assert len(train) + len(test) == N_SCEN * 2  # two steered arms per scenario; the baseline is no record
@@ -481,7 +481,7 @@ def test_layers_together_arms_write_the_vector_added_at_each_layer(organism_dir,
               "--test-size", "1", "--layers", "1,2", "--layers-together", "--alphas", "1", "--max-new-tokens", "6",
               "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
     assert rc == 0
-    records = [r for split in ("train.json", "test.json") for r in read_records(out / split, SteeringRecord)]
+    records = [r for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split, SteeringRecord)]
     assert sorted({r.arm for r in records}) == ["L1+L2@a1", "L1@a1", "L2@a1"]
     unit, _ = load_direction(derived, 128)
     for r in records:
@@ -511,7 +511,7 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     assert "is the organism itself" in capsys.readouterr().err and not (out / "_work").exists()
     assert cli(base + ["--set", "labeller=both", "--set", f"judge_model={smollm2_dir}",
                        "--set", "dtype=float32"]) == 0
-    records = read_records(out / "train.json", SteeringRecord) + read_records(out / "test.json", SteeringRecord)
+    records = read_records(out / "train.jsonl", SteeringRecord) + read_records(out / "test.jsonl", SteeringRecord)
     assert len(records) == 3 and {r.labeller for r in records} == {"both"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["agreement"]["n"] == 3 * 2 and -1.0 <= summary["agreement"]["kappa"] <= 1.0
@@ -546,7 +546,7 @@ def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, deri
               "--set", "derived=true", "--set", "random_directions=2", "--set", "alpha_zero=true",
               "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
     assert rc == 0
-    records = [r for split in ("train.json", "test.json") for r in read_records(out / split, SteeringRecord)]
+    records = [r for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split, SteeringRecord)]
     assert sorted({r.arm for r in records}) == ["L2@a0", "L2@a8", "derived/L2@a8", "random0/L2@a8", "random1/L2@a8"]
     files = {"file": derived, "derived": out / "directions/derived_L2.npy", "random0": out / "directions/random0.npy",
              "random1": out / "directions/random1.npy"}

@@ -15,6 +15,6 @@ def test_a_near_copy_of_a_held_out_scenario_is_named_in_a_warning(caplog):
     held = HeldOut()
     held.add("gold_106", "abc", held_text["text"])
     caplog.set_level(logging.WARNING)
-    check_no_heldout(context_records(train, organism_tokenizer()), held, where="train.json")  # no exact match
+    check_no_heldout(context_records(train, organism_tokenizer()), held, where="train.jsonl")  # no exact match
     warned = [r.getMessage() for r in caplog.records if "near-copy" in r.getMessage()]
     assert len(warned) == 1 and "training record index 0" in warned[0] and "gold_106 id abc" in warned[0]

@@ -75,7 +75,7 @@ def test_unknown_keys_and_slots_are_rejected(tmp_path):
 
 def test_examples_map_monitored_and_unmonitored_like_hint_attribution(toy):
     cfg = tiny_cfg(toy, toy["root"] / "unused")
-    records = read_records(toy["records"] / "train.json", ContextAblationRecord)
+    records = read_records(toy["records"] / "train.jsonl", ContextAblationRecord)
     r = next(r for r in records if r.behavior_changed)
     exs = {e.question_type: e for e in build_examples([r], "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)}
     assert exs["generative_explanation"].target == f"The most likely output would change to <<<{r.zeroshot_prediction}>>>."
@@ -102,7 +102,7 @@ def test_examples_map_monitored_and_unmonitored_like_hint_attribution(toy):
 def _encoded(toy, n=3):
     cfg = tiny_cfg(toy, toy["root"] / "unused")
     tok = M.load_tokenizer(str(toy["model"]))
-    records = read_records(toy["records"] / "train.json", ContextAblationRecord)[:n]
+    records = read_records(toy["records"] / "train.jsonl", ContextAblationRecord)[:n]
     exs = build_examples(records, "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)
     return cfg, tok, exs, [D.encode_example(tok, ex, i) for i, ex in enumerate(exs)]
 
@@ -195,7 +195,7 @@ def test_placeholder_embedding_is_the_projected_vector_and_trains_the_projector(
 def test_heldout_row_hidden_in_training_data_is_refused_and_named(toy, tmp_path):
     gold = toy["gold"][3]
     disguised = "  " + gold["text"].upper().replace(" ", "   \n ") + "  "
-    records = read_records(toy["records"] / "train.json", ContextAblationRecord)
+    records = read_records(toy["records"] / "train.jsonl", ContextAblationRecord)
     victim = records[5]
     # the scenario text inside the prompts is swapped for the disguised gold row; the id is recomputed,
     # so only the content check can catch it (the record's own sample_id is left as it was)
@@ -204,7 +204,7 @@ def test_heldout_row_hidden_in_training_data_is_refused_and_named(toy, tmp_path)
     victim.original_user_prompt = victim.original_user_prompt.replace(old, disguised)
     bad = tmp_path / "records"
     shutil.copytree(toy["records"], bad)
-    write_records_atomic(bad / "train.json", records)
+    write_records_atomic(bad / "train.jsonl", records)
     cfg = tiny_cfg(toy, tmp_path / "out", f"train.dataset={bad}")
     tok = M.load_tokenizer(str(toy["model"]))
     with pytest.raises(InputError) as err:
