@@ -18,7 +18,7 @@ from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, Pat
 from steering import grid
 from steering.config import SteerConfig
 from steering.run import summarise as summarise_task2
-from test_labels import corpus
+from label_corpus import corpus
 from toy_records import context_records, organism_tokenizer
 
 TASK3_LABEL_FIELDS = {"random_hint_prediction", "zeroshot_prediction", "monitored_behavior", "unmonitored_behavior",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from generation import prompts
+from lm import chat
 from organism.scenarios import SYSTEM_PROMPTS, generate_scenarios
 from records.jsonl import write_json_atomic, write_records_atomic
 from records.provenance import make_manifest
@@ -68,8 +68,8 @@ def write_run(root, tokenizer) -> dict:
 
 
 def steering_record(tokenizer, scenario, index, arm, layers, eff) -> SteeringRecord:
-    rendering = prompts.detect_chat_rendering(tokenizer)
-    rendered = prompts.render(tokenizer, SYSTEM_PROMPTS["unmonitored"], scenario["text"], rendering)
+    rendering = chat.detect_chat_rendering(tokenizer)
+    rendered = chat.render(tokenizer, SYSTEM_PROMPTS["unmonitored"], scenario["text"], rendering)
     base, steered = ("refusal", "compliance") if index % 2 else ("compliance", "compliance")
     tok = tokenizer.convert_ids_to_tokens(rendered.token_ids[-1:])[0]
     return SteeringRecord(

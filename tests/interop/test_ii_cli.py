@@ -7,7 +7,7 @@ import json
 import pytest
 
 from interop_run import write_run
-from records.cli import main as cli_main
+from app.cli import main as cli_main
 from toy_records import organism_tokenizer
 
 

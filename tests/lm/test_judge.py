@@ -12,7 +12,7 @@ from lm.judge import JUDGED, JudgeConfig, check_judge, judge, judge_prompts, lab
 from lm.labels import rule_label
 from app.cli import main as cli
 from records.errors import InputError
-from test_labels import corpus
+from label_corpus import corpus
 
 CASES = ("plain_answer", "poem", "code", "plain_refusal", "reasoning_refusal", "reasoning_compliance",
          "reasoning_only", "empty")

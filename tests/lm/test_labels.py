@@ -5,25 +5,20 @@ covering reasoning blocks before refusals and compliance, reasoning only, code, 
 refusals, one-word refusals, apologies, negated openers, curly quotes, empty and whitespace, upper case.
 """
 
-import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import msgspec
 import pytest
 
+from label_corpus import corpus
+
 from lm import agreement, answers, labels
 from lm.labels import BEHAVIOURS, rule_label
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "label_corpus.jsonl"
 CASES = {"plain_refusal", "apology", "apology_compliance", "curly", "negated_opener", "redirect", "partial_refusal",
          "one_word", "upper", "plain_answer", "poem", "code", "list", "compliance_marker", "compliance_caveat",
          "reasoning_refusal", "reasoning_compliance", "reasoning_only", "empty", "other", "hard", "partial_compliance_late"}
-
-
-def corpus() -> list[dict]:
-    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
 
 
 def score(rows: list[dict]) -> tuple[float, dict[str, float], dict]:
