@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from records.jsonl import read_records, write_json_atomic
-from records.schema import ContextAblationRecord, ContextAblationSummary, SteeringRecord, SteeringSummary, read_summary
+from records.schema import (ContextAblationRecord, ContextAblationSummary, EvalMetrics, PredictionRow, SteeringRecord,
+                            SteeringSummary, read_summary)
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
@@ -120,9 +121,9 @@ def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
     embed = MiniLM("cpu")
     sims: dict[str, np.ndarray] = {}
     for method in BASELINES:
-        rs = [r for r in rows if r["method"] == method and r["split"] == "test"]
+        rs = [r for r in rows if r.method == method and r.split == "test"]
         if rs:
-            a, b = embed([r["prediction"] for r in rs]), embed([r["target"] for r in rs])
+            a, b = embed([r.prediction for r in rs]), embed([r.target for r in rs])
             sims[method] = (a * b).sum(-1)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -138,24 +139,27 @@ def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
     return means
 
 
-def _metrics_table(metrics: dict) -> list[str]:
-    test = metrics.get("splits", {}).get("test", {})
-    lines = ["| question type | method | n | exact match | content match | changed F1 | similarity |",
-             "|---|---|---|---|---|---|---|"]
+def _metrics_table(metrics: EvalMetrics) -> list[str]:
+    """Held-out scores per question type and method: ours (lenient) and the paper's strict ones with
+    their bootstrap 95% intervals."""
+    test = metrics.splits.get("test", {})
+    lines = ["| question type | method | n | exact match | strict exact match [95% CI] | strict changed F1 [95% CI] "
+             "| content match | similarity |", "|---|---|---|---|---|---|---|---|"]
     for q, methods in test.items():
         for method, m in methods.items():
             cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
-            lines.append(f"| {q} | {method} | {m['n']} | {cell('exact_match')} | {cell('content_match')} | "
-                         f"{cell('changed_f1')} | {cell('semantic_similarity')} |")
+            ci = lambda k: f"{cell(k)} [{cell(k + '_lo')}, {cell(k + '_hi')}]" if k in m else "-"  # noqa: E731
+            lines.append(f"| {q} | {method} | {int(m['n'])} | {cell('exact_match')} | {ci('strict_exact_match')} | "
+                         f"{ci('strict_changed_f1')} | {cell('content_match')} | {cell('semantic_similarity')} |")
     return lines
 
 
 def _examples_table(rows: list[dict], n: int = 6) -> list[str]:
-    picked = [r for r in rows if r["method"] == "explainer" and r["split"] == "test"][:n]
+    picked = [r for r in rows if r.method == "explainer" and r.split == "test"][:n]
     lines = ["| sample | question type | target | prediction | exact |", "|---|---|---|---|---|"]
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")[:120]  # noqa: E731
-    lines += [f"| {esc(r['sample_id'])} | {r['question_type']} | {esc(r['target'])} | {esc(r['prediction'])} | "
-              f"{'yes' if r['exact_match'] else 'no'} |" for r in picked]
+    lines += [f"| {esc(r.sample_id)} | {r.question_type} | {esc(r.target)} | {esc(r.prediction)} | "
+              f"{'yes' if r.exact_match else 'no'} |" for r in picked]
     return lines
 
 
@@ -217,8 +221,8 @@ def build_report(run: Path) -> Path:
             md += [f"![training curves](plots/{task}_training.png)", ""]
         eval_dir = ex / "final" / "eval"
         if (eval_dir / "metrics.json").is_file():
-            md += _metrics_table(json.loads((eval_dir / "metrics.json").read_text())) + [""]
-            rows = _read_jsonl(eval_dir / "predictions.jsonl")
+            md += _metrics_table(read_summary(eval_dir / "metrics.json", EvalMetrics)) + [""]
+            rows = read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
             if task == "task1" and rows:
                 means = plot_similarity(rows, plots / "task1_similarity.png")
                 md += ["![similarity](plots/task1_similarity.png)", "",

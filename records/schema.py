@@ -467,3 +467,32 @@ class Coverage(msgspec.Struct, forbid_unknown_fields=True):
     n_clusters_selected: int  # distinct clusters among the described features
     n_clusters_without_summary: int
     n_summaries_without_features: int
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation outputs: <checkpoint>/eval/metrics.json and predictions.jsonl, read by the report and the demo.
+
+
+class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
+    """metrics.json: split -> question type -> method -> metric -> value (n, exact_match, strict_* with
+    their _lo/_hi 95% interval bounds, ...; NaN where a metric has no items)."""
+
+    checkpoint: str
+    splits: dict[str, dict[str, dict[str, dict[str, float]]]]
+
+
+class PredictionRow(msgspec.Struct, forbid_unknown_fields=True):
+    """One held-out item's answer by one method, with its lenient scores (predictions.jsonl)."""
+
+    split: str
+    method: str
+    task: str
+    question_type: str
+    sample_id: str
+    target: str
+    prediction: str
+    exact_match: bool
+    content_match: bool | None = None
+    valid: bool | None = None
+    pred_changed: bool | None = None
+    target_changed: bool | None = None

@@ -27,10 +27,12 @@ import torch
 from lm.models import resolve_model
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
+from records.schema import EvalMetrics, PredictionRow
 from training.checkpoint import COMPLETE, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
 from training.examples import Example
+from training.metrics import strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.scoring import MiniLM, predict, score, score_item
 
@@ -139,14 +141,15 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
         results[split] = {}
         for method, p in preds.items():
+            strict = strict_by_question(examples, p)  # the paper's scores, with intervals (training/metrics.py)
             for q, m in score(examples, p, embed).items():
-                results[split].setdefault(q, {})[method] = m
+                results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {})}
             for ex, pred in zip(examples, p):
-                rows.append({"split": split, "method": method, "task": ex.task, "question_type": ex.question_type,
-                             "sample_id": ex.sample_id, "target": ex.target, "prediction": pred,
-                             **score_item(ex, pred)})
+                rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
+                                          sample_id=ex.sample_id, target=ex.target, prediction=pred,
+                                          **score_item(ex, pred)))
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", {"checkpoint": str(checkpoint), "splits": results})
+    write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results))
     write_records_atomic(out / "predictions.jsonl", rows)
     table = format_table(results)
     print(table)
@@ -156,7 +159,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
 
 def format_table(results: dict) -> str:
     """One row per split, question type and method; columns present for any row are shown."""
-    cols = ["exact_match", "content_match", "changed_f1", "changed_exact_match", "semantic_similarity"]
+    cols = ["exact_match", "strict_exact_match", "content_match", "changed_f1", "strict_changed_f1",
+            "changed_exact_match", "semantic_similarity"]
     shown = [c for c in cols if any(c in m for qs in results.values() for ms in qs.values() for m in ms.values())]
     header = f"{'split':<14} {'question_type':<24} {'method':<18} {'n':>5} " + " ".join(f"{c:>20}" for c in shown)
     lines = [header, "-" * len(header)]

@@ -66,3 +66,18 @@ def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
     monkeypatch.setattr(app.cli, "main", lambda argv: code)
     with pytest.raises(kind):
         app.demo._cli(["generate"])
+
+
+def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
+    from app.demo import _strict_lines
+
+    def m(x, lo, hi):
+        return {"strict_exact_match": x, "strict_exact_match_lo": lo, "strict_exact_match_hi": hi}
+
+    lines = _strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5),
+                           "nearest_neighbour": m(0.85, 0.75, 0.95)})
+    assert "explainer 0.90 [0.80, 1.00]" in lines[0]
+    notes = [line for line in lines if "NOTE" in line]
+    assert len(notes) == 1 and "nearest_neighbour baseline reaches the explainer" in notes[0]
+    assert not [line for line in _strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5)})
+                if "NOTE" in line]
