@@ -32,7 +32,7 @@ STAGES = {
 EPILOG = """examples:
   af-introspect demo                                   # whole pipeline on the toy organism, CPU
   af-introspect organism --assets data/toy             # the toy's synthetic assets (configs/paths_toy.yaml)
-  af-introspect generate --config configs/generate_cpu.yaml --limit 20
+  af-introspect generate --config configs/generate_cpu.yaml --limit 60
   af-introspect generate --help                        # every flag of one stage
 
 Bad input (a missing file, a wrong field, shape or value) exits with code 2 and one line per problem."""

@@ -80,13 +80,13 @@ def evaluate(explainer: Explainer, test_enc: list[D.Encoded], test: list[E.Examp
     return entry, [pred for _, pred in pairs]
 
 
-def check_debug_answers(answers: list[str]) -> None:
-    """A debug run passes only if the explainer still writes varied answers: all empty or all the same
-    means training broke it (too high a learning rate, a template that ends the answer at once)."""
-    if answers and all(not a.strip() for a in answers):
+def check_debug_answers(answers: list[str], before: list[str]) -> None:
+    """A debug run fails when training broke the explainer's answers (too high a learning rate, a template
+    that ends the answer at once): all empty, or all the same, where before training they were not."""
+    if answers and all(not a.strip() for a in answers) and not all(not b.strip() for b in before):
         raise StageFailure(f"debug run FAILED: all {len(answers)} generated answers are empty; lower "
                            "train.learning_rate (CPU configs are toy settings) or check the chat template")
-    if len(answers) > 1 and len(set(answers)) == 1:
+    if len(answers) > 1 and len(set(answers)) == 1 and len(set(before)) > 1:
         raise StageFailure(f"debug run FAILED: all {len(answers)} generated answers are the same ({answers[0]!r}); "
                            "the explainer ignores its input: lower train.learning_rate or check the data")
 
@@ -203,6 +203,11 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         losses: list[float] = []
         last_eval: dict = {}
         answers: list[str] = []
+        # --debug: the untrained explainer's answers, to tell a training that broke them from a model
+        # that starts out answering everything alike
+        before = []
+        if debug and main_process:
+            before = [pred for _, pred in eval_generation(explainer, data.test, cfg, n_generate)[1]]
         tokens_at_start = prog.tokens_seen
         pad = tokenizer.pad_token_id
         last_saved = prog.step
@@ -269,7 +274,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                     last_eval, answers = evaluate(explainer, test_enc, data.test, cfg, prog.step, metrics, n_loss,
                                                   n_generate, debug)
                 if debug:
-                    check_debug_answers(answers)
+                    check_debug_answers(answers, before)
                 save_final(out, explainer, prog.step, total_steps, config_hash(cfg))
             dist.barrier()
         finally:

@@ -40,11 +40,11 @@ def test_the_hint_printed_after_deriving_a_direction_runs_as_printed(tmp_path, o
     from organism.assets import write_synthetic_assets
 
     assets = tmp_path / "assets"
-    write_synthetic_assets(assets, n_scenarios=12, seed=5)
+    write_synthetic_assets(assets, n_scenarios=40, seed=5)
     paths = tmp_path / "paths.yaml"
     paths.write_text(f"data_root: {assets}\n")
     proc = run_printed(f"af-introspect steer --config {REPO}/configs/steer_cpu.yaml --paths-config {paths} "
-                       f"--model {organism_dir} --derive-direction --layer 2 --out {tmp_path}/dirs --limit 12", REPO)
+                       f"--model {organism_dir} --derive-direction --layer 2 --out {tmp_path}/dirs --limit 40", REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     hint = [line for line in proc.stdout.splitlines() if line.startswith("steer along it: ")]
     assert len(hint) == 1, proc.stdout

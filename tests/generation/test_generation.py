@@ -214,8 +214,8 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, scenario_fi
     cases = [
         (["--input", str(path), "--model", str(tmp_path / "nope")], "path does not exist"),
         (["--input", str(empty), "--model", str(organism_dir)], "empty.json"),
-        (["--input", str(path), "--model", str(organism_dir), "--output-dir", str(path.parent / "out")],
-         "inside"),
+        (["--input", str(path), "--model", str(organism_dir), "--output-dir", str(path.parent)],
+         "holds the input file"),
         (["--input", str(path), "--model", str(organism_dir), "--set", "max_tokns=3"], "unknown field `max_tokns`"),
         (["--input", str(path), "--model", str(organism_dir), "--test-size", "24"], "leaves no training scenarios"),
     ]
@@ -292,8 +292,8 @@ def test_generate_with_an_independent_judge_reports_kappa(tmp_path, scenario_fil
                                            limit=6), test_size=2, control_size=0)
     summary = run_generate(cfg, to_scenarios(raw), [path.parent])
     records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
-    assert {r.labeller for r in records} == {"both"} and summary["agreement"]["n"] == 12
+    assert {r.labeller for r in records} == {"both"} and summary.agreement.n == 12
     again = judge([r.hint_user_prompt for r in records], [r.monitored_output for r in records],
                   JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
     assert [v.label for v in again] == [r.monitored_behavior for r in records]  # the judge's labels
-    assert f"kappa {summary['agreement']['kappa']:.3f}" in (out / "PROGRESS.md").read_text()
+    assert f"kappa {summary.agreement.kappa:.3f}" in (out / "PROGRESS.md").read_text()

@@ -218,7 +218,7 @@ def test_feature_splits_load_by_the_split_template_with_their_vectors(exported, 
 
 
 def test_todays_features_export_gives_a_split_key_the_reference_cannot_format(exported, tmp_path):
-    from generation.features_export import write_explanations
+    from features.export import write_explanations
 
     write_explanations(tmp_path, "cluster", 40, {"train": [{"feature_idx": 7, "row": 0, "description": "d"}]})
     today = json.loads((tmp_path / "introspective_interp" / "export.json").read_text())

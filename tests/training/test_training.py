@@ -364,14 +364,26 @@ def test_the_debug_gate_fails_when_the_explainer_stopped_answering(toy, tmp_path
     """lr 5e-3 on a real small model made every eval answer empty and --debug still said OK: now it fails."""
     from records.errors import StageFailure
 
-    def broken(explainer, examples, cfg, n):
-        return {}, list(zip(examples[:len(answers)], answers))
+    calls = []
+
+    def broken(explainer, examples, cfg, n):  # varied answers before training, broken ones after
+        calls.append(n)
+        got = ["a", "b", "c", "d"] if len(calls) == 1 else answers
+        return {}, list(zip(examples[:len(got)], got))
 
     monkeypatch.setattr(T, "eval_generation", broken)
     cfg = tiny_cfg(toy, tmp_path / "o")
     with pytest.raises(StageFailure, match=f"debug run FAILED: all 4 generated answers {why}"):
         T.main(cfg, debug=True)
     assert not debug_marker(cfg).exists()  # a full run stays refused
+
+
+def test_the_debug_gate_accepts_a_model_that_answered_alike_before_training(toy, tmp_path, monkeypatch):
+    """Five steps are too few to make a tiny model's answers differ: alike before and after is no failure."""
+    monkeypatch.setattr(T, "eval_generation", lambda explainer, examples, cfg, n: ({}, [(e, "same") for e in examples[:4]]))
+    cfg = tiny_cfg(toy, tmp_path / "o")
+    T.main(cfg, debug=True)
+    assert debug_marker(cfg).exists()
 
 
 def test_a_toy_learning_rate_on_a_real_model_is_called_a_toy_setting(toy, tmp_path, caplog):
