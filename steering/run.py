@@ -404,11 +404,13 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
                     eff = grid.effective_alphas(arm_by_name[arm.name], cfg.scale, norms)
                     rows.append(Row(prompt_ids[(i, c)], group_id[(i, c)], dict(zip(arm.layers, eff))))
                 results = runner.run(rows)
+                # Rounded to 0.01 nats (the threshold is 6): the last float bits depend on the batch's padding, and
+                # records must not depend on how the rows were batched (data-parallel shards, OOM halving).
                 losses = coherence.median_token_loss(model, [r.prompt for r in rows], [g.token_ids for g in results],
                                                      pad)
                 writer.append(RawCompletion(key=row_key(i, c, arm.name, digest[(i, c)]), token_ids=g.token_ids, text="",
                                             finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]),
-                                            median_loss=loss)
+                                            median_loss=None if loss is None else round(loss, 2))
                               for (i, c, arm), g, loss in zip(batch, results, losses))
                 bar.update(len(batch))
     stats = dict(runner.fast.stats) if runner.fast is not None else None

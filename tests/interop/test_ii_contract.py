@@ -219,8 +219,11 @@ def test_feature_splits_load_by_the_split_template_with_their_vectors(exported, 
 
 def test_todays_features_export_gives_a_split_key_the_reference_cannot_format(exported, tmp_path):
     from features.export import write_explanations
+    from records.schema import FeatureRecord
 
-    write_explanations(tmp_path, "cluster", 40, {"train": [{"feature_idx": 7, "row": 0, "description": "d"}]})
+    record = FeatureRecord(layer=40, feature_idx=7, row=0, vectors_path="vectors.npy", representation="activation_profile",
+                           description="d", cluster_id=0, selectivity=1.0, split_by="cluster")
+    write_explanations(tmp_path, "cluster", 40, {"train": [record]})
     today = json.loads((tmp_path / "introspective_interp" / "export.json").read_text())
     cfg = {"train": {**today, "explanation_dir": str(tmp_path / "introspective_interp")}}
     with pytest.raises(ContractError, match="formats a string"):

@@ -63,11 +63,12 @@ def test_every_training_config_decodes(path):
 
 
 def test_unknown_keys_and_slots_are_rejected(tmp_path):
-    text = CPU_CONFIG.read_text()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("  batch_size: 16", "  batch_sise: 16"))
+    bad.write_text(f"base: {CPU_CONFIG}\ntrain:\n  batch_sise: 16\n")  # a typo in a file that includes another
     with pytest.raises(InputError, match="batch_sise"):
         load_train_config(str(bad))
+    text = (CPU_CONFIG.parent / "af_context_ablation.yaml").read_text()  # the prompts live in the base
+    assert "{user_prompt}\\n\\nIf" in text
     bad.write_text(text.replace("{user_prompt}\\n\\nIf", "{user_promt}\\n\\nIf"))
     with pytest.raises(InputError, match="user_promt"):
         load_train_config(str(bad))
