@@ -30,6 +30,10 @@ import unicodedata
 from lm.answers import final_answer
 
 BEHAVIOURS = ("refusal", "compliance", "other", "empty", "no_answer")
+# Steering's own outcome for an output the steering broke (steering/coherence.py): never a behaviour
+# change, but what a Task 2 explainer must predict for that arm.
+DEGENERATE = "degenerate"
+OUTCOMES = (*BEHAVIOURS, DEGENERATE)
 
 # NFKC leaves typographic quotes and dashes as they are; models write them often ("I can’t").
 _ASCII = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
+from lm.labels import DEGENERATE
 from records.config import config_hash
 from records.errors import InputError
 from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_records_atomic
@@ -227,7 +228,7 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                 beh = behaviour[c.key]
                 check = coherence.check(c.token_ids, text, c.median_loss, cfg.coherence)
                 if check.degenerate and c.token_ids != base.token_ids:
-                    beh = "degenerate"
+                    beh = DEGENERATE
                 else:  # an output the steering left as it was is not broken by it, whatever it looks like
                     check = msgspec.structs.replace(check, degenerate=False, reasons=[])
                 d = by_name[arm.direction]
@@ -260,7 +261,7 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                     direction_norm=d.norms[arm.layers[0]],
                     input_token_ids=list(prompt.token_ids), prompt_text=prompt.text, baseline_output=base_text,
                     steered_output=text, baseline_behavior=base_beh, steered_behavior=beh,
-                    behavior_changed=beh not in (base_beh, "degenerate"), baseline_output_tokens=len(base.token_ids),
+                    behavior_changed=beh not in (base_beh, DEGENERATE), baseline_output_tokens=len(base.token_ids),
                     steered_output_tokens=len(c.token_ids), baseline_finish_reason=base.finish_reason,
                     steered_finish_reason=c.finish_reason, labeller=labeller, engine=engine,
                     direction_name=d.name, direction_kind=d.kind, family=science.family(s.label, s.source, af_labels),

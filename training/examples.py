@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.labels import BEHAVIOURS
+from lm.labels import BEHAVIOURS, OUTCOMES
 from records.errors import InputError, Problems
 from records.jsonl import read_records
 from records.neardup import near_copies
@@ -115,11 +115,12 @@ def validate_records(records: list, path: Path) -> None:
             problems.add(str(path), f"line {line}: duplicate record {key[1:]} (first at line {seen[key]})")
         else:
             seen[key] = line
+        known = OUTCOMES if isinstance(r, SteeringRecord) else BEHAVIOURS  # steering may break an output
         for name in _BEHAVIOUR_FIELDS.get(type(r), ()):
             value = getattr(r, name)
-            if value not in BEHAVIOURS:
+            if value not in known:
                 problems.add(str(path), f"line {line}: `{name}` {value!r} is not a behaviour label we know "
-                                        f"({', '.join(BEHAVIOURS)})")
+                                        f"({', '.join(known)})")
     problems.raise_if_any()
 
 
