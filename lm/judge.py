@@ -18,7 +18,9 @@ import msgspec
 import torch
 
 from lm.answers import final_answer
+from lm.batching import left_pad, pad_token_id
 from records.errors import InputError
+from records.schema import LabelAgreement
 
 JUDGED = ("refusal", "compliance", "other")  # what the judge may answer; empty/no_answer are structural
 SELF_JUDGED = "self-judged"
@@ -125,12 +127,7 @@ def _hf_first_tokens(model, prompts: list[list[int]], allowed: list[int], pad_id
     out = [0] * len(prompts)
     for start in tqdm(range(0, len(order), batch), desc="judge", unit="batch"):
         rows = order[start:start + batch]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):  # left padding: the next token is predicted at the right edge
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
+        ids, mask = left_pad([prompts[i] for i in rows], pad_id)  # [batch, width]: the next token at the right edge
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]  # [batch, vocab]
         best = allowed_t[logits[:, allowed_t].argmax(dim=-1)]
         for r, i in enumerate(rows):
@@ -164,15 +161,14 @@ def judge(requests: list[str], responses: list[str], cfg: JudgeConfig, llm=None)
             from lm.backends import load_hf_model
 
             model = load_hf_model(cfg.model, cfg.dtype)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            firsts = _hf_first_tokens(model, prompts, sorted(tokens), pad, cfg.hf_batch_size)
+            firsts = _hf_first_tokens(model, prompts, sorted(tokens), pad_token_id(tokenizer), cfg.hf_batch_size)
         for i, tok in zip(asked, firsts):
             verdicts[i] = Verdict(tokens[tok], tokenizer.decode([tok]))
     return verdicts
 
 
 def label_all(labeller: str, requests: list[str], responses: list[str], cfg: JudgeConfig,
-              llm=None) -> tuple[list[str], dict | None]:
+              llm=None) -> tuple[list[str], LabelAgreement | None]:
     """Labels of each response with `labeller` (rules | lm_judge | both), and with `both` the rules-vs-judge
     agreement (the judge's labels are the ones used)."""
     from lm.agreement import agreement

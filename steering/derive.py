@@ -34,8 +34,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
          config_path: str) -> int:
     from transformers import AutoTokenizer
 
-    check(cfg)
-    d = cfg.derive
+    d = cfg.derive  # settings were checked by the CLI before the scenarios loaded (check)
     out = Path(d.out)
     # the user's own direction file (af_intent_direction.npy) and scenarios are never overwritten
     check_output_dir(out.parent if out.suffix == ".npy" else out, [paths.data_root, input_path])
