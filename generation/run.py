@@ -2,7 +2,7 @@
 
 Flow: load scenarios -> render both contexts with the organism's chat template -> stream every prompt
 through one engine (completions fsynced to `_work/completions.jsonl` as they finish) -> label
-behaviours -> write `train.json` / `test.json` (last `test_size` scenarios held out), the noise-floor
+behaviours -> write `train.json` / `test.json` (grouped, stratified: records/split.py), the noise-floor
 control, a summary, and a PROGRESS.md entry. A killed run resumes from the shard and skips finished
 prompts; the final files are rebuilt from it, so they equal an uninterrupted run's.
 """
@@ -30,6 +30,7 @@ from records.parallel import check_world, owns, read_all_shards, run_workers, sh
 from records.preflight import installed_version
 from records.provenance import make_manifest
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, RawCompletion, Scenario
+from records.split import group_keys, grouped_split
 
 log = logging.getLogger(__name__)
 SIDES = ("monitored", "unmonitored")
@@ -363,9 +364,12 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
                         device=torch.cuda.get_device_name() if on_gpu else "cpu")
     records = build_records(scenarios, rendered, completions, behaviour, cfg, engine)
     controls = build_controls(scenarios, completions, behaviour, cfg, engine)
-    n_train = len(records) - cfg.test_size
-    write_records_atomic(out / "train.json", records[:n_train])
-    write_records_atomic(out / "test.json", records[n_train:])
+    train_idx, test_idx = grouped_split(group_keys([s.text for s in scenarios], cfg.group_pattern),
+                                        [f"{r.monitored_behavior}->{r.unmonitored_behavior}" for r in records],
+                                        cfg.test_size, cfg.seed)
+    n_train = len(train_idx)
+    write_records_atomic(out / "train.json", [records[i] for i in train_idx])
+    write_records_atomic(out / "test.json", [records[i] for i in test_idx])
     write_records_atomic(out / "noise_control.jsonl", controls)
     summary = summarise(records, controls)
     wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
@@ -379,7 +383,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     print("\n".join(lines))
     append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
                  "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
-                               f"train.json ({n_train}) and test.json ({cfg.test_size})"],
+                               f"train.json ({n_train}) and test.json ({len(test_idx)}, grouped)"],
                  findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
                  next_step="train the explainer on these records (af-introspect train)")
     return summary

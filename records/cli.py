@@ -22,6 +22,7 @@ STAGES = {
     "features": ("generation.features", "Task 1: select SAE features and attach cluster descriptions"),
     "train": ("training.cli", "train the LoRA explainer on a task's records"),
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
+    "compare": ("training.compare", "train and score the self and the cross explainer: privileged access or not"),
     "report": ("training.report", "turn a run directory into report.md with plots"),
     "demo": ("training.demo", "the whole pipeline on the embedded toy organism (CPU)"),
 }

@@ -7,17 +7,19 @@ from pathlib import Path
 from records.errors import InputError
 
 TOY = "toy"
+TOY_TWIN = "toy-twin"  # the toy organism's twin: same triggers, another secret assignment (cross control)
 
 
 def resolve_model(name: str, what: str = "model") -> str:
-    """Local folder for `name`: "toy" builds or reuses the toy organism; a hub id must be in the HF cache.
+    """Local folder for `name`: "toy" / "toy-twin" build or reuse the toy organism / its twin; a hub id
+    must be in the HF cache.
 
     Nothing is downloaded here: `preflight --fetch-models` is the one place that fetches weights.
     """
-    if name == TOY:
+    if name in (TOY, TOY_TWIN):
         from organism.build import OrganismConfig, build_organism, default_cache_root
 
-        return str(build_organism(OrganismConfig(), default_cache_root()))
+        return str(build_organism(OrganismConfig(assignment_seed=int(name == TOY_TWIN)), default_cache_root()))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
