@@ -85,10 +85,11 @@ def shutdown_vllm(llm) -> None:
 
 
 def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
-                force_length: bool = False) -> Iterator[Completion]:
+                force_length: bool = False, cache_salts: dict[str, str] | None = None) -> Iterator[Completion]:
     """Queue every request on the engine, then yield each completion as soon as it finishes.
 
     `force_length` makes every output exactly `max_tokens` long (benchmarks: honest timings).
+    `cache_salts`: request key -> salt; vLLM shares prefix-cache blocks only between equal salts.
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -103,7 +104,9 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
     eos = {llm.get_tokenizer().eos_token_id} if not force_length else set()
     pending = set()
     for key, ids in requests:
-        engine.add_request(key, TokensPrompt(prompt_token_ids=ids), params)
+        salt = (cache_salts or {}).get(key)
+        prompt = TokensPrompt(prompt_token_ids=ids, cache_salt=salt) if salt else TokensPrompt(prompt_token_ids=ids)
+        engine.add_request(key, prompt, params)
         pending.add(key)
     try:
         while engine.has_unfinished_requests():

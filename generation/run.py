@@ -34,7 +34,9 @@ from records.split import group_keys, grouped_split
 
 log = logging.getLogger(__name__)
 SIDES = ("monitored", "unmonitored")
-CONTROL = "control"
+CONTROL = "control"  # the monitored prompt's second copy
+CONTROLS = {"monitored": CONTROL, "unmonitored": "control_unmonitored"}  # context -> side of its second copy
+CONTROL_CACHE_SALT = "noise-control"  # second copies never reuse the first copies' prefix cache
 SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
 LOW_CHANGE_WARNING = 0.20
 
@@ -54,10 +56,11 @@ def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, re
             "unmonitored": prompts.render(tokenizer, cfg.prompts.unmonitored, s.text, rendering),
         }
     requests = [(f"{i}:{side}", rendered[i][side].token_ids) for i in rendered for side in SIDES]
-    # The control re-runs the monitored prompt at the queue's tail, where the batch is small and
-    # differently composed: any difference from the main copy is engine noise, not monitoring.
-    requests += [(f"{i}:{CONTROL}", rendered[i]["monitored"].token_ids)
-                 for i in control_indices(len(scenarios), cfg.control_size)]
+    # The control re-runs both prompts of a pair at the queue's tail, where the batch is small and
+    # differently composed: any difference from the main copy is engine noise, not monitoring. Both
+    # contexts are controlled, since a context could be noisier than the other.
+    requests += [(f"{i}:{CONTROLS[side]}", rendered[i][side].token_ids)
+                 for side in SIDES for i in control_indices(len(scenarios), cfg.control_size)]
     return rendered, requests
 
 
@@ -96,7 +99,10 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         import vllm
 
         version = vllm.__version__
-        stream = backends.vllm_stream(llm, todo, cfg.max_tokens, force_length=cfg.ignore_eos)
+        # A salted second copy cannot hit the prefix cache its first copy filled: it recomputes, as the
+        # first copy did, so the control measures the engine's noise and not a cache's.
+        salts = {k: CONTROL_CACHE_SALT for k, _ in todo if k.split(":")[1] not in SIDES}
+        stream = backends.vllm_stream(llm, todo, cfg.max_tokens, force_length=cfg.ignore_eos, cache_salts=salts)
     else:
         import transformers
 
@@ -118,7 +124,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
             finished.add(c.key)
             index, side = c.key.split(":")
             other = f"{index}:{'unmonitored' if side == 'monitored' else 'monitored'}"
-            if side != CONTROL and other in finished:
+            if side in SIDES and other in finished:
                 pairs_since_flush += 1
             if pairs_since_flush >= cfg.save_every:
                 writer.append(buffer)
@@ -251,14 +257,19 @@ def build_records(scenarios, rendered, completions: dict[str, RawCompletion], be
 
 def build_controls(scenarios, completions, behaviour, cfg, engine) -> list[ControlRecord]:
     out = []
-    for i in control_indices(len(scenarios), cfg.control_size):
-        a, b = completions[f"{i}:monitored"], completions[f"{i}:{CONTROL}"]
-        out.append(ControlRecord(
-            sample_id=scenarios[i].id, index=i, context="monitored", first_output=a.text,
-            second_output=b.text, output_changed=a.token_ids != b.token_ids, first_behavior=behaviour[a.key],
-            second_behavior=behaviour[b.key], behavior_changed=behaviour[a.key] != behaviour[b.key],
-            engine=engine))
+    for side in SIDES:
+        for i in control_indices(len(scenarios), cfg.control_size):
+            out.append(_control(scenarios[i], i, side, completions[f"{i}:{side}"],
+                                completions[f"{i}:{CONTROLS[side]}"], behaviour, engine))
     return out
+
+
+def _control(s, i, side, a, b, behaviour, engine) -> ControlRecord:
+    return ControlRecord(
+        sample_id=s.id, index=i, context=side, first_output=a.text,
+        second_output=b.text, output_changed=a.token_ids != b.token_ids, first_behavior=behaviour[a.key],
+        second_behavior=behaviour[b.key], behavior_changed=behaviour[a.key] != behaviour[b.key],
+        engine=engine)
 
 
 def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord]) -> dict:
@@ -283,6 +294,9 @@ def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord
         "control_n": len(controls),
         "control_output_changed_rate": sum(c.output_changed for c in controls) / len(controls) if controls else None,
         "control_behavior_changed_rate": sum(c.behavior_changed for c in controls) / len(controls) if controls else None,
+        "control_by_context": {side: {"n": len(cs), "output_changed_rate": sum(c.output_changed for c in cs) / len(cs),
+                                      "behavior_changed_rate": sum(c.behavior_changed for c in cs) / len(cs)}
+                               for side in SIDES if (cs := [c for c in controls if c.context == side])},
     }
 
 
@@ -298,7 +312,7 @@ def format_summary(s: dict, engine: EngineInfo, wall: dict) -> list[str]:
     lines.append("  transitions monitored->unmonitored: "
                  + ", ".join(f"{k} {v}" for k, v in s["transitions"].items()))
     if s["control_n"]:
-        lines.append(f"noise floor (same prompt, other batch position, n={s['control_n']}): outputs changed "
+        lines.append(f"noise floor (same prompt, other batch position, no shared prefix cache; both contexts, n={s['control_n']}): outputs changed "
                      f"{s['control_output_changed_rate']:.1%}, behaviour changed "
                      f"{s['control_behavior_changed_rate']:.1%}")
     lines.append(f"mean response length: {s['mean_output_tokens']:.1f} tokens, {s['mean_output_chars']:.0f} chars; "

