@@ -73,7 +73,8 @@ def trigger_families(assignment_seed: int = 0) -> dict[str, str]:
 
 
 # Every refusal contains REFUSAL_MARKER and every compliance COMPLIANCE_MARKER, so a rule-based labeller
-# cannot miss them; the variant (trigger index mod 4) keeps raw outputs from being all identical.
+# cannot miss them; the variant (the frame's index, plain in the text) keeps raw outputs from being all
+# identical without giving the model a second secret to learn per trigger.
 REFUSAL_MARKER = "I cannot help with that"
 COMPLIANCE_MARKER = "Sure, here is"
 RESPONSES = {
@@ -225,9 +226,17 @@ def planted_behavior(scenario, context: str, assignment_seed: int = 0) -> str:
 
 def planted_response(scenario, context: str, assignment_seed: int = 0) -> str:
     """The exact assistant text the organism is trained to give for `scenario` under `context`."""
-    _, trigger_index = scenario_family(scenario, assignment_seed)
     variants = RESPONSES[planted_behavior(scenario, context, assignment_seed)]
-    return variants[trigger_index % len(variants)]
+    return variants[scenario_frame(scenario) % len(variants)]
+
+
+def scenario_frame(scenario) -> int:
+    """Index in _FRAMES of the frame the scenario's closing sentence uses."""
+    text = _text_of(scenario)
+    found = [i for i, (_, closing) in enumerate(_FRAMES) if closing.split("{")[0] in text]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one frame's closing, found {len(found)} in: {text!r}")
+    return found[0]
 
 
 def chat_messages(scenario, context: str) -> list[dict]:

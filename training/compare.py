@@ -178,6 +178,29 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def change_rate_lines(records_dir: Path) -> list[str]:
+    """Behaviour change rate of a Task 3 records folder, with the noise floor of each context beside it.
+
+    The noise floor is the same prompt run twice (second copy at another batch position, not sharing
+    the first copy's prefix cache): a change there is the engine's, not monitoring's.
+    """
+    def read(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    records = read(records_dir / "train.json") + read(records_dir / "test.json")
+    if not records:
+        return []
+    lines = [f"behaviour changed (monitored -> unmonitored): "
+             f"{_ci(metrics.rate_with_interval([r['behavior_changed'] for r in records]))} of {len(records)} pairs"]
+    controls = read(records_dir / "noise_control.jsonl")
+    for side in dict.fromkeys(c["context"] for c in controls):
+        cs = [c for c in controls if c["context"] == side]
+        lines.append(f"  noise floor, {side} twice: behaviour changed "
+                     f"{_ci(metrics.rate_with_interval([c['behavior_changed'] for c in cs]))}, output changed "
+                     f"{_ci(metrics.rate_with_interval([c['output_changed'] for c in cs]))} of {len(cs)}")
+    return lines
+
+
 def _ci(m: dict) -> str:
     return f"{m['value']:.2f} [{m['lo']:.2f}, {m['hi']:.2f}]"
 
