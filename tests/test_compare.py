@@ -39,7 +39,7 @@ class _Ex:
 def _scores(self_preds, cross_preds, targets, groups):
     cc = C.CompareConfig(train_config="x", cross_model="y", output_dir="z", n_bootstrap=300)
     test = [_Ex(t) for t in targets]
-    return C.score_methods([], test, {"self": self_preds, "cross": cross_preds}, groups, cc)
+    return C.score_methods(test, {"self": self_preds, "cross": cross_preds}, groups, cc)
 
 
 def test_verdict_needs_the_gap_and_an_interval_above_zero():

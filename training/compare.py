@@ -82,7 +82,7 @@ def evaluate_arm(cfg, untrained: bool) -> list[dict]:
     return [r for r in read_records(Path(result["out_dir"]) / "predictions.jsonl") if r["split"] == "test"]
 
 
-def score_methods(train_ex: list, test_ex: list, preds: dict[str, list[str]], groups: list, cc: CompareConfig) -> dict:
+def score_methods(test_ex: list, preds: dict[str, list[str]], groups: list, cc: CompareConfig) -> dict:
     """{question_type: {"n", "chance", "methods": {method: metrics with intervals}, "gaps": {...}}}."""
     out: dict = {}
     for q in dict.fromkeys(ex.question_type for ex in test_ex):
@@ -144,7 +144,7 @@ def run_compare(cc: CompareConfig) -> dict:
             for i, pred in zip(te, p):
                 preds[name][i] = pred
     groups = group_keys([ex.input_text for ex in data.test], cc.group_pattern)
-    scores = score_methods(data.train, data.test, preds, groups, cc)
+    scores = score_methods(data.test, preds, groups, cc)
     result = {"config": msgspec.to_builtins(cc), "models": {a: cfgs[a].model_path for a in ARMS},
               "scores": scores, "verdict": verdict(scores, cc.min_gap)}
     out = Path(cc.output_dir)
