@@ -73,8 +73,9 @@ def _planted_dataset(root: Path, n: int, test_size: int) -> tuple[Path, Path]:
 def compared(organism_dir, twin_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     records, paths = _planted_dataset(root, 200, 60)
-    cc = load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig, {
-        "output_dir": str(root / "out"), "sets": [f"train.dataset={records}", f"train.paths={paths}"]})
+    path = REPO / "configs" / "compare_task3_cpu.yaml"
+    cc = load_config(path, C.CompareConfig, {"output_dir": str(root / "out"), "sets": [
+        *load_config(path, C.CompareConfig).sets, f"train.dataset={records}", f"train.paths={paths}"]})
     return cc, C.run_compare(cc)
 
 

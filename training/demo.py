@@ -141,8 +141,13 @@ def main(args: argparse.Namespace) -> int:
         if task not in wanted:
             continue
         if task == "task3":  # self vs cross: the self arm is this task's explainer
-            sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
-            stage("compare-task3", ["compare", "--config", config_path("compare_task3", args.profile),
+            from records.config import load_config
+            from training.compare import CompareConfig
+
+            compare_cfg = config_path("compare_task3", args.profile)
+            sets = json.dumps([*load_config(compare_cfg, CompareConfig).sets, f"train.dataset={run / folder}",
+                               f"train.paths={paths}"])
+            stage("compare-task3", ["compare", "--config", compare_cfg,
                                     "--output-dir", run / "compare_task3", "--set", f"sets={sets}",
                                     "--set", f"max_steps={args.max_steps}", "--progress-log", log])
             continue
