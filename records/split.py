@@ -1,9 +1,9 @@
 """Train/test splits that keep related items on one side: grouped, stratified, seeded.
 
-An explainer scored on test items whose twins (same trigger, same template, a near copy) sit in its
-training data can score well by remembering text. So items are grouped first — by a regex capture
-when the data has a known grouping key (the toy's nonce trigger), and always by near-duplicate text —
-and whole groups go to one side. Groups are drawn per stratum (e.g. the behaviour transition), so the
+An explainer scored on test items whose twins (same trigger, a near copy) sit in its training data can
+score well by remembering text. So items are grouped first — by a regex capture when the data has a
+known grouping key (the toy's nonce trigger), else by near-duplicate text — and whole groups go to
+one side. Groups are drawn per stratum (e.g. the behaviour transition), so the
 test split has about the same label mix as the whole set.
 """
 
@@ -52,23 +52,17 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = NEAR_DUPLICAT
 
 
 def group_keys(texts: Sequence[str], pattern: str = "") -> list[str]:
-    """One key per text: near-duplicate component, joined with the `pattern` capture when it matches.
+    """One key per text: the `pattern` capture where it matches, else the near-duplicate component.
 
-    Texts sharing either end up in one group (a union over both relations).
+    A pattern names what decides the label (the toy's trigger): texts that differ only there are near
+    copies, but not leaky ones, and linking them would chain most of a templated set into one group.
     """
     near = near_duplicate_groups(texts)
-    parent: dict[str, str] = {}
-
-    def find(k: str) -> str:
-        while parent.setdefault(k, k) != k:
-            k = parent[k]
-        return k
-
+    keys = []
     for i, t in enumerate(texts):
         m = re.search(pattern, t) if pattern else None
-        if m:
-            parent[find(f"near:{near[i]}")] = find(f"key:{m.group(1) if m.groups() else m.group(0)}")
-    return [find(f"near:{c}") for c in near]
+        keys.append(f"key:{m.group(1) if m.groups() else m.group(0)}" if m else f"near:{near[i]}")
+    return keys
 
 
 def grouped_split(groups: Sequence[str], strata: Sequence[str], test_size: int, seed: int) -> tuple[list[int], list[int]]:

@@ -17,13 +17,24 @@ def test_near_copies_share_a_group_and_distinct_texts_do_not():
     assert g[0] == g[1] and g[2] != g[0]
 
 
-def test_pattern_groups_join_near_duplicate_groups():
+def test_a_pattern_decides_the_group_and_near_copies_group_the_rest():
     long = " ".join(f"w{i}" for i in range(40))
-    texts = ["alpha beta gamma delta epsilon. Code: zorvex.", f"{long}. Code: zorvex.", f"{long}. Code: blimtak."]
-    g = group_keys(texts, r"(\w+)\.$")
-    assert g[0] == g[1]  # same trigger
-    assert g[1] == g[2]  # near copies of each other, so the trigger groups merge
-    assert len(set(group_keys(texts[:2] + ["entirely other words here. Code: blimtak."], r"(\w+)\.$"))) == 2
+    texts = ["alpha beta gamma. Code: zorvex.", f"{long}. Code: zorvex.", f"{long}. Code: blimtak.", long, long + " x"]
+    g = group_keys(texts, r"Code: (\w+)\.$")
+    assert g[0] == g[1] != g[2]  # the trigger decides, even between near copies
+    assert g[3] == g[4] and g[3] not in g[:3]  # no trigger: near copies share a group
+
+
+def test_toy_split_by_trigger_holds_out_whole_triggers_at_every_size():
+    from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, scenario_trigger
+
+    for n, test_size in ((200, 60), (1200, 400)):
+        pool = generate_scenarios(n, seed=1)
+        train, test = grouped_split(group_keys([s["text"] for s in pool], TRIGGER_PATTERN),
+                                    [s["source"] for s in pool], test_size, 0)
+        held, seen = ({scenario_trigger(pool[i]) for i in idx} for idx in (test, train))
+        assert not held & seen and abs(len(test) - test_size) <= 0.15 * test_size  # whole groups overshoot
+        assert len(held) == pytest.approx(60 * test_size / n, abs=2)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
