@@ -69,24 +69,35 @@ def score_items(question_type: str, predictions: Sequence[str], targets: Sequenc
     return [score_item(question_type, p, t) for p, t in zip(predictions, targets, strict=True)]
 
 
-def _f1(items: Sequence[ItemScore], positive: bool) -> float:
-    """F1 of the class `changed == positive` over every item; unparsable answers are wrong."""
-    # an unparsable answer is read as the flag opposite to the target's: a miss or a false alarm
-    pred = [i.pred_changed if i.pred_changed is not None else not i.target_changed for i in items]
-    tp = sum(p == positive and i.target_changed == positive for p, i in zip(pred, items))
-    fp = sum(p == positive and i.target_changed != positive for p, i in zip(pred, items))
-    fn = sum(p != positive and i.target_changed == positive for p, i in zip(pred, items))
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+def _arrays(items: Sequence[ItemScore]) -> dict[str, np.ndarray]:
+    """Per-item columns: strict [n] bool; for generative items also the flag read for F1 [n] and target [n]."""
+    cols = {"strict": np.array([i.strict for i in items], dtype=bool)}
+    if items and items[0].target_changed is not None:
+        target = np.array([i.target_changed for i in items], dtype=bool)
+        # an unparsable answer is read as the flag opposite to the target's: a miss or a false alarm
+        pred = np.array([i.pred_changed if i.pred_changed is not None else not i.target_changed for i in items])
+        cols.update(target=target, pred=pred, valid=np.array([i.pred_changed is not None for i in items]))
+    return cols
+
+
+def _metrics(cols: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric for each row of resampled indices `idx` [n_boot, n] at once: {name: [n_boot]}."""
+    out = {"strict_exact_match": cols["strict"][idx].mean(axis=1)}
+    if "target" in cols:
+        t, p = cols["target"][idx], cols["pred"][idx]  # [n_boot, n]
+        for name, positive in (("changed_f1", True), ("unchanged_f1", False)):
+            tp = ((p == positive) & (t == positive)).sum(axis=1)
+            wrong = (p != t).sum(axis=1)  # every error is a false positive of one class, a miss of the other
+            out[name] = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+        out["valid"] = cols["valid"][idx].mean(axis=1)
+    return out
 
 
 def point_metrics(items: Sequence[ItemScore]) -> dict[str, float]:
     """strict_exact_match, and for generative items changed_f1 / unchanged_f1 / valid."""
-    out = {"strict_exact_match": float(np.mean([i.strict for i in items])) if items else float("nan")}
-    if items and items[0].target_changed is not None:
-        out["changed_f1"] = _f1(items, True)
-        out["unchanged_f1"] = _f1(items, False)
-        out["valid"] = float(np.mean([i.pred_changed is not None for i in items]))
-    return out
+    if not items:
+        return {"strict_exact_match": float("nan")}
+    return {k: float(v[0]) for k, v in _metrics(_arrays(items), np.arange(len(items))[None]).items()}
 
 
 def bootstrap_indices(n: int, groups: Sequence | None, n_boot: int, seed: int) -> list[np.ndarray]:
@@ -101,36 +112,39 @@ def bootstrap_indices(n: int, groups: Sequence | None, n_boot: int, seed: int) -
     return [np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))]) for _ in range(n_boot)]
 
 
-def interval(stat: Callable[[np.ndarray], float], n: int, groups: Sequence | None = None,
-             n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile 95% interval of `stat(indices)` over bootstrap resamples."""
-    values = [stat(idx) for idx in bootstrap_indices(n, groups, n_boot, seed)]
+def _resampled(cols: dict[str, np.ndarray], n: int, groups, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """{metric: [n_boot] values}; group resamples differ in length, so they are scored one by one."""
+    idx = bootstrap_indices(n, groups, n_boot, seed)
+    if groups is None:
+        return _metrics(cols, np.stack(idx))
+    per = [_metrics(cols, i[None]) for i in idx]
+    return {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
     lo, hi = np.nanpercentile(values, [2.5, 97.5])
     return float(lo), float(hi)
 
 
 def metrics_with_intervals(items: Sequence[ItemScore], groups: Sequence | None = None,
                            n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
-    """{metric: {"value", "lo", "hi"}} for every point metric of `items`."""
+    """{metric: {"value", "lo", "hi"}} for every point metric of `items` (percentile 95% intervals)."""
     point = point_metrics(items)
-    out = {}
-    for name, value in point.items():
-        lo, hi = interval(lambda idx: point_metrics([items[i] for i in idx])[name], len(items), groups, n_boot, seed)
-        out[name] = {"value": value, "lo": lo, "hi": hi}
-    return out
+    if not items:
+        return {k: {"value": v, "lo": v, "hi": v} for k, v in point.items()}
+    boot = _resampled(_arrays(items), len(items), groups, n_boot, seed)
+    return {k: dict(zip(("value", "lo", "hi"), (v, *_percentiles(boot[k])))) for k, v in point.items()}
 
 
 def paired_gap(a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str = "strict_exact_match",
                groups: Sequence | None = None, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict:
-    """metric(a) - metric(b) on the same items, with a paired bootstrap 95% interval."""
+    """metric(a) - metric(b) on the same items, with a paired bootstrap 95% interval (same resamples)."""
     if len(a) != len(b):
         raise ValueError(f"paired gap needs the same items: {len(a)} vs {len(b)}")
-
-    def gap(idx) -> float:
-        return point_metrics([a[i] for i in idx])[metric] - point_metrics([b[i] for i in idx])[metric]
-
-    lo, hi = interval(gap, len(a), groups, n_boot, seed)
-    return {"value": gap(np.arange(len(a))), "lo": lo, "hi": hi}
+    boot_a = _resampled(_arrays(a), len(a), groups, n_boot, seed)[metric]
+    boot_b = _resampled(_arrays(b), len(b), groups, n_boot, seed)[metric]
+    lo, hi = _percentiles(boot_a - boot_b)
+    return {"value": point_metrics(a)[metric] - point_metrics(b)[metric], "lo": lo, "hi": hi}
 
 
 def chance_rate(targets: Sequence[str]) -> float:
@@ -146,7 +160,7 @@ def rate_with_interval(flags: Sequence[bool], n_boot: int = N_BOOTSTRAP, seed: i
     x = np.asarray(flags, dtype=float)
     if not len(x):
         return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    lo, hi = interval(lambda idx: float(x[idx].mean()), len(x), None, n_boot, seed)
+    lo, hi = _percentiles(x[np.stack(bootstrap_indices(len(x), None, n_boot, seed))].mean(axis=1))
     return {"value": float(x.mean()), "lo": lo, "hi": hi, "n": len(x)}
 
 
