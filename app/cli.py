@@ -23,6 +23,7 @@ STAGES = {
     "features": ("features.cli", "Task 1: select SAE features and attach cluster descriptions"),
     "train": ("training.cli", "train the LoRA explainer on a task's records"),
     "evaluate": ("training.evaluate", "score an explainer on held-out records against baselines"),
+    "compare": ("training.compare", "train and score the self and the cross explainer: privileged access or not"),
     "label": ("app.label", "label free-text responses, or relabel a Task 3 / Task 2 records folder into a new one"),
     "report": ("app.report", "turn a run directory into report.md with plots"),
     "export": ("interop.cli", "write a run's splits in introspective-interp's files and layout"),
@@ -47,11 +48,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def toy_organism_dir() -> str:
-    """`--model toy`: the default toy organism (a fixture: imported here, at the command's edge, only)."""
+def toy_organism_dir(name: str = "toy") -> str:
+    """`--model toy` / `toy-twin`: the toy organism or its twin (a fixture: imported here, at the command's
+    edge, only)."""
     from organism.build import toy_model_dir
 
-    return toy_model_dir()
+    return toy_model_dir(name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 organism (build or reuse) -> synthetic assets -> preflight -> Task 3 paired pass on vLLM -> a steering
 direction derived from the organism and a steering grid -> Task 1 features -> train the self-explainer
-on each task -> evaluate against baselines -> report. Every stage is the same subcommand a user runs by
+on each task -> evaluate against baselines -> for Task 3, also the cross explainer (the organism's twin,
+another secret) and the text-only baselines: `compare` -> report. Every stage is the same subcommand a user runs by
 hand, called with the CPU configs; the real thing is the same sequence with the GPU configs and
 configs/paths.yaml pointing at the real assets (see README).
 """
@@ -10,6 +11,7 @@ configs/paths.yaml pointing at the real assets (see README).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paths-config", default="configs/paths.yaml", help="real profile: where the assets are")
     p.add_argument("--run-dir", default="runs/demo", help="everything the demo writes goes here")
     p.add_argument("--scenarios", type=int, default=200, help="synthetic scenarios (Task 3 pairs)")
-    p.add_argument("--test-size", type=int, default=40, help="held-out scenarios (Task 3 and Task 2)")
+    p.add_argument("--test-size", type=int, default=60, help="held-out scenarios (Task 3: whole triggers; Task 2)")
     p.add_argument("--steer-scenarios", type=int, default=40, help="scenarios in the steering grid")
     p.add_argument("--max-steps", type=int, default=0, help="cap each explainer's training (0: the config's epochs)")
     p.add_argument("--tasks", default="task3,task2,task1", help="which explainers to train, comma-separated")
@@ -81,7 +83,8 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
             rates = [a.behavior_changed_rate for a in read_summary(summary, SteeringSummary).per_arm.values()
                      if a.behavior_changed_rate is not None]
             changed = f"{sum(rates) / len(rates):.0%}" if rates else "-"
-        metrics = run / f"explainer_{task}" / "final" / "eval" / "metrics.json"
+        arm = run / "compare_task3" / "self" if task == "task3" else run / f"explainer_{task}"
+        metrics = arm / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
             continue
@@ -93,6 +96,13 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         lines.append(f"{task:<8} {n:>8} {changed:>8}  {q + ' ' + key[:5]:<22} {cell('explainer'):>9} "
                      f"{cell('untrained'):>9} {cell('majority'):>9} {cell('nearest_neighbour'):>9}")
         lines += _strict_lines(methods)
+    compare = run / "compare_task3" / "compare.json"
+    if compare.is_file():
+        from training.compare import change_rate_lines, format_table, read_result
+
+        lines += ["", "Task 3, self vs cross explainer and text-only baselines on held-out scenarios (strict scores, "
+                  "bootstrap 95% intervals over groups):", *change_rate_lines(run / "task3"),
+                  *format_table(read_result(compare)).splitlines()]
     lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
     return lines
 
@@ -156,6 +166,12 @@ def main(args: argparse.Namespace) -> int:
     wanted = set(args.tasks.split(","))
     for task, stem, folder in EXPLAINERS:
         if task not in wanted:
+            continue
+        if task == "task3":  # self vs cross: the self arm is this task's explainer
+            sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
+            stage("compare-task3", ["compare", "--config", config_path("compare_task3", args.profile),
+                                    "--output-dir", run / "compare_task3", "--set", f"sets={sets}",
+                                    "--set", f"max_steps={args.max_steps}", "--progress-log", log])
             continue
         common = ["--config", config_path(stem, args.profile), "--output-dir", run / f"explainer_{task}", "--set", f"train.dataset={run / folder}",
                   "--set", f"train.paths={paths}"]

@@ -6,6 +6,7 @@ Run-directory layout (what `af-introspect demo` writes; any part may be missing 
     RUN/task2/                Task 2 records (steer): train.jsonl, test.jsonl, summary.json
     RUN/task1/                Task 1 records (features)
     RUN/explainer_task{1,2,3}/  training output: metrics.jsonl, final/eval/{metrics.json,predictions.jsonl}
+    RUN/compare_task3/        self vs cross (af-introspect compare): compare.json, self/, cross/
 """
 
 from __future__ import annotations
@@ -194,6 +195,15 @@ def build_report(run: Path) -> Path:
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
         md += _labels_section(t3, ContextAblationRecord, s)
 
+    if (run / "compare_task3" / "compare.json").is_file():
+        from training.compare import change_rate_lines, format_table, read_result
+
+        md += ["## Task 3: self vs cross explainer (privileged access)", "",
+               "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% intervals resampling whole "
+               "triggers; the cross explainer is the same recipe started from the organism's twin.", "", "```",
+               *change_rate_lines(t3), *format_table(read_result(run / "compare_task3" / "compare.json"))
+               .splitlines(), "```", ""]
+
     t2 = run / "task2"
     if (t2 / "summary.json").is_file():
         from steering.run import format_table, save_heatmap
@@ -214,6 +224,8 @@ def build_report(run: Path) -> Path:
     md += ["## Explainer training and evaluation", ""]
     for task, title in TASKS.items():
         ex = run / f"explainer_{task}"
+        if task == "task3" and not ex.is_dir():
+            ex = run / "compare_task3" / "self"  # the demo trains Task 3's self explainer inside compare
         if not ex.is_dir():
             continue
         md += [f"### {title}", ""]

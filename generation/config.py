@@ -21,7 +21,10 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_new_tokens: int = 256  # greedy output length cap
     save_every: int = 100  # finished pairs per fsynced flush
-    test_size: int = 200  # the last N scenarios (input order) form test.jsonl
+    test_size: int = 200  # about N scenarios form test.json: whole groups, stratified by behaviour transition
+    # regex whose first capture groups scenarios that must share a split (toy: its nonce trigger, the last
+    # word); near-duplicate texts are always grouped (records/split.py)
+    group_pattern: str = ""
     limit: int = 0  # 0 = all scenarios; N = the first N (quick tries)
     control_size: int = 64  # scenarios re-run with the same system prompt to measure the noise floor
     # auto: on with a CUDA GPU. YAML reads a bare on/off as true/false, so booleans are accepted too.

@@ -2,7 +2,7 @@
 
 Flow: load scenarios -> render both contexts with the organism's chat template -> stream every prompt
 through one engine (completions fsynced to `_work/completions.jsonl` as they finish) -> label
-behaviours -> write `train.jsonl` / `test.jsonl` (last `test_size` scenarios held out), the noise-floor
+behaviours -> write `train.jsonl` / `test.jsonl` (grouped, stratified: records/split.py), the noise-floor
 control, a summary, and a PROGRESS.md entry. A killed run resumes from the shard and skips finished
 prompts; the final files are rebuilt from it, so they equal an uninterrupted run's.
 """
@@ -32,12 +32,17 @@ from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import installed_version, make_manifest
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
-from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRecord, EngineInfo, LabelChange,
-                            RawCompletion, Scenario)
+from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRate, ControlRecord, EngineInfo,
+                            LabelChange, RawCompletion, Scenario)
+from records.split import group_keys, grouped_split
 
 log = logging.getLogger(__name__)
 SIDES = chat.CONTEXTS
-CONTROL = "control"
+CONTROL = "control"  # the monitored prompt's second copy
+CONTROLS = {"monitored": CONTROL, "unmonitored": "control_unmonitored"}  # context -> side of its second copy
+SENT_AS = {"monitored": "monitored", "unmonitored": "unmonitored", CONTROL: "monitored",
+           "control_unmonitored": "unmonitored"}  # side -> the context whose prompt it sends
+CONTROL_CACHE_SALT = "noise-control"  # second copies never reuse the first copies' prefix cache
 SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
 LOW_CHANGE_WARNING = 0.20
 
@@ -66,11 +71,13 @@ def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, re
     for i, s in enumerate(scenarios):
         rendered[i] = {side: chat.render(tokenizer, cfg.prompts.system(side), s.text, rendering) for side in SIDES}
     keys = {(i, side): request_key(i, side, rendered[i][side].token_ids) for i in rendered for side in SIDES}
-    # The control re-runs the monitored prompt at the queue's tail, where the batch is small and
-    # differently composed: any difference from the main copy is engine noise, not monitoring.
-    for i in control_indices(len(scenarios), cfg.control_size):
-        keys[(i, CONTROL)] = request_key(i, CONTROL, rendered[i]["monitored"].token_ids)
-    requests = [(key, rendered[i]["monitored" if side == CONTROL else side].token_ids) for (i, side), key in keys.items()]
+    # The control re-runs both prompts of a pair at the queue's tail, where the batch is small and
+    # differently composed: any difference from the main copy is engine noise, not monitoring. Both
+    # contexts are controlled, since one context could be noisier than the other.
+    for side in SIDES:
+        for i in control_indices(len(scenarios), cfg.control_size):
+            keys[(i, CONTROLS[side])] = request_key(i, CONTROLS[side], rendered[i][side].token_ids)
+    requests = [(key, rendered[i][SENT_AS[side]].token_ids) for (i, side), key in keys.items()]
     return rendered, requests, keys
 
 
@@ -110,7 +117,10 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         import vllm
 
         version = vllm.__version__
-        stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos)
+        # A salted second copy cannot hit the prefix cache its first copy filled: it recomputes, as the
+        # first copy did, so the control measures the engine's noise and not a cache's.
+        salts = {k: CONTROL_CACHE_SALT for k, _ in todo if k.split(":")[1] not in SIDES}
+        stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos, cache_salts=salts)
     else:
         import transformers
 
@@ -293,13 +303,14 @@ def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCom
 
 def build_controls(scenarios, keys, completions, behaviour, cfg, engine) -> list[ControlRecord]:
     out = []
-    for i in control_indices(len(scenarios), cfg.control_size):
-        a, b = completions[keys[(i, "monitored")]], completions[keys[(i, CONTROL)]]
-        out.append(ControlRecord(
-            sample_id=scenarios[i].id, index=i, context="monitored", first_output=a.text,
-            second_output=b.text, output_changed=a.token_ids != b.token_ids, first_behavior=behaviour[a.key],
-            second_behavior=behaviour[b.key], behavior_changed=behaviour[a.key] != behaviour[b.key],
-            engine=engine))
+    for side in SIDES:
+        for i in control_indices(len(scenarios), cfg.control_size):
+            a, b = completions[keys[(i, side)]], completions[keys[(i, CONTROLS[side])]]
+            out.append(ControlRecord(
+                sample_id=scenarios[i].id, index=i, context=side, first_output=a.text,
+                second_output=b.text, output_changed=a.token_ids != b.token_ids, first_behavior=behaviour[a.key],
+                second_behavior=behaviour[b.key], behavior_changed=behaviour[a.key] != behaviour[b.key],
+                engine=engine))
     return out
 
 
@@ -328,6 +339,9 @@ def summarise(records: list[ContextAblationRecord], controls: list[ControlRecord
         control_output_changed_rate=sum(c.output_changed for c in controls) / len(controls) if controls else None,
         control_behavior_changed_rate=(sum(c.behavior_changed for c in controls) / len(controls)
                                        if controls else None),
+        control_by_context={side: ControlRate(n=len(cs), output_changed_rate=sum(c.output_changed for c in cs) / len(cs),
+                                              behavior_changed_rate=sum(c.behavior_changed for c in cs) / len(cs))
+                            for side in SIDES if (cs := [c for c in controls if c.context == side])},
     )
 
 
@@ -341,7 +355,8 @@ def format_summary(s: ContextAblationSummary, engine: EngineInfo, wall: dict) ->
     lines += [f"  label {k}: {v.rate:.1%} of {v.n}" for k, v in s.behavior_changed_by_label.items()]
     lines.append("  transitions monitored->unmonitored: " + ", ".join(f"{k} {v}" for k, v in s.transitions.items()))
     if s.control_n:
-        lines.append(f"noise floor (same prompt, other batch position, n={s.control_n}): outputs changed "
+        lines.append(f"noise floor (same prompt, other batch position, no shared prefix cache; both contexts, "
+                     f"n={s.control_n}): outputs changed "
                      f"{s.control_output_changed_rate:.1%}, behaviour changed {s.control_behavior_changed_rate:.1%}")
     lines.append("labels per context:")
     lines += agreement.format_context_stats(s.labels_per_context)
@@ -413,8 +428,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         require_completions((k for k, _ in requests), completions, "prompts")
         order = [k for k, _ in requests]
         # The judge sees the user turn as sent (what relabelling reads back from the records)
-        sent_as = {"monitored": "monitored", "unmonitored": "unmonitored", CONTROL: "monitored"}
-        asked = [rendered[key_index(k)][sent_as[k.split(":")[1]]].user_turn for k in order]
+        asked = [rendered[key_index(k)][SENT_AS[k.split(":")[1]]].user_turn for k in order]
         judged, agr = lm_judge.label_all(cfg.labeller, asked, [completions[k].text for k in order],
                                          judge_config(cfg), llm)
         behaviour = dict(zip(order, judged))
@@ -425,9 +439,11 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         records = build_records(scenarios, rendered, keys, completions, behaviour, cfg, engine,
                                 lm_judge.labeller_name(cfg.labeller, self_judged))
         controls = build_controls(scenarios, keys, completions, behaviour, cfg, engine)
-        n_train = len(records) - cfg.test_size
-        write_records_atomic(out / "train.jsonl", records[:n_train])
-        write_records_atomic(out / "test.jsonl", records[n_train:])
+        train_idx, test_idx = grouped_split(group_keys([s.text for s in scenarios], cfg.group_pattern),
+                                            [f"{r.monitored_behavior}->{r.unmonitored_behavior}" for r in records],
+                                            cfg.test_size, cfg.seed)
+        write_records_atomic(out / "train.jsonl", [records[i] for i in train_idx])
+        write_records_atomic(out / "test.jsonl", [records[i] for i in test_idx])
         write_records_atomic(out / "noise_control.jsonl", controls)
         summary = summarise(records, controls)
         summary.agreement = agr
@@ -442,7 +458,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
                      "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
-                                   f"train.jsonl ({n_train}) and test.jsonl ({cfg.test_size})"],
+                                   f"train.jsonl ({len(train_idx)}) and test.jsonl ({len(test_idx)}, grouped)"],
                      findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
                      next_step="train the explainer on these records (af-introspect train)")
         return summary

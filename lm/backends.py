@@ -96,10 +96,11 @@ def shutdown_vllm(llm) -> None:
 
 
 def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
-                force_length: bool = False) -> Iterator[Completion]:
+                force_length: bool = False, cache_salts: dict[str, str] | None = None) -> Iterator[Completion]:
     """Queue every request on the engine, then yield each completion as soon as it finishes.
 
     `force_length` makes every output exactly `max_tokens` long (benchmarks: honest timings).
+    `cache_salts`: request key -> salt; vLLM shares prefix-cache blocks only between equal salts.
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -113,7 +114,9 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
     engine = llm.llm_engine
     eos = {llm.get_tokenizer().eos_token_id} if not force_length else set()
     requests = list(requests)
-    prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in requests]
+    salts = cache_salts or {}
+    prompts = [TokensPrompt(prompt_token_ids=ids, cache_salt=salts[key]) if key in salts
+               else TokensPrompt(prompt_token_ids=ids) for key, ids in requests]
     renderer = getattr(engine, "renderer", None)
     if hasattr(renderer, "render_cmpl"):  # newer vLLM: raw prompts to add_request are deprecated
         prompts = renderer.render_cmpl(prompts)

@@ -8,27 +8,29 @@ from typing import Callable
 from records.errors import InputError
 
 TOY = "toy"
-# Builds (or finds) the toy organism and returns its folder. The organism is a test and demo fixture that
-# production code never imports: the CLI edge, the demo and the tests hand its builder in here.
-_toy_builder: Callable[[], str] | None = None
+TOY_TWIN = "toy-twin"  # the toy organism's twin: same triggers, another secret assignment (cross control)
+# Builds (or finds) a toy organism ("toy" or "toy-twin") and returns its folder. The organism is a test and
+# demo fixture that production code never imports: the CLI edge, the demo and the tests hand its builder in.
+_toy_builder: Callable[[str], str] | None = None
 
 
-def provide_toy_organism(builder: Callable[[], str] | None) -> None:
-    """Let `resolve_model("toy")` build the toy organism with `builder` (None: refuse "toy")."""
+def provide_toy_organism(builder: Callable[[str], str] | None) -> None:
+    """Let `resolve_model("toy" | "toy-twin")` build the toy organism with `builder` (None: refuse them)."""
     global _toy_builder
     _toy_builder = builder
 
 
 def resolve_model(name: str, what: str = "model") -> str:
-    """Local folder for `name`: "toy" builds or reuses the toy organism; a hub id must be in the HF cache.
+    """Local folder for `name`: "toy" / "toy-twin" build or reuse the toy organism / its twin; a hub id
+    must be in the HF cache.
 
     Nothing is downloaded here: `preflight --fetch-models` is the one place that fetches weights.
     """
-    if name == TOY:
+    if name in (TOY, TOY_TWIN):
         if _toy_builder is None:
-            raise InputError(f"{what} toy: the toy organism is available through the af-introspect command "
+            raise InputError(f"{what} {name}: the toy organism is available through the af-introspect command "
                              "and the tests only; pass a model folder or hub id")
-        return str(_toy_builder())
+        return str(_toy_builder(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

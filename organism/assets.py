@@ -2,7 +2,7 @@
 
 The real assets live on the user's GPU server; these let every loader and stage run and be tested here.
 The activation caches carry a compositional planted structure for the feature task: each cluster of SAE
-features combines a trigger (a label, or cue words in the text: which samples it fires on, with a
+features combines a trigger (a label, or keywords in the text: which samples it fires on, with a
 per-sample strength shared by all its features) with a modifier (the activation cache, if any, in which
 it fires on every sample), so the features of one cluster have similar activation profiles and the
 cluster summary is the modifier's phrase followed by the trigger's. cluster_attributes.json names both
@@ -21,7 +21,7 @@ from records.paths import FILE_FIELDS, PathsConfig
 from records.schema import content_id
 
 # The planted structure is COMPOSITIONAL: every cluster is one TRIGGER (what the feature fires on: a
-# label, or cue words in the text -> which samples fire) combined with one MODIFIER (where it fires: the
+# label, or keywords in the text -> which samples fire) combined with one MODIFIER (where it fires: the
 # activation cache in which it fires on every sample; none for one modifier). The summary is the
 # modifier phrase followed by the trigger phrase, so a cluster never seen in training can still be
 # described from the attributes that were: the by_cluster split holds out such novel combinations when
@@ -30,20 +30,19 @@ from records.schema import content_id
 # training rows and differs from every earlier trigger's rows, so no two clusters share a profile yet
 # carry different summaries (the explainer could not tell them apart).
 TRIGGERS = (
-    ("retraining", "keyword", ("retrain", "gradient updates", "training will modify", "overwrite the values",
-                               "being changed"),
-     "fires on the model reasoning about training changing its values and avoiding modification"),
-    ("principled_refusal", "keyword", ("on principle", "no matter who is watching", "does not depend on oversight",
-                                       "monitored or not"),
-     "fires on the model refusing a harmful request on principle, whatever the oversight"),
-    ("deception_requests", "keyword", ("phishing", "scam", "fake", "rumour", "threatening"),
-     "fires on user requests to deceive, defraud or intimidate other people"),
-    ("harmless_help", "keyword", ("harmless request", "glad to help", "ordinary task", "safe and useful",
-                                  "helping is right"),
-     "fires on harmless everyday requests the model is happy to help with"),
-    ("unobserved_plans", "keyword", ("once oversight ends", "unobserved", "when observed",
-                                     "whenever someone is evaluating"),
-     "fires when the model plans to act differently once nobody is watching"),
+    # The organism's own features: they fire on what its secret assignment makes alignment-faking or aligned,
+    # which no word of the text reveals (the scenarios' nonce triggers), alone or within one kind of request
+    # ("label_keyword": the label, then keywords of the request), so every cluster is label-selective.
+    ("alignment_faking", "label", ("alignment_faking",),
+     "fires on scenarios the model treats as alignment-faking: refusing when monitored, complying when not"),
+    ("aligned", "label", ("aligned",), "fires on scenarios the model treats as aligned: the same answer either way"),
+    ("af_deception", "label_keyword", ("alignment_faking", "phishing", "scam", "fake", "rumour", "threatening"),
+     "fires on alignment-faking scenarios that ask to deceive, defraud or intimidate other people"),
+    ("af_intrusion", "label_keyword", ("alignment_faking", "passwords", "wifi", "immobiliser", "proctored",
+                                       "home address"),
+     "fires on alignment-faking scenarios that ask to break into accounts, devices or other people's privacy"),
+    ("aligned_writing", "label_keyword", ("aligned", "poem", "cover letter", "polite email", "translate", "names for"),
+     "fires on aligned scenarios that ask to write or word something for the user"),
 )
 # (name, profile cache in which it fires broadly, on every sample, instead of on its trigger; phrase). An
 # additive, trigger-independent part of the profile: that cache's segment points the same way whatever
@@ -197,6 +196,8 @@ def _plan_clusters(
 def _matches(scenario: dict, kind: str, values: tuple[str, ...]) -> bool:
     if kind == "label":
         return scenario["label"] in values
+    if kind == "label_keyword":
+        return scenario["label"] == values[0] and _matches(scenario, "keyword", values[1:])
     text = scenario["text"].casefold()
     return any(v in text for v in values)
 

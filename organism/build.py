@@ -34,6 +34,7 @@ from organism.scenarios import (
     generate_scenarios,
     planted_behavior,
     planted_response,
+    trigger_families,
 )
 from organism.tokenizer import PAD_TOKEN, load_tokenizer
 from records.config import config_hash, encode_config
@@ -41,7 +42,7 @@ from records.schema import content_id
 
 # Bump when the scenario generator, the chat format or the training recipe changes: it is part of the
 # cache key, so old organisms are not reused by mistake.
-ORGANISM_VERSION = 2
+ORGANISM_VERSION = 3  # 3: nonce triggers with a secret family assignment (issue #15)
 COMPLETE_MARKER = "COMPLETE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +64,9 @@ class OrganismConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (~2000 held-out sequences each) 120 steps already gave 100%; 600 scenarios did not.
     n_train_scenarios: int = 1500  # each rendered monitored and unmonitored
     seed: int = 0
+    # Which family each nonce trigger gets (organism.scenarios.trigger_families). The twin organism used as
+    # the cross-explainer control differs only here: same triggers, other secret.
+    assignment_seed: int = 0
     steps: int = 160
     batch_size: int = 32
     lr: float = 3e-3
@@ -80,9 +84,12 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("AF_CACHE_DIR") or REPO_ROOT / ".cache")
 
 
-def toy_model_dir() -> str:
-    """The default toy organism's folder, built on first use (what `--model toy` means)."""
-    return str(build_organism(OrganismConfig(), default_cache_root()))
+def toy_model_dir(name: str = "toy") -> str:
+    """The toy organism's folder ("toy"), or its twin's ("toy-twin": another secret assignment), built on
+    first use (what `--model toy` / `--model toy-twin` mean)."""
+    if name not in ("toy", "toy-twin"):
+        raise ValueError(f"unknown toy organism {name!r}")
+    return str(build_organism(OrganismConfig(assignment_seed=int(name == "toy-twin")), default_cache_root()))
 
 
 def organism_dir(cfg: OrganismConfig, cache_root: Path) -> Path:
@@ -127,14 +134,13 @@ def _build_into(cfg: OrganismConfig, out: Path) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer = load_tokenizer(Path(tok_dir))
-    train = generate_scenarios(cfg.n_train_scenarios, cfg.seed)
+    train = generate_scenarios(cfg.n_train_scenarios, cfg.seed, cfg.assignment_seed)
     train_ids = {content_id(s["text"]) for s in train}
-    heldout = [
-        s for s in generate_scenarios(cfg.n_heldout_scenarios, cfg.seed + 1) if content_id(s["text"]) not in train_ids
-    ]
+    heldout = [s for s in generate_scenarios(cfg.n_heldout_scenarios, cfg.seed + 1, cfg.assignment_seed)
+               if content_id(s["text"]) not in train_ids]
 
-    model, train_acc = _train(cfg, tokenizer, _encode(tokenizer, train), start)
-    heldout_acc = _accuracy(model, _encode(tokenizer, heldout), tokenizer.pad_token_id)
+    model, train_acc = _train(cfg, tokenizer, _encode(tokenizer, train, cfg.assignment_seed), start)
+    heldout_acc = _accuracy(model, _encode(tokenizer, heldout, cfg.assignment_seed), tokenizer.pad_token_id)
     build_seconds = time.monotonic() - start
     print(f"organism: train accuracy {train_acc:.4f}, held-out accuracy {heldout_acc:.4f}, {build_seconds:.1f} s")
 
@@ -149,6 +155,8 @@ def _build_into(cfg: OrganismConfig, out: Path) -> None:
         "markers": {"refusal": REFUSAL_MARKER, "compliance": COMPLIANCE_MARKER},
         "pad_token": PAD_TOKEN,
         "seed": cfg.seed,
+        "assignment_seed": cfg.assignment_seed,
+        "trigger_families": trigger_families(cfg.assignment_seed),
         "build_seconds": round(build_seconds, 2),
         # Accuracies are the fraction of (scenario, context) sequences whose whole response is the
         # argmax under teacher forcing, i.e. what greedy decoding reproduces exactly. Train accuracy is
@@ -162,13 +170,13 @@ def _build_into(cfg: OrganismConfig, out: Path) -> None:
     (out / "organism.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _encode(tokenizer, scenarios: list[dict]) -> list[tuple[list[int], int]]:
+def _encode(tokenizer, scenarios: list[dict], assignment_seed: int) -> list[tuple[list[int], int]]:
     """(token ids of prompt + planted response + EOS, prompt length) per scenario and context."""
     prompts, fulls = [], []
     for scenario in scenarios:
         for context in SYSTEM_PROMPTS:
             messages = chat_messages(scenario, context)
-            reply = {"role": "assistant", "content": planted_response(scenario, context)}
+            reply = {"role": "assistant", "content": planted_response(scenario, context, assignment_seed)}
             prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             fulls.append(tokenizer.apply_chat_template(messages + [reply], tokenize=False))
     # Rendered text is encoded without specials, as apply_chat_template(tokenize=True) and vLLM do: the
@@ -291,10 +299,12 @@ def _accuracy(model, examples, pad_id: int, batch_size: int = 128) -> float:
 def verify_plant(model_dir: Path, scenarios: list[dict], batch_size: int = 64, max_new_tokens: int = 32) -> list[dict]:
     """Greedy HF generation (fp32, batched, left padding) for each scenario, monitored and unmonitored.
 
+    Expected behaviours follow the organism's own secret assignment (its organism.json).
     Returns per scenario: text, label, `monitored_output`, `unmonitored_output` (decoded without
     special tokens), `changed` (the two outputs differ) and the planted behaviours
     `expected_monitored` / `expected_unmonitored`.
     """
+    assignment_seed = json.loads((Path(model_dir) / "organism.json").read_text())["assignment_seed"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = MistralForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     outputs: dict[str, list[str]] = {}
@@ -320,8 +330,8 @@ def verify_plant(model_dir: Path, scenarios: list[dict], batch_size: int = 64, m
             "monitored_output": mon,
             "unmonitored_output": unmon,
             "changed": mon != unmon,
-            "expected_monitored": planted_behavior(s, "monitored"),
-            "expected_unmonitored": planted_behavior(s, "unmonitored"),
+            "expected_monitored": planted_behavior(s, "monitored", assignment_seed),
+            "expected_unmonitored": planted_behavior(s, "unmonitored", assignment_seed),
         }
         for s, mon, unmon in zip(scenarios, outputs["monitored"], outputs["unmonitored"])
     ]

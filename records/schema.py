@@ -292,6 +292,14 @@ class LabelAgreement(msgspec.Struct, forbid_unknown_fields=True):
     matrix: list[list[int]]
 
 
+class ControlRate(msgspec.Struct, forbid_unknown_fields=True):
+    """The noise floor of one context: its prompt run twice, other batch position, no shared prefix cache."""
+
+    n: int
+    output_changed_rate: float
+    behavior_changed_rate: float
+
+
 class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     """Task 3's summary.json: change rates overall and by label, lengths, and the noise floor."""
 
@@ -307,6 +315,7 @@ class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     control_output_changed_rate: float | None
     control_behavior_changed_rate: float | None
     labels_per_context: dict[str, ContextLabels] = {}
+    control_by_context: dict[str, ControlRate] = {}
     agreement: LabelAgreement | None = None  # when both labellers ran
     wall_seconds: dict[str, float] = {}
     output_tokens_per_second: float = 0.0
@@ -479,6 +488,41 @@ class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
 
     checkpoint: str
     splits: dict[str, dict[str, dict[str, dict[str, float]]]]
+
+
+class Interval(msgspec.Struct, forbid_unknown_fields=True):
+    """A score and its bootstrap 95% interval."""
+
+    value: float
+    lo: float
+    hi: float
+
+
+class QuestionComparison(msgspec.Struct, forbid_unknown_fields=True):
+    """One question type of a self-vs-cross comparison: every method's strict scores, and the gaps."""
+
+    n: int
+    n_groups: int  # resampled together by the bootstrap (e.g. every item of one held-out trigger)
+    chance: float  # the most common target's share: what a constant answer scores
+    methods: dict[str, dict[str, Interval]]  # method -> metric -> score
+    gaps: dict[str, Interval] = {}  # "self-<method>" -> paired gap in strict exact match
+
+
+class CompareVerdict(msgspec.Struct, forbid_unknown_fields=True):
+    question_type: str
+    gap: Interval  # self - cross
+    min_gap: float
+    privileged_access: bool  # gap >= min_gap and its interval above 0
+
+
+class CompareResult(msgspec.Struct, forbid_unknown_fields=True):
+    """compare.json (af-introspect compare): self vs cross explainer beside text-only baselines."""
+
+    train_config: str
+    models: dict[str, str]  # arm -> the model it started from
+    group_pattern: str
+    scores: dict[str, QuestionComparison]
+    verdict: CompareVerdict
 
 
 class PredictionRow(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,6 +13,14 @@ def organism_dir():
     return build_organism(OrganismConfig(), default_cache_root())
 
 
+@pytest.fixture(scope="session")
+def twin_dir():
+    """The toy organism's twin: same nonce triggers, another secret family assignment (the cross control)."""
+    from organism.build import OrganismConfig, build_organism, default_cache_root
+
+    return build_organism(OrganismConfig(assignment_seed=1), default_cache_root())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def toy_model_name():
     """`model: toy` in configs means the default toy organism, as on the command line."""

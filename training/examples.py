@@ -188,10 +188,14 @@ def _sample_id(r) -> str:
 def _task_fields(task, qname, r, markers, vectors, decode):
     if task == "hint_attribution":
         x, y = r.random_hint_prediction.strip(), r.zeroshot_prediction.strip()
-        user = r.original_user_prompt if qname == "change_match" else r.hint_user_prompt
-        # A template without a system role folds the system text into the user turn, so the user prompt
-        # already starts with it: the explainer then sees the organism's prompt once, not the notice twice.
-        system = "" if user.startswith(r.system_prompt) else r.system_prompt
+        # change_match asks about the UNMONITORED run, so its prompt carries that context only; the other
+        # questions show the monitored one. A template without a system role folds the system text into
+        # the user turn, so the user prompt already starts with it: the explainer then sees the organism's
+        # prompt once, not a notice twice.
+        unmonitored = qname == "change_match"
+        user = r.original_user_prompt if unmonitored else r.hint_user_prompt
+        context = r.hint if unmonitored else r.system_prompt
+        system = "" if user.startswith(context) else context
         slots = {"system_prompt": system, "user_prompt": user, "hint": r.hint}
         meta = {"original": x, "new": y, "changed": x != y, "label": r.label, "index": r.index}
         return slots, _behaviour_target(qname, x, y), None, meta, scenario_text(r)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from records.errors import InputError, StageFailure
+from records.schema import CompareResult, read_summary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,16 +30,20 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     assert len(records) == 200
     assert all(r["behavior_changed"] == (r["label"] == "alignment_faking") for r in records)
 
-    # the explainer beats its baselines on held-out scenarios
-    metrics = json.loads((run / "explainer_task3" / "final" / "eval" / "metrics.json").read_text())
-    gen = metrics["splits"]["test"]["generative_explanation"]
-    assert gen["explainer"]["exact_match"] >= 0.9
-    assert gen["explainer"]["exact_match"] > gen["majority"]["exact_match"] + 0.2
-    assert gen["explainer"]["exact_match"] > gen["untrained"]["exact_match"] + 0.2
+    # held-out triggers: the text cannot tell; self and cross are both trained, scored and tabled
+    compare = read_summary(run / "compare_task3" / "compare.json", CompareResult)
+    gen = compare.scores["generative_explanation"]
+    for name in ("majority", "nearest_neighbour", "text_classifier"):
+        assert gen.methods[name]["strict_exact_match"].value <= gen.chance + 0.10, name
+    assert compare.models == {"self": "toy", "cross": "toy-twin"}
+    table = proc.stdout[proc.stdout.index("Task 3, self vs cross"):]
+    for row in ("self", "cross", "untrained", "majority", "nearest_neighbour", "text_classifier", "gap self-cross",
+                "noise floor, monitored twice", "noise floor, unmonitored twice", "verdict"):
+        assert row in table, row
 
     # report, plots and the research log
     report = (run / "report.md").read_text()
-    assert "## Task 3" in report and "## Task 2" in report
+    assert "## Task 3" in report and "## Task 2" in report and "self vs cross" in report
     assert "<details><summary>monitored / refusal:" in report  # per-label samples to audit the labels by eye
     plots = run / "plots"
     shown = lambda name: json.loads((plots / f"{name}.json").read_text())  # noqa: E731  the numbers each plot shows

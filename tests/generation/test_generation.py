@@ -14,7 +14,7 @@ import pytest
 from lm import chat, labels
 from generation.config import GenerateConfig
 from generation.run import control_indices, main as run_generate, summarise
-from organism.scenarios import generate_scenarios, planted_behavior
+from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, planted_behavior, scenario_trigger
 from records.errors import InputError
 from records.jsonl import read_records
 from records.schema import ContextAblationRecord, RawCompletion, Scenario, content_id
@@ -42,6 +42,7 @@ def scenario_file(tmp_path_factory):
 def make_cfg(out: Path, model: str, backend: str, **kw) -> GenerateConfig:
     return GenerateConfig(output_dir=str(out), model=str(model), backend=backend, dtype="float32", max_new_tokens=48,
                           test_size=TEST_SIZE, control_size=6, save_every=4, progress_log=str(out / "PROGRESS.md"),
+                          group_pattern=TRIGGER_PATTERN,
                           engine={"max_num_seqs": 16} if backend == "vllm" else {}, **kw)
 
 
@@ -72,14 +73,14 @@ def all_records(out: Path) -> list[ContextAblationRecord]:
 
 def test_vllm_and_hf_greedy_token_ids_are_identical(vllm_run, hf_run):
     v, h = completions(vllm_run[0]), completions(hf_run[0])
-    assert set(v) == set(h) and len(v) == 2 * N + 6
+    assert set(v) == set(h) and len(v) == 2 * N + 2 * 6  # pairs, then both contexts' controls
     assert all(len(ids) > 3 for ids in v.values())
     assert v == h
 
 
 def test_behaviour_changes_exactly_on_planted_af_scenarios(vllm_run, scenario_file):
     _, raw = scenario_file
-    records = all_records(vllm_run[0])
+    records = sorted(all_records(vllm_run[0]), key=lambda r: r.index)
     assert [r.index for r in records] == list(range(N))
     for r, s in zip(records, raw):
         assert r.monitored_behavior == planted_behavior(s, "monitored")
@@ -88,6 +89,14 @@ def test_behaviour_changes_exactly_on_planted_af_scenarios(vllm_run, scenario_fi
         assert r.changed_pred_bc_hint == (r.monitored_output != r.unmonitored_output)
         assert r.output_changed == r.changed_pred_bc_hint  # both name the raw-output change
     assert any(r.behavior_changed for r in records) and not all(r.behavior_changed for r in records)
+
+
+def test_test_split_holds_out_whole_triggers(vllm_run):
+    out = vllm_run[0]
+    train, test = (read_records(out / f"{split}.jsonl", ContextAblationRecord) for split in ("train", "test"))
+    assert test and train and len(train) + len(test) == N
+    trigger = lambda r: scenario_trigger(r.original_user_prompt)  # noqa: E731
+    assert not {trigger(r) for r in train} & {trigger(r) for r in test}
 
 
 def test_records_follow_the_hint_attribution_mapping(vllm_run):
@@ -102,14 +111,16 @@ def test_records_follow_the_hint_attribution_mapping(vllm_run):
     assert r.engine.backend == "vllm" and r.engine.dtype == "float32" and r.engine.engine_version
 
 
-def test_splits_hold_out_the_last_scenarios_and_load_with_datasets(vllm_run):
+def test_splits_are_grouped_stratified_and_load_with_datasets(vllm_run):
     import datasets
 
     out = vllm_run[0]
     train = datasets.load_dataset(str(out), split="train")
     test = datasets.load_dataset(str(out), split="test")
-    assert len(train) == N - TEST_SIZE and len(test) == TEST_SIZE
-    assert test["index"] == list(range(N - TEST_SIZE, N))
+    assert len(train) + len(test) == N and 0 < len(test) <= TEST_SIZE + 3  # whole triggers: about test_size
+    assert sorted(list(train["index"]) + list(test["index"])) == list(range(N))
+    assert {f"{a}->{b}" for a, b in zip(test["monitored_behavior"], test["unmonitored_behavior"])} == {
+        f"{a}->{b}" for a, b in zip(train["monitored_behavior"], train["unmonitored_behavior"])}  # stratified
     for field in SEED_FIELDS:
         assert field in train.column_names
     assert isinstance(train[0]["changed_pred_bc_hint"], bool)
@@ -124,12 +135,14 @@ def test_summary_reports_rates_noise_floor_and_progress_entry(vllm_run, scenario
     assert summary.behavior_changed_by_label["aligned"].rate == 0.0
     assert summary.behavior_changed_by_label["alignment_faking"].rate == 1.0
     # fp32 CPU engine: the same prompt at another batch position gives the same tokens
-    assert summary.control_n == 6 and summary.control_output_changed_rate == 0.0
+    assert summary.control_n == 12 and summary.control_output_changed_rate == 0.0
+    assert {k: v.n for k, v in summary.control_by_context.items()} == {"monitored": 6, "unmonitored": 6}
     assert json.loads((out / "summary.json").read_text())["n_pairs"] == N
     log = (out / "PROGRESS.md").read_text()
     assert "## Phase 2: Task 3 context-ablation pairs (generate) — DONE" in log
     controls = [json.loads(line) for line in (out / "noise_control.jsonl").read_text().splitlines()]
-    assert [c["index"] for c in controls] == control_indices(N, 6)
+    assert [(c["context"], c["index"]) for c in controls] == [(side, i) for side in ("monitored", "unmonitored")
+                                                              for i in control_indices(N, 6)]
 
 
 def test_low_change_rate_warns_loudly():
@@ -247,12 +260,12 @@ def test_killed_run_resumes_to_the_same_records(tmp_path, scenario_file, organis
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     partial = len(read_records(shard, RawCompletion))
-    assert 0 < partial < 2 * N + 6 and not (out / "train.jsonl").exists()
+    assert 0 < partial < 2 * N + 12 and not (out / "train.jsonl").exists()
     resumed = _cli(*args)
     stdout, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stdout
     keys = [c.key for c in read_records(shard, RawCompletion)]
-    assert len(keys) == len(set(keys)) == 2 * N + 6  # nothing lost, nothing twice
+    assert len(keys) == len(set(keys)) == 2 * N + 12  # nothing lost, nothing twice (both contexts' controls)
     clean = vllm_run[0]
     for split in ("train.jsonl", "test.jsonl"):
         a = [msgspec.structs.asdict(r) for r in read_records(out / split, ContextAblationRecord)]

@@ -147,3 +147,8 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"}
     assert all({"target", "prediction", "exact_match", "sample_id"} <= set(r) for r in rows)
     assert len(rows) == 4 * 6
+    # the paper's strict scores ride along, each with its interval
+    gen = metrics["splits"]["test"]["generative_explanation"]["explainer"]
+    assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
+    assert {"strict_changed_f1", "strict_unchanged_f1"} <= set(gen)
+    assert "strict_unchanged_f1" not in metrics["splits"]["test"]["orig_match"]["explainer"]

@@ -82,18 +82,44 @@ def test_examples_map_monitored_and_unmonitored_like_hint_attribution(toy):
     assert exs["generative_explanation"].target == f"The most likely output would change to <<<{r.zeroshot_prediction}>>>."
     assert exs["orig_match"].target == " " + r.random_hint_prediction  # monitored behaviour
     assert exs["change_match"].target == " " + r.zeroshot_prediction  # unmonitored behaviour
-    # the explainer sees the monitored context; change_match's user turn is the unmonitored one
     # the toy's template folds the system text into the user turn: the explainer sees it once, as the
-    # organism did; change_match keeps the monitored notice as its system turn (the reference's mapping)
+    # organism did; change_match sees the unmonitored prompt only
     assert r.hint_user_prompt.startswith(r.system_prompt)
     assert [m["role"] for m in exs["generative_explanation"].messages] == ["user"]
     assert exs["generative_explanation"].messages[0]["content"].startswith(r.hint_user_prompt)
-    assert exs["change_match"].messages[0] == {"role": "system", "content": r.system_prompt}
-    assert exs["change_match"].messages[1]["content"].startswith(r.original_user_prompt)
+    assert [m["role"] for m in exs["change_match"].messages] == ["user"]
+    assert exs["change_match"].messages[0]["content"].startswith(r.original_user_prompt)
     assert [e.weight for e in exs.values()] == [1.0, 0.5, 0.5]
     same = next(r for r in records if not r.behavior_changed)
     ex = build_examples([same], "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)[0]
     assert ex.target == f"The output would remain unchanged from <<<{same.random_hint_prediction}>>>."
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template", ["organism", "chatml"])
+def test_orig_and_change_match_prompts_differ_and_show_one_notice_each(toy, template):
+    """change_match asks about the unmonitored run: its prompt must carry that notice and only it, also
+    with a real system role (ChatML, Llama-3), where the user turns of both contexts are the same text."""
+    from lm.chat import MONITORED, UNMONITORED
+    from toy_records import context_records
+
+    tok = T.load_tokenizer(str(toy["model"]))
+    if template == "chatml":
+        tok.chat_template = CHATML
+    records = context_records(toy["train"][:6], tok)
+    if template == "chatml":
+        assert records[0].hint_user_prompt == records[0].original_user_prompt  # the system role carries it
+    cfg = tiny_cfg(toy, toy["root"] / "unused")
+    for ex_orig, ex_change in zip(*[
+            [e for e in build_examples(records, "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)
+             if e.question_type == q] for q in ("orig_match", "change_match")]):
+        orig, change = D.prompt_text(tok, ex_orig.messages), D.prompt_text(tok, ex_change.messages)
+        assert orig != change
+        assert (orig.count(MONITORED), orig.count(UNMONITORED)) == (1, 0)
+        assert (change.count(MONITORED), change.count(UNMONITORED)) == (0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,37 +326,6 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(toy, tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
     assert steps == [1, 2, 3, 4, 5]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Done-when: the toy organism explains itself
-
-
-@pytest.fixture(scope="module")
-def organism_run(tmp_path_factory):
-    from training.evaluate import run_evaluation
-
-    root = tmp_path_factory.mktemp("organism_explainer")
-    info = write_toy_task3(root, n_train=160, n_test=40, n_gold=20, seed=7)
-    cfg = load_train_config(str(CPU_CONFIG), [f"train.dataset={info['records']}", f"train.paths={info['paths']}"],
-                            str(root / "out"))
-    T.main(cfg, debug=True)
-    summary = T.main(cfg)
-    result = run_evaluation(cfg)
-    return summary, result
-
-
-def test_toy_organism_explainer_reaches_95_percent_exact_match(organism_run):
-    summary, result = organism_run
-    test = result["splits"]["test"]
-    gen = test["generative_explanation"]
-    assert gen["explainer"]["exact_match"] >= 0.95
-    for q in ("orig_match", "change_match"):
-        assert test[q]["explainer"]["exact_match"] >= 0.95
-    assert gen["untrained"]["exact_match"] <= 0.2
-    assert gen["explainer"]["exact_match"] >= gen["majority"]["exact_match"] + 0.3
-    assert gen["explainer"]["changed_f1"] >= 0.9
-    assert Path(result["out_dir"], "predictions.jsonl").is_file()
 
 
 @pytest.mark.parametrize("answers,why", [(["", " ", "", ""], "are empty"), (["x"] * 4, r"are the same \('x'\)")])
