@@ -12,6 +12,7 @@ Files under the output folder:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -21,7 +22,9 @@ from features.describe import (DescribeSummary, check_descriptions, describe, de
                                load_cluster_files)
 from features.extract import VECTORS, extract, read_extract_output, select, selection_lines
 from features.splits import load_cluster_attributes, make_splits, split_counts, to_records
+from lm.models import resolve_model
 from records.assets import check_output_dir
+from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
 from records.paths import PathsConfig
 from records.progress import append_phase
@@ -46,6 +49,21 @@ def source_dirs(cfg: FeaturesConfig, paths: PathsConfig) -> list[Path]:
     return sorted(dirs)  # resolved and deduplicated: one refusal line per folder
 
 
+def depth_warning(layer: int, model: str) -> str:
+    """A warning when the SAE's layer is deeper than the organism (e.g. layer 40 of a 32-layer Mistral-7B:
+    the SAE then comes from another model); "" when it fits or the model's depth is not known offline."""
+    try:
+        depth = json.loads((Path(resolve_model(model, "organism_model")) / "config.json").read_text())
+        depth = int(depth["num_hidden_layers"])
+    except (InputError, OSError, KeyError, TypeError, ValueError):
+        return ""
+    if layer <= depth:
+        return ""
+    return (f"WARNING: SAE layer {layer} is deeper than the organism {model} ({depth} layers): these features "
+            "likely come from another model's SAE; check `layer` and the activation caches before reading the "
+            "explainer's descriptions as the organism's")
+
+
 def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesResult:
     """Run `mode` (extract | describe | all) on a validated config, print what it found, log it."""
     out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
@@ -62,6 +80,9 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
         index, _ = read_extract_output(out)
     result = FeaturesResult(index=index)
     lines = selection_lines(index)
+    depth = depth_warning(index.layer, paths.organism_model)
+    if depth:
+        lines.append(depth)
     gaps: list[str] = []
     if describing:
         described, cov, gaps = describe(cfg, paths, index, clusters)
@@ -101,7 +122,7 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
     append_phase(cfg.progress_log, "4", "Task 1 feature selection", "DONE",
                  done=[f"features {mode} -> {out}/ ({index.representation} vectors"
                        + (", records in by_cluster/ and by_feature/)" if describing else ")")],
-                 findings=lines, issues=[f"{g}: left out of the records" for g in gaps],
+                 findings=lines, issues=[f"{g}: left out of the records" for g in gaps] + ([depth] if depth else []),
                  next_step="train the explainer on by_cluster/ (af-introspect train) and compare with the "
                            "nearest-neighbour baseline on held-out clusters" if describing
                            else "af-introspect features describe")

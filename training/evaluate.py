@@ -5,7 +5,10 @@ For each split (the test split, then every configured gold_106-derived eval set)
 - the untrained explainer (the same model with the LoRA adapter disabled),
 - the majority class (the most common training target of that question type),
 - the nearest neighbour (the training target of the most similar training input: MiniLM embedding of
-  the input text, or cosine of the input vector for feature records).
+  the input text, or cosine of the input vector for feature records);
+- steering records: the lookup table (the most common training target of each arm and context);
+- tasks that feed vectors: the trained explainer with its vectors zeroed and shuffled across items
+  (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
 
 Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
 sentences, first-word matches, MiniLM similarity for feature descriptions). Predictions go to
@@ -15,6 +18,7 @@ predictions.jsonl beside metrics.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -69,6 +73,40 @@ def nearest_neighbour_predictions(train: list[Example], test: list[Example], emb
         pool = pools.get(ex.question_type)
         preds.append(pool[int(np.argmax(pool_rows[ex.question_type] @ rows([ex])[0]))].target if pool else "")
     return preds
+
+
+def lookup_predictions(train: list[Example], test: list[Example]) -> list[str]:
+    """The lookup table a reviewer would fit first: the most common training target per question type and
+    intervention (steering: arm and context, the text of the grid cell; no scenario, no vector), falling
+    back to the question type's majority. An explainer that does not beat it has not used the prompt
+    or the vector."""
+    def cell(ex: Example) -> tuple:
+        return ex.question_type, ex.meta.get("arm"), ex.meta.get("context")
+
+    counts: dict[tuple, Counter] = {}
+    for ex in train:
+        counts.setdefault(cell(ex), Counter())[ex.target] += 1
+    fallback = dict(zip([ex.question_type for ex in test], majority_predictions(train, test)))
+    return [counts[cell(ex)].most_common(1)[0][0] if cell(ex) in counts else fallback[ex.question_type]
+            for ex in test]
+
+
+def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
+    """The trained explainer's answers with its input vectors broken: zeroed (what it says from the text
+    alone) and shuffled across the examples of one question type (a vector of another item). If the
+    vectors carry what the explainer reports, both fall to the vector-free baselines."""
+    if not any(ex.vector is not None for ex in examples):
+        return {}
+    rng = np.random.default_rng(seed)
+    zeroed, shuffled = [], list(examples)
+    for ex in examples:
+        zeroed.append(dataclasses.replace(ex, vector=None if ex.vector is None else np.zeros_like(ex.vector)))
+    for q in dict.fromkeys(ex.question_type for ex in examples):
+        idx = [i for i, ex in enumerate(examples) if ex.question_type == q and ex.vector is not None]
+        for i, j in zip(idx, rng.permutation(idx)):
+            shuffled[i] = dataclasses.replace(examples[i], vector=examples[j].vector)
+    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
+    return {"zeroed_vectors": predict(explainer, zeroed, n, bs), "shuffled_vectors": predict(explainer, shuffled, n, bs)}
 
 
 class _UnitRows:
@@ -137,7 +175,10 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds = {"explainer": predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size)}
         if untrained:
             preds["untrained"] = predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size, adapter=False)
+        preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
         preds["majority"] = majority_predictions(data.train, examples)
+        if any(ex.task == "act_patch" for ex in examples):
+            preds["lookup"] = lookup_predictions(data.train, examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
         results[split] = {}
         for method, p in preds.items():

@@ -204,8 +204,9 @@ def _task_fields(task, qname, r, markers, vectors, decode):
         prompt = steering_prompt(r, decode)
         slots = {"prompt": prompt, "layer": ",".join(map(str, r.layer)), "alpha": f"{r.alpha:g}",
                  "context": r.context, **markers}
-        vector = vectors.get(r.direction_path) if vectors else None
-        meta = {"original": x, "new": y, "changed": x != y, "label": r.label, "arm": r.arm, "index": r.index}
+        vector = steering_vector(r, vectors) if vectors else None
+        meta = {"original": x, "new": y, "changed": x != y, "label": r.label, "arm": r.arm, "context": r.context,
+                "index": r.index}
         return slots, _behaviour_target(qname, x, y), vector, meta, f"{r.arm} {r.context} {prompt}"
     if task == "features_explain":
         vector = vectors.get(r.vectors_path, r.row) if vectors else None
@@ -213,6 +214,18 @@ def _task_fields(task, qname, r, markers, vectors, decode):
         meta = {"layer": r.layer, "feature_idx": r.feature_idx, "cluster_id": r.cluster_id}
         return slots, r.description, vector, meta, ""
     raise ValueError(task)
+
+
+def steering_vector(r: SteeringRecord, vectors: VectorStore) -> np.ndarray:
+    """What the arm added to the residual stream, as the explainer's input: the unit direction times alpha
+    per layer, summed over the arm's layers, in units of the layer's residual norm (scale_mode
+    residual_norm; raw alphas as they are), so direction and strength both reach the explainer at the
+    scale of a token embedding. An alpha-0 row gets the zero vector: nothing was added."""
+    d = vectors.get(r.direction_path)
+    norm = float(np.linalg.norm(d))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise InputError(f"{r.direction_path}: direction of record {r.sample_id} ({r.arm}) has norm {norm}")
+    return (d / norm * (r.alpha * len(r.layer))).astype(np.float32)
 
 
 def steering_prompt(r, decode=None) -> str:

@@ -502,3 +502,15 @@ def test_unknown_config_key_stops_with_one_line_and_writes_nothing(synthetic, tm
         load_config(tmp_path / "typo.yaml", FeaturesConfig)
     with pytest.raises(InputError, match="top_k must be >= 1"):
         validate_config(FeaturesConfig(top_k=0))
+
+
+def test_an_sae_layer_deeper_than_the_organism_is_called_out(tmp_path):
+    from features.run import depth_warning
+
+    model = tmp_path / "mistral-shape"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_hidden_layers": 32}')
+    assert "SAE layer 40 is deeper than the organism" in depth_warning(40, str(model))
+    assert "(32 layers)" in depth_warning(40, str(model))
+    assert depth_warning(32, str(model)) == "" and depth_warning(20, str(model)) == ""
+    assert depth_warning(40, "someone/not-cached-here") == ""  # depth unknown offline: no guess

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -152,3 +153,52 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
     assert {"strict_changed_f1", "strict_unchanged_f1"} <= set(gen)
     assert "strict_unchanged_f1" not in metrics["splits"]["test"]["orig_match"]["explainer"]
+
+
+def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
+    from training.evaluate import lookup_predictions
+
+    def ex(arm, context, target, q="generative_explanation"):
+        return Example(task="act_patch", question_type=q, sample_id=f"{arm}:{context}:{target}", messages=[],
+                       target=target, meta={"arm": arm, "context": context})
+
+    train = [ex("L2@a1", "monitored", "A"), ex("L2@a1", "monitored", "A"), ex("L2@a1", "monitored", "B"),
+             ex("L2@a0", "monitored", "C"), ex("L2@a0", "unmonitored", "D"), ex("L2@a0", "unmonitored", "D")]
+    test = [ex("L2@a1", "monitored", "?"), ex("L2@a0", "unmonitored", "?"), ex("L9@a5", "monitored", "?")]
+    # an unseen cell falls back to the question type's majority (A and D tie at 2: the first seen)
+    assert lookup_predictions(train, test) == ["A", "D", "A"]
+
+
+def test_vector_controls_zero_and_permute_the_vectors_the_explainer_reads(monkeypatch):
+    import training.evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs: seen.append([e.vector for e in exs]) or
+                        [f"{float(e.vector.sum()):.0f}" for e in exs])
+    exs = [Example(task="features_explain", question_type="generative_explanation", sample_id=str(i), messages=[],
+                   target="t", vector=np.full(4, float(i + 1), np.float32)) for i in range(6)]
+
+    class Cfg:
+        class test:
+            max_new_tokens, batch_size = 8, 4
+
+    out = ev.vector_controls(None, exs, Cfg, seed=0)
+    assert out["zeroed_vectors"] == ["0"] * 6
+    assert sorted(out["shuffled_vectors"]) == sorted(f"{4.0 * (i + 1):.0f}" for i in range(6))
+    assert out["shuffled_vectors"] != [f"{4.0 * (i + 1):.0f}" for i in range(6)]  # permuted, not kept
+    assert all(e.vector.sum() == 4.0 * (i + 1) for i, e in enumerate(exs))  # the examples themselves untouched
+    assert ev.vector_controls(None, [dataclasses.replace(e, vector=None) for e in exs], Cfg, 0) == {}
+
+
+def test_steering_vector_is_the_added_vector_in_residual_norm_units(tmp_path):
+    from training.examples import VectorStore, steering_vector
+
+    np.save(tmp_path / "d.npy", np.array([3.0, 4.0], np.float32))
+
+    class R:
+        direction_path, alpha, layer, sample_id, arm = "d.npy", -1.5, [2, 3], "s", "L2+L3@a-1.5"
+
+    v = steering_vector(R, VectorStore(tmp_path))
+    assert np.allclose(v, np.array([0.6, 0.8]) * -3.0)  # unit direction x alpha x 2 layers
+    R.alpha = 0.0
+    assert not steering_vector(R, VectorStore(tmp_path)).any()  # an alpha-0 row: nothing was added
