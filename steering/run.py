@@ -131,13 +131,15 @@ def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[grid.Arm],
 
 
 def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, norm_sample: list[list[int]],
-               derive_sample: list[list[int]] = ()) -> str:
+               derive_sample: list[list[int]] = (), derive_sides: list[bool] = ()) -> str:
     """What changes every row: a resumed run with another value is refused. The residual norms scale every
-    arm, so the prompts they are measured on count too, and the derived direction's prompts. (What
-    changes one prompt is in its rows' keys.)"""
+    arm, so the prompts they are measured on count too, and the derived direction's prompts, and which of
+    its scenarios are AF-labelled where the derivation reads labels (`derive_sides`). (What changes one
+    prompt is in its rows' keys.)"""
     controls = {"directions": direction_names(cfg), "seed": cfg.seed, "alpha_zero": cfg.alpha_zero,
                 "derive": [cfg.derive.contrast, cfg.derive.context, cfg.derive.positions,
-                                                       cfg.derive.af_only, [prompt_digest(p) for p in derive_sample]]}
+                                                       cfg.derive.af_only, [prompt_digest(p) for p in derive_sample]]
+                + ([list(derive_sides)] if derive_sides else [])}
     extra = {"controls": controls} if cfg.derived or cfg.negate or cfg.random_directions or cfg.alpha_zero else {}
     return config_hash({**extra, "model": model_dir, "weights": model_fingerprint(model_dir), "direction": direction_id,
                         "layers": cfg.layers, "together": cfg.layers_together, "alphas": cfg.alphas,
@@ -413,7 +415,8 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
                                             finish_reason=g.finish_reason, prompt_tokens=len(prompt_ids[(i, c)]),
                                             median_loss=None if loss is None else round(loss, 2))
                               for (i, c, arm), g, loss in zip(batch, results, losses))
-                bar.update(len(batch))
+                # rows already saved but generated again with their batch were counted as finished
+                bar.update(sum(row_key(i, c, arm.name, digest[(i, c)]) not in done for i, c, arm in batch))
     stats = dict(runner.fast.stats) if runner.fast is not None else None
     return stats, torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
@@ -486,9 +489,13 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         job = DeriveJob(scenarios[:n_train_scen], list(af_labels), rendering) if cfg.derived else None
         derive_sample = ([chat.render(tokenizer, cfg.prompts.system(c), s.text, rendering).token_ids
                           for s in job.scenarios for c in ("monitored", "unmonitored")] if job else [])
-        check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups), derive_sample),
+        # a relabelled training scenario moves a derived direction that reads labels (every derived row changes)
+        reads_labels = job is not None and (cfg.derive.contrast == "label" or cfg.derive.af_only)
+        derive_sides = [s.label in af_labels for s in job.scenarios] if reads_labels else []
+        check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups), derive_sample,
+                                          derive_sides),
                          "model or its weights, direction, grid, scale and the prompts its norms come from, "
-                         "positions, length or batch size")
+                         "positions, length or batch size, the scenarios and labels a derived direction comes from")
         if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
             shutil.copyfile(direction_path, work / "direction.npy")
 

@@ -1,10 +1,11 @@
 """A resumed run never reuses a completion whose inputs changed.
 
-Between a first run and its resume, one scenario is edited, the system prompts change, or the model's
-weights change. The documented outcome: what changes one prompt (scenario text, system prompt, chat
-template) is part of that prompt's completion key, so exactly the changed prompts are generated again and
-the records equal a clean run on the new inputs; what changes every output (the model or its weights,
-dtype, length) is refused with one line. Labels are recomputed from the saved raw outputs on every run.
+Between a first run and its resume, one scenario is edited, the system prompts change, the model's
+weights change, or the labeller changes. The documented outcome: what changes one prompt (scenario text,
+system prompt, chat template) is part of that prompt's completion key, so exactly the changed prompts are
+generated again and the records equal a clean run on the new inputs; what changes every output (the model
+or its weights, dtype, length) is refused with one line. Labels are recomputed from the saved raw outputs
+on every run, so a new labeller relabels them without generating anything again.
 """
 
 from __future__ import annotations
@@ -90,3 +91,56 @@ def test_changed_weights_are_refused_with_one_line(model, tmp_path):
     weights.write_bytes(weights.read_bytes())  # same folder, "retrained": a new file
     with pytest.raises(InputError, match="holds a run made with different settings .model or its weights"):
         run_generate(cfg(out, model), scenarios(), [tmp_path / "src"])
+
+
+def swap(label: str) -> str:
+    """What the stand-in judge says: the opposite of refusal and compliance, other labels as they are."""
+    return {"refusal": "compliance", "compliance": "refusal"}.get(label, label)
+
+
+def by_index(out: Path) -> dict[int, dict]:
+    return {r["index"]: r for r in records_of(out)}
+
+
+def test_a_new_labeller_relabels_the_saved_outputs_and_generates_nothing(model, tmp_path, monkeypatch):
+    # Breaking it: behaviour labels cached with the completions (or read back from the old records) keep the
+    # rules' labels and labeller "rules"; a labeller in the completion key or the resume key regenerates
+    # every prompt (new shard lines) or refuses the run.
+    import lm.judge
+    from lm.labels import rule_label
+
+    out = tmp_path / "out"
+    run_generate(cfg(out, model), scenarios(), [tmp_path / "src"])
+    shard = (out / "_work" / "completions.jsonl").read_bytes()
+    rules = by_index(out)
+    judged_texts: list[str] = []
+
+    def fake_judge(requests, responses, judge_cfg, llm=None):  # a judge that says the opposite of the rules
+        judged_texts.extend(responses)
+        return [lm.judge.Verdict(swap(rule_label(t))) for t in responses]
+
+    monkeypatch.setattr(lm.judge, "judge", fake_judge)
+    judge_dir = tmp_path / "judge"  # a model folder of its own; never loaded, the judge is the fake above
+    judge_dir.mkdir()
+    (judge_dir / "config.json").write_text("{}")
+    run_generate(cfg(out, model, labeller="lm_judge", judge_model=str(judge_dir)), scenarios(), [tmp_path / "src"])
+    assert (out / "_work" / "completions.jsonl").read_bytes() == shard  # no completion generated again
+    judged = by_index(out)
+    # the judge saw every output: both contexts of each scenario and the noise-floor copies (2 per context)
+    assert judged.keys() == rules.keys() and len(judged_texts) == 2 * N + 2 * 2
+    flipped = 0
+    for i, old in rules.items():
+        new = judged[i]
+        assert new["labeller"] == "lm_judge" and new["monitored_output"] == old["monitored_output"]
+        for side in ("monitored_behavior", "unmonitored_behavior"):
+            assert new[side] == swap(old[side])
+            flipped += new[side] != old[side]
+        assert new["behavior_changed"] == (new["monitored_behavior"] != new["unmonitored_behavior"])
+    assert flipped > 0, "the toy's outputs gave the fake judge nothing to flip; the test would prove nothing"
+    controls = read_records(out / "noise_control.jsonl")
+    swapped = [swap(rule_label(c[f"{k}_output"])) == c[f"{k}_behavior"] for c in controls for k in ("first", "second")]
+    assert swapped and all(swapped)
+    # and back: the rules again give exactly the first run's records
+    monkeypatch.undo()
+    run_generate(cfg(out, model), scenarios(), [tmp_path / "src"])
+    assert (out / "_work" / "completions.jsonl").read_bytes() == shard and by_index(out) == rules
