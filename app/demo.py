@@ -95,6 +95,9 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         cell = lambda m: f"{methods[m][key]:.2f}" if m in methods and key in methods[m] else "-"  # noqa: E731
         lines.append(f"{task:<8} {n:>8} {changed:>8}  {q + ' ' + key[:5]:<22} {cell('explainer'):>9} "
                      f"{cell('untrained'):>9} {cell('majority'):>9} {cell('nearest_neighbour'):>9}")
+        if "zeroed_vectors" in methods and task == "task1":  # Task 2's are in the strict line below
+            lines.append(f"         {key} with the vectors broken (bug injection): zeroed {cell('zeroed_vectors')}, "
+                         f"shuffled {cell('shuffled_vectors')}")
         lines += _strict_lines(methods)
     compare = run / "compare_task3" / "compare.json"
     if compare.is_file():

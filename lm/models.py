@@ -20,6 +20,11 @@ def provide_toy_organism(builder: Callable[[str], str] | None) -> None:
     _toy_builder = builder
 
 
+def toy_builder() -> Callable[[str], str] | None:
+    """The builder `provide_toy_organism` was given (for a spawned worker to be given it too)."""
+    return _toy_builder
+
+
 def resolve_model(name: str, what: str = "model") -> str:
     """Local folder for `name`: "toy" / "toy-twin" build or reuse the toy organism / its twin; a hub id
     must be in the HF cache.
