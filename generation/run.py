@@ -140,7 +140,8 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
                                         text=tokenizer.decode(c.token_ids, skip_special_tokens=True),
                                         prompt_tokens=prompt_len[c.key]))
             finished.add(c.key)
-            if c.key in partner and partner[c.key] in finished:
+            # a finished pair, or a control copy (its pair is the main run's), counts towards the next flush
+            if (c.key in partner and partner[c.key] in finished) or c.key.split(":")[1] not in SIDES:
                 pairs_since_flush += 1
             if pairs_since_flush >= cfg.save_every:
                 writer.append(buffer)

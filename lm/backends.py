@@ -114,6 +114,8 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
     engine = llm.llm_engine
     eos = {llm.get_tokenizer().eos_token_id} if not force_length else set()
     requests = list(requests)
+    if not requests:  # a resume that finds every prompt done (vLLM's renderer refuses an empty list)
+        return
     salts = cache_salts or {}
     prompts = [TokensPrompt(prompt_token_ids=ids, cache_salt=salts[key]) if key in salts
                else TokensPrompt(prompt_token_ids=ids) for key, ids in requests]

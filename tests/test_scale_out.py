@@ -67,7 +67,7 @@ def test_a_single_engine_run_resumes_with_two_engines(assets, organism_dir, sing
     assert generate(assets, organism_dir, out, "--data-parallel", "2") == 0
     merged = keys(work / "completions.jsonl") + keys(work / "completions.rank0.jsonl") + keys(
         work / "completions.rank1.jsonl")
-    assert len(merged) == len(set(merged)) == 2 * N + 3  # nothing redone, nothing lost
+    assert len(merged) == len(set(merged)) == 2 * N + 6  # nothing redone, nothing lost (3 controls per context)
     same_files(out, single_generation, ("train.jsonl", "test.jsonl", "noise_control.jsonl"))
 
 

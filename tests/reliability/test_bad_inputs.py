@@ -240,7 +240,7 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      ["selectivity.npy", "non-finite", "(11,)"]),
     ("selectivity-wrong-width",
      lambda ws: (_array(ws, "selectivity.npy", lambda a: a[:-3]), features(ws))[1],
-     ["cluster_assignments.json", "253", "selectivity", "e.g. 254"]),
+     ["cluster_assignments.json", "253", "selectivity", "e.g. 25"]),
     ("activations-wrong-dtype",
      lambda ws: (_array(ws, _CACHE_NAME, lambda a: a.astype(np.int64)), features(ws))[1],
      [_CACHE_NAME, "int64"]),

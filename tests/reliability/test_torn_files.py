@@ -57,9 +57,10 @@ def _config_types():
     from features.config import FeaturesConfig
     from records.paths import PathsConfig
     from steering.config import SteerConfig
+    from training.compare import CompareConfig
     from training.config import TrainConfig
 
-    return {"af_": TrainConfig, "features": FeaturesConfig, "generate": GenerateConfig, "paths": PathsConfig,
+    return {"af_": TrainConfig, "compare": CompareConfig, "features": FeaturesConfig, "generate": GenerateConfig, "paths": PathsConfig,
             "steer": SteerConfig}
 
 

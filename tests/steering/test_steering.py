@@ -336,8 +336,9 @@ def test_dose_response_along_the_derived_monitoring_direction(organism_dir, toy_
     ids = [chat.render(tok, UNMONITORED, s["text"], rendering).token_ids for s in af]
     unit, _ = load_direction(derived, model.config.hidden_size)
     norm = grid.measure_residual_norms(model, ids, [2], tok.pad_token_id)[2].mean
-    # in units of the residual norm; past ~2.5 the toy's output breaks down ("I I I ...", labelled other)
-    alphas = [0.0, 0.5, 1.0, 1.5, 2.0]
+    # in units of the residual norm; from ~2 on the toy's output breaks down ("I I I ...", labelled other:
+    # measured 0.75 refusal at 2.0 on organism v3)
+    alphas = [0.0, 0.5, 1.0, 1.5]
     rows = [Row(p, g, {2: a * norm}) for g, p in enumerate(ids) for a in alphas]
     fast = FastSteeredGenerator(model, torch.from_numpy(unit), [2], "last", [tok.eos_token_id], tok.pad_token_id,
                                 cuda_graphs=False)
@@ -505,7 +506,7 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     _, _, paths = toy_assets
     out = tmp_path / "judged"
     base = steer_args(organism_dir, paths, derived, out)
-    base[base.index("--limit") + 1], base[base.index("--alphas") + 1] = "3", "2"
+    base[base.index("--limit") + 1], base[base.index("--alphas") + 1] = "3", "1"  # coherent outputs (2 breaks v3)
     base[base.index("--test-size") + 1] = "1"
     assert cli(base + ["--set", "labeller=lm_judge", "--set", f"judge_model={organism_dir}"]) == 2
     assert "is the organism itself" in capsys.readouterr().err and not (out / "_work").exists()
@@ -518,9 +519,11 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     # the labels are the judge's: asking it again about the steered outputs gives the same ones
     from lm.judge import JudgeConfig
 
-    again = judge([r.prompt_text for r in records], [r.steered_output for r in records],
+    coherent = [r for r in records if r.steered_behavior != "degenerate"]  # a broken output is no judge's call
+    assert coherent
+    again = judge([r.prompt_text for r in coherent], [r.steered_output for r in coherent],
                   JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
-    assert [v.label for v in again] == [r.steered_behavior for r in records]
+    assert [v.label for v in again] == [r.steered_behavior for r in coherent]
 
 
 def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, derived, tmp_path):
