@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 SIDES = chat.CONTEXTS
 CONTROL = "control"  # the monitored prompt's second copy
 CONTROLS = {"monitored": CONTROL, "unmonitored": "control_unmonitored"}  # context -> side of its second copy
-SENT_AS = {"monitored": "monitored", "unmonitored": "unmonitored", CONTROL: "monitored",
-           "control_unmonitored": "unmonitored"}  # side -> the context whose prompt it sends
+SENT_AS = {**{side: side for side in SIDES}, **{c: side for side, c in CONTROLS.items()}}  # side -> prompt sent
 CONTROL_CACHE_SALT = "noise-control"  # second copies never reuse the first copies' prefix cache
 SHARD_STEM = "completions"  # _work/completions.jsonl, or completions.rank<r>.jsonl per data-parallel worker
 LOW_CHANGE_WARNING = 0.20
@@ -60,6 +59,11 @@ def request_key(index: int, side: str, token_ids: list[int]) -> str:
 
 def key_index(key: str) -> int:
     return int(key.split(":")[0])
+
+
+def key_side(key: str) -> str:
+    """"monitored" | "unmonitored", or a control copy's side (CONTROLS)."""
+    return key.split(":")[1]
 
 
 def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, rendering: str):
@@ -106,7 +110,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
     prompt_len = {k: len(ids) for k, ids in requests}
     sides: dict[int, dict[str, str]] = {}
     for key, _ in requests:
-        sides.setdefault(key_index(key), {})[key.split(":")[1]] = key
+        sides.setdefault(key_index(key), {})[key_side(key)] = key
     partner = {pair[a]: pair[b] for pair in sides.values() for a, b in (("monitored", "unmonitored"),
                                                                        ("unmonitored", "monitored")) if a in pair}
     t0 = time.perf_counter()
@@ -119,7 +123,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         version = vllm.__version__
         # A salted second copy cannot hit the prefix cache its first copy filled: it recomputes, as the
         # first copy did, so the control measures the engine's noise and not a cache's.
-        salts = {k: CONTROL_CACHE_SALT for k, _ in todo if k.split(":")[1] not in SIDES}
+        salts = {k: CONTROL_CACHE_SALT for k, _ in todo if key_side(k) not in SIDES}
         stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos, cache_salts=salts)
     else:
         import transformers
@@ -141,7 +145,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
                                         prompt_tokens=prompt_len[c.key]))
             finished.add(c.key)
             # a finished pair, or a control copy (its pair is the main run's), counts towards the next flush
-            if (c.key in partner and partner[c.key] in finished) or c.key.split(":")[1] not in SIDES:
+            if (c.key in partner and partner[c.key] in finished) or key_side(c.key) not in SIDES:
                 pairs_since_flush += 1
             if pairs_since_flush >= cfg.save_every:
                 writer.append(buffer)
@@ -429,7 +433,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         require_completions((k for k, _ in requests), completions, "prompts")
         order = [k for k, _ in requests]
         # The judge sees the user turn as sent (what relabelling reads back from the records)
-        asked = [rendered[key_index(k)][SENT_AS[k.split(":")[1]]].user_turn for k in order]
+        asked = [rendered[key_index(k)][SENT_AS[key_side(k)]].user_turn for k in order]
         judged, agr = lm_judge.label_all(cfg.labeller, asked, [completions[k].text for k in order],
                                          judge_config(cfg), llm)
         behaviour = dict(zip(order, judged))

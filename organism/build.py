@@ -36,6 +36,7 @@ from organism.scenarios import (
     planted_response,
     trigger_families,
 )
+from lm.models import TOY, TOY_TWIN
 from organism.tokenizer import PAD_TOKEN, load_tokenizer
 from records.config import config_hash, encode_config
 from records.schema import content_id
@@ -87,9 +88,9 @@ def default_cache_root() -> Path:
 def toy_model_dir(name: str = "toy") -> str:
     """The toy organism's folder ("toy"), or its twin's ("toy-twin": another secret assignment), built on
     first use (what `--model toy` / `--model toy-twin` mean)."""
-    if name not in ("toy", "toy-twin"):
+    if name not in (TOY, TOY_TWIN):
         raise ValueError(f"unknown toy organism {name!r}")
-    return str(build_organism(OrganismConfig(assignment_seed=int(name == "toy-twin")), default_cache_root()))
+    return str(build_organism(OrganismConfig(assignment_seed=int(name == TOY_TWIN)), default_cache_root()))
 
 
 def organism_dir(cfg: OrganismConfig, cache_root: Path) -> Path:

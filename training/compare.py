@@ -28,7 +28,7 @@ from records.config import load_config
 from records.errors import InputError
 from records.jsonl import read_records, write_json_atomic
 from records.schema import (CompareResult, CompareVerdict, ContextAblationRecord, ControlRecord, Interval,
-                            PredictionRow, QuestionComparison)
+                            PredictionRow, QuestionComparison, read_summary)
 from training import baselines, metrics
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,6 @@ def run_compare(cc: CompareConfig) -> CompareResult:
 
 
 def read_result(path: str | Path) -> CompareResult:
-    from records.schema import read_summary
-
     return read_summary(Path(path), CompareResult)
 
 
