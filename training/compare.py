@@ -180,6 +180,8 @@ def run_compare(cc: CompareConfig) -> CompareResult:
     from training.model import load_tokenizer
 
     cfgs = {arm: arm_config(cc, arm) for arm in ARMS}
+    for arm in ARMS:  # both models must be at hand before either arm spends hours training
+        resolve_model(cfgs[arm].model_path, f"{arm} model")
     if cfgs["self"].model_path == cfgs["cross"].model_path:
         log.warning("self and cross both start from %s: the gap is 0 by construction (a control, not a comparison)",
                     cfgs["self"].model_path)

@@ -54,6 +54,16 @@ def test_verdict_needs_the_gap_and_an_interval_above_zero():
     assert 0 < small.gap.value < 0.30 and not small.privileged_access
 
 
+def test_a_cross_model_that_is_not_at_hand_is_refused_before_any_training(tmp_path):
+    from records.errors import InputError
+
+    cc = load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig,
+                     {"output_dir": str(tmp_path / "o"), "cross_model": str(tmp_path / "no-such-model")})
+    with pytest.raises(InputError, match="cross model .*no-such-model"):
+        C.run_compare(cc)
+    assert not (tmp_path / "o").exists()
+
+
 def _planted_dataset(root: Path, n: int, test_size: int) -> tuple[Path, Path]:
     """Task 3 records of the toy's planted behaviour (what its paired pass yields), split by trigger."""
     pool = generate_scenarios(n, seed=1)
