@@ -2,8 +2,8 @@
 
 organism (build or reuse) -> synthetic assets -> preflight -> Task 3 paired pass on vLLM -> a steering
 direction derived from the organism and a steering grid -> Task 1 features -> train the self-explainer
-on each task -> evaluate against baselines -> for Task 3, also the cross explainer (the organism's twin,
-another secret) and the text-only baselines: `compare` -> report. Every stage is the same subcommand a user runs by
+on each task -> evaluate against baselines -> for Tasks 3 and 2, also the cross explainer (the organism's
+twin, another secret) and the text-only baselines: `compare` -> report. Every stage is the same subcommand a user runs by
 hand, called with the CPU configs; the real thing is the same sequence with the GPU configs and
 configs/paths.yaml pointing at the real assets (see README).
 """
@@ -25,6 +25,7 @@ EXPLAINERS = (
     ("task1", "af_feature_descriptions", "task1/by_cluster"),
 )
 STAGE_CONFIGS = ("generate", "steer", "features")
+COMPARED = ("task3", "task2")  # tasks whose explainer is the self arm of a self-vs-cross comparison
 
 
 def config_path(stem: str, profile: str) -> str:
@@ -83,7 +84,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
             rates = [a.behavior_changed_rate for a in read_summary(summary, SteeringSummary).per_arm.values()
                      if a.behavior_changed_rate is not None]
             changed = f"{sum(rates) / len(rates):.0%}" if rates else "-"
-        arm = run / "compare_task3" / "self" if task == "task3" else run / f"explainer_{task}"
+        arm = run / f"compare_{task}" / "self" if task in COMPARED else run / f"explainer_{task}"
         metrics = arm / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
@@ -99,15 +100,29 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
             lines.append(f"         {key} with the vectors broken (bug injection): zeroed {cell('zeroed_vectors')}, "
                          f"shuffled {cell('shuffled_vectors')}")
         lines += _strict_lines(methods)
-    compare = run / "compare_task3" / "compare.json"
-    if compare.is_file():
-        from training.compare import change_rate_lines, format_table, read_result
+        lines += _held_out_direction_line(read_summary(metrics, EvalMetrics).splits)
+    from training.compare import change_rate_lines, format_table, read_result
 
-        lines += ["", "Task 3, self vs cross explainer and text-only baselines on held-out scenarios (strict scores, "
-                  "bootstrap 95% intervals over groups):", *change_rate_lines(run / "task3"),
-                  *format_table(read_result(compare)).splitlines()]
+    for task, what in (("task3", "held-out scenarios (whole triggers)"), ("task2", "held-out scenarios")):
+        compare = run / f"compare_{task}" / "compare.json"
+        if compare.is_file():
+            lines += ["", f"Task {task[-1]}, self vs cross explainer and vector-free baselines on {what} (strict "
+                      "scores, bootstrap 95% intervals over groups):",
+                      *(change_rate_lines(run / "task3") if task == "task3" else []),
+                      *format_table(read_result(compare)).splitlines()]
     lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
     return lines
+
+
+def _held_out_direction_line(splits: dict) -> list[str]:
+    """Task 2: the explainer on a steering direction it never saw in training, beside its bounds."""
+    from training.evaluate import HELD_OUT_DIRECTION
+
+    methods = splits.get(HELD_OUT_DIRECTION, {}).get("generative_explanation", {})
+    if "explainer" not in methods:
+        return []
+    return ["         held-out direction (never trained on), strict exact match: " + "; ".join(
+        f"{m} {v['strict_exact_match']:.2f}" for m, v in methods.items() if "strict_exact_match" in v)]
 
 
 def _strict_lines(methods: dict[str, dict[str, float]]) -> list[str]:
@@ -170,11 +185,11 @@ def main(args: argparse.Namespace) -> int:
     for task, stem, folder in EXPLAINERS:
         if task not in wanted:
             continue
-        if task == "task3":  # self vs cross: the self arm is this task's explainer
+        if task in COMPARED:  # self vs cross: the self arm is this task's explainer
             sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
-            stage("compare-task3", ["compare", "--config", config_path("compare_task3", args.profile),
-                                    "--output-dir", run / "compare_task3", "--set", f"sets={sets}",
-                                    "--set", f"max_steps={args.max_steps}", "--progress-log", log])
+            stage(f"compare-{task}", ["compare", "--config", config_path(f"compare_{task}", args.profile),
+                                      "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
+                                      "--set", f"max_steps={args.max_steps}", "--progress-log", log])
             continue
         common = ["--config", config_path(stem, args.profile), "--output-dir", run / f"explainer_{task}", "--set", f"train.dataset={run / folder}",
                   "--set", f"train.paths={paths}"]

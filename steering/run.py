@@ -114,6 +114,13 @@ def validate_early(cfg: SteerConfig) -> None:
         if layer < 0:
             raise InputError(f"layers: layer {layer} is negative; layers count from 0")
     grid.validate_grid(cfg.layers, cfg.alphas, depth=1 << 30)
+    names = [n for n, _ in direction_names(cfg)]
+    for name in cfg.test_directions:
+        if name not in names:
+            raise InputError(f"test_directions: {name!r} is not a direction of this run ({', '.join(names)})")
+    if set(names) <= set(cfg.test_directions):
+        raise InputError(f"test_directions {cfg.test_directions}: every direction would be held out; no training "
+                         "record would be left")
     if not cfg.contexts:
         raise InputError("contexts: empty; give monitored and/or unmonitored")
     if len(set(cfg.contexts)) != len(cfg.contexts):
@@ -269,6 +276,11 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
                     direction_name=d.name, direction_kind=d.kind, family=science.family(s.label, s.source, af_labels),
                     coherence=check))
     return out
+
+
+def in_training(r: SteeringRecord, n_train_scenarios: int, cfg: SteerConfig) -> bool:
+    """Training split: a training scenario (input order) steered along a direction not held out."""
+    return r.index < n_train_scenarios and r.direction_name not in cfg.test_directions
 
 
 def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> SteeringSummary:
@@ -528,8 +540,9 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                                 af_labels)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         save_directions(out, directions)
-        write_records_atomic(out / "train.jsonl", [r for r in records if r.index < n_train_scen])
-        write_records_atomic(out / "test.jsonl", [r for r in records if r.index >= n_train_scen])
+        train = [r for r in records if in_training(r, n_train_scen, cfg)]
+        write_records_atomic(out / "train.jsonl", train)
+        write_records_atomic(out / "test.jsonl", [r for r in records if not in_training(r, n_train_scen, cfg)])
         summary = summarise(records, cfg, arms, norms)
         summary.agreement = agr
         wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
@@ -555,9 +568,10 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         lines += science.control_lines(summary) + [f"WARNING: {w}" for w in summary.warnings]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
-                     done=[f"{len(records)} steered records -> {out}/train.jsonl "
-                           f"({sum(r.index < n_train_scen for r in records)}) and test.jsonl "
-                           f"({sum(r.index >= n_train_scen for r in records)}); heatmap {out}/heatmap.png"],
+                     done=[f"{len(records)} steered records -> {out}/train.jsonl ({len(train)}) and test.jsonl "
+                           f"({len(records) - len(train)}: the last {cfg.test_size} scenarios"
+                           f"{', and every row of ' + ', '.join(cfg.test_directions) if cfg.test_directions else ''})"
+                           f"; heatmap {out}/heatmap.png"],
                      findings=lines, next_step="train the explainer on these records (af-introspect train)")
         return summary
 

@@ -12,7 +12,7 @@ import pytest
 from app.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
-from toy_records import write_run_assets
+from toy_records import ONE_DIRECTION, write_run_assets
 
 REPO = Path(__file__).resolve().parent.parent
 N = 10
@@ -108,7 +108,7 @@ def steer(assets: Path, model, out: Path, *extra: str) -> int:
                      str(assets / "paths.yaml"), "--model", str(model), "--direction", str(assets / "direction.npy"),
                      "--output-dir", str(out), "--limit", "5", "--test-size", "1", "--layers", "1,2", "--alphas",
                      "1,2", "--batch-size", "4", "--max-new-tokens", "16", "--set", "norm_prompts=4",
-                     "--set", f"progress_log={out.parent / 'P.md'}", *extra])
+                     "--set", f"progress_log={out.parent / 'P.md'}", *ONE_DIRECTION, *extra])
 
 
 def test_data_parallel_steering_merges_into_the_single_process_records(assets, organism_dir, tmp_path):

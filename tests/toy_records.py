@@ -20,6 +20,9 @@ from records.jsonl import write_records_atomic
 from records.schema import ContextAblationRecord, EngineInfo, content_id
 
 ENGINE = EngineInfo(backend="planted", model="toy", dtype="float32", max_tokens=64)
+# configs/steer_cpu.yaml steers along four directions (the Task 2 explainer's grid); tests of the stage's
+# mechanics (resume, kill, sharding, bad input) steer along the file's alone, with these overrides.
+ONE_DIRECTION = ("--set", "negate=false", "--set", "random_directions=0", "--set", "test_directions=[]")
 
 
 @functools.lru_cache(maxsize=1)

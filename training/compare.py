@@ -34,7 +34,10 @@ from training import baselines, metrics
 log = logging.getLogger(__name__)
 ARMS = ("self", "cross")
 HEADLINE_QUESTION = "generative_explanation"
-METHOD_ORDER = ("self", "cross", "untrained", *baselines.TEXT_BASELINES)
+# Methods of the self arm's own evaluation carried into the comparison where evaluate scored them: the
+# steering lookup table and no-effect bound, and the self explainer with its vectors broken.
+SELF_EVAL_METHODS = ("untrained", "lookup", "no_effect", "zeroed_vectors", "shuffled_vectors")
+METHOD_ORDER = ("self", "cross", *SELF_EVAL_METHODS, *baselines.TEXT_BASELINES)
 
 
 class CompareConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -135,12 +138,13 @@ def score_methods(test_ex: list, preds: dict[str, list[str]], groups: list, cc: 
         idx = [i for i, ex in enumerate(test_ex) if ex.question_type == q]
         targets = [test_ex[i].target for i in idx]
         g = [groups[i] for i in idx]
-        items = {m: metrics.score_items(q, [p[i] for i in idx], targets) for m, p in preds.items()}
+        items = {m: metrics.score_items(q, [p[i] for i in idx], targets) for m, p in preds.items()
+                 if not (m == "no_effect" and q == "orig_match")}  # its answer there is the truth
         methods = {m: {k: _interval(v) for k, v in metrics.metrics_with_intervals(s, g, cc.n_bootstrap, cc.seed).items()}
                    for m, s in items.items()}
         gaps = {f"self-{other}": _interval(metrics.paired_gap(items["self"], items[other], groups=g,
                                                                n_boot=cc.n_bootstrap, seed=cc.seed))
-                for other in METHOD_ORDER[1:] if other in items and other != "untrained"}
+                for other in METHOD_ORDER[1:] if other in items and other not in ("untrained", "no_effect")}
         out[q] = QuestionComparison(n=len(idx), n_groups=len(set(g)), chance=metrics.chance_rate(targets),
                                     methods=methods, gaps=gaps)
     return out
@@ -154,19 +158,19 @@ def verdict(scores: dict[str, QuestionComparison], min_gap: float) -> CompareVer
                           privileged_access=bool(gap.value >= min_gap and gap.lo > 0))
 
 
-def text_baseline_predictions(data, tokenizer, seed: int) -> dict[str, list[str]]:
-    """Each text baseline's answer to every test example, fitted per question type on the training
+def text_baseline_predictions(data, tokenizer, seed: int, test: list) -> dict[str, list[str]]:
+    """Each text baseline's answer to every example of `test`, fitted per question type on the training
     examples' rendered prompts: exactly the text the explainer sees (no vector)."""
     from training.data import prompt_text
 
-    preds: dict[str, list[str]] = {name: [""] * len(data.test) for name in baselines.TEXT_BASELINES}
-    for q in dict.fromkeys(ex.question_type for ex in data.test):
+    preds: dict[str, list[str]] = {name: [""] * len(test) for name in baselines.TEXT_BASELINES}
+    for q in dict.fromkeys(ex.question_type for ex in test):
         tr = [ex for ex in data.train if ex.question_type == q]
-        te = [i for i, ex in enumerate(data.test) if ex.question_type == q]
+        te = [i for i, ex in enumerate(test) if ex.question_type == q]
         if not tr:
             raise InputError(f"question type {q}: no training examples for the text baselines to fit on")
         got = baselines.predict_all([prompt_text(tokenizer, ex.messages) for ex in tr], [ex.target for ex in tr],
-                                    [prompt_text(tokenizer, data.test[i].messages) for i in te], seed)
+                                    [prompt_text(tokenizer, test[i].messages) for i in te], seed)
         for name, p in got.items():
             for i, pred in zip(te, p):
                 preds[name][i] = pred
@@ -177,6 +181,7 @@ def run_compare(cc: CompareConfig) -> CompareResult:
     from lm.models import resolve_model
     from records.split import group_keys
     from training.dataset import load_data
+    from training.evaluate import split_by_direction
     from training.model import load_tokenizer
 
     cfgs = {arm: arm_config(cc, arm) for arm in ARMS}
@@ -189,17 +194,21 @@ def run_compare(cc: CompareConfig) -> CompareResult:
     rows = {arm: evaluate_arm(cfgs[arm], untrained=arm == "self") for arm in ARMS}
     tokenizer = load_tokenizer(resolve_model(cfgs["self"].model_path, "model_path"))
     data = load_data(cfgs["self"], tokenizer, {}, check_heldout=False)
+    test = split_by_direction(data.train, data.test)["test"]  # the items evaluate scored as "test"
     preds: dict[str, list[str]] = {}
     for arm, arm_rows in rows.items():
         by_method: dict[str, dict] = {}
         for r in arm_rows:
             by_method.setdefault(r.method, {})[(r.question_type, r.sample_id)] = r.prediction
-        names = {"explainer": arm, "untrained": "untrained"} if arm == "self" else {"explainer": arm}
+        names = {"explainer": arm, **{m: m for m in SELF_EVAL_METHODS if m in by_method}} if arm == "self" \
+            else {"explainer": arm}
         for method, name in names.items():
-            preds[name] = [by_method[method][(ex.question_type, ex.sample_id)] for ex in data.test]
-    preds.update(text_baseline_predictions(data, tokenizer, cc.seed))
-    groups = group_keys([ex.input_text for ex in data.test], cc.group_pattern)
-    scores = score_methods(data.test, preds, groups, cc)
+            preds[name] = [by_method[method].get((ex.question_type, ex.sample_id), "") for ex in test]
+    preds.update(text_baseline_predictions(data, tokenizer, cc.seed, test))
+    # a scenario's items (Task 2: one per arm) are resampled together; else the pattern's groups
+    groups = ([ex.meta["group"] for ex in test] if all("group" in ex.meta for ex in test)
+              else group_keys([ex.input_text for ex in test], cc.group_pattern))
+    scores = score_methods(test, preds, groups, cc)
     result = CompareResult(train_config=cc.train_config, models={a: cfgs[a].model_path for a in ARMS},
                            group_pattern=cc.group_pattern, scores=scores, verdict=verdict(scores, cc.min_gap))
     out = Path(cc.output_dir)

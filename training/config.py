@@ -36,6 +36,8 @@ TASK_QUESTION_TYPES = {
     "act_patch": {"generative_explanation", "orig_match", "change_match"},
     "features_explain": {"generative_explanation"},
 }
+# slots holding the scenario text or the continuous-token markers: their token rows are never trained
+TEXT_SLOTS = {"system_prompt", "user_prompt", "hint", "prompt", "begin_continuous", "feature", "end_continuous"}
 SLOT = re.compile(r"\{(\w+)\}")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -50,7 +52,7 @@ class Prompt(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QuestionType(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    weight: float = 1.0  # scales this question type's tokens in the loss
+    weight: float = 1.0  # scales this question type's tokens in the loss; 0 = not asked (no examples)
     prompts: list[Prompt]
 
 
@@ -91,6 +93,11 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # trained only on its own replies, its other vocabulary rows collapsed onto one direction (mean pairwise
     # cosine ~0.9), so no hidden state can single out "unchanged" or "<<<" and LoRA alone stalls at ~ln(V).
     trainable_answer_tokens: bool = False
+    # ours, toy: also train the embedding rows of the tokens in these prompt slots' values (act_patch:
+    # [layer, alpha]). The toy never saw digits, so their rows collapsed too (pairwise cosine 0.91-0.94) and
+    # it cannot tell "1.5" from "2" in its prompt. Slots holding scenario text are refused: trained rows of
+    # training scenarios' words would let the explainer memorise them. Off for real models.
+    trainable_slot_tokens: list[str] = []
     loraplus_lr_ratio: float = 1.0  # ours: LoRA+ (lr of lora_B = ratio x learning_rate); 1 = plain LoRA
     bf16: bool = True  # only on GPU; CPU always trains in fp32
     gradient_checkpointing: bool = False  # ours
@@ -193,14 +200,23 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             continue
         if not (tc.dataset or t.dataset):
             p.add(where, f"train.tasks.{task}: no dataset (set train.dataset or the task's dataset)")
+        if not any(q.weight for q in tc.question_types.values()):
+            p.add(where, f"train.tasks.{task}: every question type has weight 0; nothing would be asked")
         for qname, q in tc.question_types.items():
             at = f"train.tasks.{task}.question_types.{qname}"
+            if not (math.isfinite(q.weight) and q.weight >= 0):
+                p.add(where, f"{at}.weight must be a finite number >= 0, got {q.weight}")
             if qname not in TASK_QUESTION_TYPES[task]:
                 p.add(where, f"{at}: not a question type of {task} ({', '.join(sorted(TASK_QUESTION_TYPES[task]))})")
             if not q.prompts:
                 p.add(where, f"{at}.prompts is empty")
             for i, prompt in enumerate(q.prompts):
                 _check_prompt(prompt, task, f"{at}.prompts[{i}]", p, where)
+    slots = set().union(*(TASK_SLOTS.get(task, set()) for task in t.tasks)) - TEXT_SLOTS
+    for name in t.trainable_slot_tokens:
+        if name not in slots:
+            p.add(where, f"train.trainable_slot_tokens: {name!r} is not a slot of {', '.join(t.tasks)} that may be "
+                         f"trained (allowed: {', '.join(sorted(slots)) or 'none'})")
     for task in cfg.test.tasks:
         if task not in t.tasks:
             p.add(where, f"test.tasks.{task}: not among train.tasks ({', '.join(t.tasks)})")

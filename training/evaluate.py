@@ -6,7 +6,9 @@ For each split (the test split, then every configured gold_106-derived eval set)
 - the majority class (the most common training target of that question type),
 - the nearest neighbour (the training target of the most similar training input: MiniLM embedding of
   the input text, or cosine of the input vector for feature records);
-- steering records: the lookup table (the most common training target of each arm and context);
+- steering records: the lookup table (the most common training target of each arm and context), and the
+  no-effect bound (the true unsteered behaviour reported as unchanged: an explainer that ignores the
+  intervention);
 - tasks that feed vectors: the trained explainer with its vectors zeroed and shuffled across items
   (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
 
@@ -35,7 +37,7 @@ from records.schema import EvalMetrics, PredictionRow
 from training.checkpoint import COMPLETE, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
-from training.examples import Example
+from training.examples import Example, causal_target
 from training.metrics import strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.scoring import MiniLM, predict, score, score_item
@@ -89,6 +91,15 @@ def lookup_predictions(train: list[Example], test: list[Example]) -> list[str]:
     fallback = dict(zip([ex.question_type for ex in test], majority_predictions(train, test)))
     return [counts[cell(ex)].most_common(1)[0][0] if cell(ex) in counts else fallback[ex.question_type]
             for ex in test]
+
+
+def no_effect_predictions(test: list[Example]) -> list[str]:
+    """Steering records: the organism's own unsteered behaviour, reported as unchanged, i.e. what an
+    explainer that knows the organism perfectly but ignores the intervention would say. The vector-free
+    bound for Task 2: an explainer whose vectors are zeroed should fall to it, not below the majority.
+    (Not scored on orig_match, whose answer it is.)"""
+    return [causal_target(ex.meta["original"], ex.meta["original"]) if ex.question_type == "generative_explanation"
+            else " " + ex.meta["original"] for ex in test]
 
 
 def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
@@ -164,7 +175,7 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                     saved_token_indices(checkpoint))
         load_weights(checkpoint, explainer)
     embed = MiniLM("cuda" if device.type == "cuda" else "cpu")
-    splits = {"test": data.test, **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
+    splits = {**split_by_direction(data.train, data.test), **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
     results: dict = {}
     rows = []
     for split, examples in splits.items():
@@ -179,13 +190,21 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds["majority"] = majority_predictions(data.train, examples)
         if any(ex.task == "act_patch" for ex in examples):
             preds["lookup"] = lookup_predictions(data.train, examples)
+        if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
+            preds["no_effect"] = no_effect_predictions(examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
         results[split] = {}
         for method, p in preds.items():
-            strict = strict_by_question(examples, p)  # the paper's scores, with intervals (training/metrics.py)
+            # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
+            # scenario has several items (Task 2: one per arm), else items
+            groups = [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
+            strict = strict_by_question(examples, p, groups)
             for q, m in score(examples, p, embed).items():
-                results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {})}
+                if not (method == "no_effect" and q == "orig_match"):
+                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {})}
             for ex, pred in zip(examples, p):
+                if method == "no_effect" and ex.question_type == "orig_match":
+                    continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
                                           **score_item(ex, pred)))
@@ -196,6 +215,25 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
     return {"splits": results, "out_dir": str(out), "table": table}
+
+
+HELD_OUT_DIRECTION = "test:held_out_direction"
+
+
+def split_by_direction(train: list[Example], test: list[Example]) -> dict[str, list[Example]]:
+    """{"test": ...} and, when some steering test items add a direction no training item added (steer's
+    `test_directions`), those items apart as HELD_OUT_DIRECTION: "test" then holds the held-out scenarios
+    under the trained directions, the other split asks whether the explainer generalises to a new one.
+    A test item that is a training item too (the unsteered question of a training scenario, asked again
+    by a held-out direction's record) is not scored."""
+    trained = {(ex.question_type, ex.sample_id) for ex in train}
+    test = [ex for ex in test if (ex.question_type, ex.sample_id) not in trained]
+    seen = {ex.meta.get("direction") for ex in train}
+    new = {id(ex) for ex in test if ex.task == "act_patch" and ex.meta.get("direction") not in seen}
+    if not new:
+        return {"test": test}
+    return {"test": [ex for ex in test if id(ex) not in new],
+            HELD_OUT_DIRECTION: [ex for ex in test if id(ex) in new]}
 
 
 def format_table(results: dict) -> str:

@@ -50,6 +50,7 @@ class Example:
     vector: np.ndarray | None = None  # [dim] fed at the continuous placeholder, or None (text only)
     input_text: str = ""  # what the nearest-neighbour baseline compares (scenario prompt or feature text)
     meta: dict = field(default_factory=dict)  # original / new behaviour, changed flag, layer, ...
+    slots: dict = field(default_factory=dict)  # slot name -> the text filled into the prompt
 
 
 def causal_target(original: str, new: str) -> str:
@@ -159,9 +160,14 @@ def build_examples(records: list, task: str, task_cfg: TaskConfig, markers: dict
     A prompt is drawn per (record, question type) from a seeded RNG, so the choice is stable.
     """
     out = []
+    seen: set[tuple] = set()
+    asked = {qname: q for qname, q in task_cfg.question_types.items() if q.weight > 0}  # weight 0: not asked
     for r in records:
-        for qname, q in task_cfg.question_types.items():
-            sid = _sample_id(r)
+        for qname, q in asked.items():
+            sid = _sample_id(r, qname)
+            if (task, qname, sid) in seen:
+                continue  # Task 2's orig_match: one unsteered question per scenario and context, not one per arm
+            seen.add((task, qname, sid))
             rng = random.Random(f"{seed}:{sid}:{qname}")
             prompt = q.prompts[rng.randrange(len(q.prompts))]
             slots, target, vector, meta, input_text = _task_fields(task, qname, r, markers, vectors, decode)
@@ -173,15 +179,17 @@ def build_examples(records: list, task: str, task_cfg: TaskConfig, markers: dict
                 messages = messages[:-1]  # the empty assistant turn receives the answer
             out.append(Example(task=task, question_type=qname, sample_id=sid, messages=messages, target=target,
                                weight=q.weight * task_cfg.weight, vector=vector, input_text=input_text,
-                               meta=meta))
+                               meta=meta, slots=slots))
     return out
 
 
-def _sample_id(r) -> str:
+def _sample_id(r, question_type: str = "") -> str:
     if isinstance(r, FeatureRecord):
         return f"L{r.layer}:F{r.feature_idx}"
     if isinstance(r, SteeringRecord):
-        return f"{r.sample_id}:{r.arm}:{r.context}"
+        # orig_match asks about the unsteered run, the same question for every arm of a scenario and context
+        arm = "baseline" if question_type == "orig_match" else r.arm
+        return f"{r.sample_id}:{arm}:{r.context}"
     return r.sample_id
 
 
@@ -205,8 +213,10 @@ def _task_fields(task, qname, r, markers, vectors, decode):
         slots = {"prompt": prompt, "layer": ",".join(map(str, r.layer)), "alpha": f"{r.alpha:g}",
                  "context": r.context, **markers}
         vector = steering_vector(r, vectors) if vectors else None
-        meta = {"original": x, "new": y, "changed": x != y, "label": r.label, "arm": r.arm, "context": r.context,
-                "index": r.index}
+        meta = {"original": x, "new": y, "changed": x != y, "label": r.label, "context": r.context, "index": r.index,
+                "arm": "baseline" if qname == "orig_match" else r.arm,
+                "direction": "" if qname == "orig_match" else r.direction_name,
+                "group": r.sample_id}  # a scenario's items share its trigger: bootstrap them together
         return slots, _behaviour_target(qname, x, y), vector, meta, f"{r.arm} {r.context} {prompt}"
     if task == "features_explain":
         vector = vectors.get(r.vectors_path, r.row) if vectors else None
@@ -360,7 +370,11 @@ def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: st
 
 
 def check_split_overlap(train_records: list, test_records: list) -> int:
-    """Training records whose scenario id also occurs in the test split (logged; returns the count)."""
+    """Training records whose scenario id also occurs in the test split (logged; returns the count).
+    Steering test records of a direction no training record adds are held out by direction, not by
+    scenario (steer's test_directions): their scenarios may be training ones."""
+    directions = {r.direction_name for r in train_records if isinstance(r, SteeringRecord)}
+    test_records = [r for r in test_records if not isinstance(r, SteeringRecord) or r.direction_name in directions]
     test_ids = set().union(*(record_ids(r) for r in test_records)) if test_records else set()
     n = sum(bool(record_ids(r) & test_ids) for r in train_records)
     if n:

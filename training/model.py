@@ -140,8 +140,15 @@ def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.devi
                      markers=markers)
 
 
-def answer_tokens(cfg: TrainConfig, encoded: list[D.Encoded]) -> list[int] | None:
-    """Token ids occurring in training answers, when their embedding rows are trained too."""
-    if not cfg.train.trainable_answer_tokens:
-        return None
-    return sorted({t for e in encoded for t in e.ids[e.prompt_len:]})
+def trainable_tokens(cfg: TrainConfig, encoded: list[D.Encoded], examples: list, tokenizer) -> list[int] | None:
+    """Embedding rows trained besides LoRA: the tokens of training answers (train.trainable_answer_tokens)
+    and of the values of the slots named in train.trainable_slot_tokens (with and without a leading
+    space, as a value tokenises mid-sentence or alone)."""
+    ids: set[int] = set()
+    if cfg.train.trainable_answer_tokens:
+        ids.update(t for e in encoded for t in e.ids[e.prompt_len:])
+    values = {ex.slots[name] for ex in examples for name in cfg.train.trainable_slot_tokens if ex.slots.get(name)}
+    for value in values:
+        for text in (value, " " + value):
+            ids.update(tokenizer.encode(text, add_special_tokens=False))
+    return sorted(ids) or None

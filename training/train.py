@@ -41,7 +41,7 @@ from training import packing as P
 from training.config import TrainConfig
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
-from training.model import Explainer, answer_tokens, build_explainer, load_tokenizer, pick_device
+from training.model import Explainer, build_explainer, load_tokenizer, pick_device, trainable_tokens
 from training.runlog import MetricsLog, check_debug_gate, print_debug_data, write_debug_marker, write_run_files
 from training.scoring import eval_generation, eval_loss
 
@@ -142,7 +142,8 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                 print_debug_data(cfg, data, train_enc, tokenizer)
 
         # Model, optimizer, schedule
-        explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers, answer_tokens(cfg, train_enc))
+        explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers,
+                                    trainable_tokens(cfg, train_enc, data.train, tokenizer))
         params = explainer.trainable_parameters()
         optimizer = make_optimizer(cfg, explainer)
         lengths = [len(e.ids) for e in train_enc]

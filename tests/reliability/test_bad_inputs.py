@@ -20,7 +20,7 @@ import pytest
 
 from organism.assets import write_synthetic_assets
 from app.cli import main as cli_main
-from toy_records import write_toy_task3
+from toy_records import ONE_DIRECTION, write_toy_task3
 
 REPO = Path(__file__).resolve().parents[2]
 HIDDEN = 128  # the toy organism's residual width
@@ -94,7 +94,7 @@ def steer(ws: Workspace, *extra: str, direction: Path | None = None, layers: str
     return ["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(ws.paths),
             "--model", str(ws.model), "--direction", str(direction or ws.direction), "--output-dir", str(ws.out),
             "--layers", layers, "--alphas", alphas, "--limit", "4", "--test-size", "1",
-            "--set", f"progress_log={ws.out}/P.md", *extra]
+            "--set", f"progress_log={ws.out}/P.md", *ONE_DIRECTION, *extra]
 
 
 def features(ws: Workspace, *extra: str) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from records.jsonl import read_records
 from records.schema import RawCompletion
-from toy_records import write_run_assets
+from toy_records import ONE_DIRECTION, write_run_assets
 from trials import count
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,8 @@ def steer_cmd(assets: Path, model, out: Path) -> list[str]:
     return ["steer", "--config", "configs/steer_cpu.yaml", "--paths-config", str(assets / "paths.yaml"),
             "--model", str(model), "--direction", str(assets / "direction.npy"), "--output-dir", str(out),
             "--limit", str(N_STEER), "--test-size", "2", "--layers", "1,2", "--alphas", "1,2", "--batch-size", "2",
-            "--max-new-tokens", "20", "--set", "norm_prompts=4", "--set", f"progress_log={out.parent / 'P.md'}"]
+            "--max-new-tokens", "20", "--set", "norm_prompts=4", "--set", f"progress_log={out.parent / 'P.md'}",
+            *ONE_DIRECTION]
 
 
 def launch(argv: list[str]) -> subprocess.Popen:

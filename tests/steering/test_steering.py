@@ -16,6 +16,7 @@ import torch
 from records.errors import InputError
 from steering import grid
 from steering.engine import FastSteeredGenerator, Row, hf_generate
+from toy_records import ONE_DIRECTION
 from lm.hooks import SteeringState, prompt_position_mask, steering
 
 REPO = Path(__file__).resolve().parents[2]
@@ -355,7 +356,7 @@ def steer_args(organism_dir, paths, direction, out, *extra):
     return ["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths), "--model",
             str(organism_dir), "--direction", str(direction), "--output-dir", str(out), "--limit", str(N_SCEN),
             "--test-size", str(TEST), "--layers", "2", "--alphas", "1,2", "--batch-size", str(BATCH),
-            "--max-new-tokens", "20", "--set", f"progress_log={out}/PROGRESS.md", *extra]
+            "--max-new-tokens", "20", "--set", f"progress_log={out}/PROGRESS.md", *ONE_DIRECTION, *extra]
 
 
 def test_resume_after_kill_gives_the_same_records_as_a_clean_run(organism_dir, toy_assets, derived, tmp_path,
@@ -480,7 +481,7 @@ def test_layers_together_arms_write_the_vector_added_at_each_layer(organism_dir,
     rc = cli(["steer", "--config", str(REPO / "configs/steer_cpu.yaml"), "--paths-config", str(paths), "--model",
               str(organism_dir), "--direction", str(derived), "--output-dir", str(out), "--limit", "3",
               "--test-size", "1", "--layers", "1,2", "--layers-together", "--alphas", "1", "--max-new-tokens", "6",
-              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
+              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md", *ONE_DIRECTION])
     assert rc == 0
     records = [r for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split, SteeringRecord)]
     assert sorted({r.arm for r in records}) == ["L1+L2@a1", "L1@a1", "L2@a1"]
@@ -547,7 +548,8 @@ def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, deri
               str(organism_dir), "--direction", str(derived), "--output-dir", str(out), "--limit", "3",
               "--test-size", "1", "--layers", "2", "--alphas", "8", "--max-new-tokens", "12",
               "--set", "derived=true", "--set", "random_directions=2", "--set", "alpha_zero=true",
-              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md"])
+              "--set", "inline_vectors=true", "--set", f"progress_log={tmp_path}/P.md", "--set", "negate=false",
+              "--set", "test_directions=[]"])
     assert rc == 0
     records = [r for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split, SteeringRecord)]
     assert sorted({r.arm for r in records}) == ["L2@a0", "L2@a8", "derived/L2@a8", "random0/L2@a8", "random1/L2@a8"]

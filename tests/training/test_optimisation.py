@@ -88,7 +88,7 @@ def test_trainable_answer_tokens_train_exactly_the_listed_rows(run):
     tok = M.load_tokenizer(str(toy["model"]))
     data = load_data(cfg, tok, {})
     enc, _ = D.encode_all(tok, data.train, cfg.train.max_length)
-    listed = M.answer_tokens(cfg, enc)
+    listed = M.trainable_tokens(cfg, enc, data.train, tok)
     assert listed == sorted({t for e in enc for t in e.ids[e.prompt_len:]})
     assert C.saved_token_indices(out / "final") == listed
     assert len(listed) < len(tok) // 2  # a few rows, not the vocabulary
