@@ -252,6 +252,11 @@ class FeatureRecord(msgspec.Struct, forbid_unknown_fields=True):
     schema_version: int = SCHEMA_VERSION
 
 
+# Beside the FeatureRecord splits when the features stage had cluster attributes: the user's
+# {cluster_id: {attribute: value}} file as read (records/assets.py load_cluster_attributes reads both).
+CLUSTER_ATTRIBUTES = "cluster_attributes.json"
+
+
 class RunManifest(msgspec.Struct, forbid_unknown_fields=True):
     """Written into every output folder: how its contents were made."""
 
