@@ -150,7 +150,8 @@ def main(args: argparse.Namespace) -> int:
         sizes = ["--test-size", args.test_size]
     else:
         paths, sizes = Path(args.paths_config), []
-    stage("preflight", ["preflight", "--paths-config", paths, "--out-dir", run, "--progress-log", log])
+    stage("preflight", ["preflight", "--paths-config", paths, "--out-dir", run, "--progress-log", log,
+                        "--features-config", cfg["features"]])
     stage("generate", ["generate", "--config", cfg["generate"], "--paths-config", paths,
                        "--output-dir", run / "task3", *sizes, "--set", f"progress_log={log}"])
     if args.profile == "toy":  # the real run steers along the user's af_intent_direction.npy
