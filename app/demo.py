@@ -88,7 +88,8 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
             continue
-        test = read_summary(metrics, EvalMetrics).splits.get("test", {})
+        evaluation = read_summary(metrics, EvalMetrics)
+        test = evaluation.splits.get("test", {})
         key = "semantic_similarity" if task == "task1" else "exact_match"
         q = "generative_explanation" if "generative_explanation" in test else next(iter(test), "-")
         methods = test.get(q, {})
@@ -98,6 +99,8 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if "zeroed_vectors" in methods and task == "task1":  # Task 2's are in the strict line below
             lines.append(f"         {key} with the vectors broken (bug injection): zeroed {cell('zeroed_vectors')}, "
                          f"shuffled {cell('shuffled_vectors')}")
+        if task == "task1":
+            lines += _task1_lines(evaluation, q)
         lines += _strict_lines(methods)
     compare = run / "compare_task3" / "compare.json"
     if compare.is_file():
@@ -107,6 +110,26 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
                   "bootstrap 95% intervals over groups):", *change_rate_lines(run / "task3"),
                   *format_table(read_result(compare)).splitlines()]
     lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
+    return lines
+
+
+def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
+    """Task 1's other judges of the held-out descriptions: the paper's LM judge (or that none is configured:
+    no judge model ships for CPU) and the mean per-attribute accuracy of every method beside its chance."""
+    methods = evaluation.splits["test"][q]
+    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "zeroed_vectors",
+                         "shuffled_vectors") if m in methods]
+
+    def row(key: str) -> str:
+        return ", ".join(f"{m} {methods[m][key]:.2f}" for m in order if key in methods[m])
+
+    lines = [f"         LM judge ({evaluation.feature_judge}, (s-1)/4): {row('lm_judge')}" if evaluation.feature_judge
+             else "         LM judge: not configured (test.feature_judge.model; no judge model ships for CPU)"]
+    scoring = evaluation.attributes.get("test", {}).get(q)
+    if scoring:
+        chance = sum(scoring.chance.values()) / len(scoring.chance)
+        lines.append(f"         attribute accuracy (mean of {', '.join(sorted(scoring.chance))}): "
+                     f"{row('attribute_mean')}; chance {chance:.2f}")
     return lines
 
 
