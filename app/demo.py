@@ -89,7 +89,8 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
             continue
-        test = read_summary(metrics, EvalMetrics).splits.get("test", {})
+        evaluation = read_summary(metrics, EvalMetrics)
+        test = evaluation.splits.get("test", {})
         key = "semantic_similarity" if task == "task1" else "exact_match"
         q = "generative_explanation" if "generative_explanation" in test else next(iter(test), "-")
         methods = test.get(q, {})
@@ -99,8 +100,10 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if "zeroed_vectors" in methods and task == "task1":  # Task 2's are in the strict line below
             lines.append(f"         {key} with the vectors broken (bug injection): zeroed {cell('zeroed_vectors')}, "
                          f"shuffled {cell('shuffled_vectors')}")
+        if task == "task1":
+            lines += _task1_lines(evaluation, q)
         lines += _strict_lines(methods)
-        lines += _held_out_direction_line(read_summary(metrics, EvalMetrics).splits)
+        lines += _held_out_direction_line(evaluation.splits)
     from training.compare import change_rate_lines, format_table, read_result
 
     for task, what in (("task3", "held-out scenarios (whole triggers)"), ("task2", "held-out scenarios")):
@@ -123,6 +126,26 @@ def _held_out_direction_line(splits: dict) -> list[str]:
         return []
     return ["         held-out direction (never trained on), strict exact match: " + "; ".join(
         f"{m} {v['strict_exact_match']:.2f}" for m, v in methods.items() if "strict_exact_match" in v)]
+
+
+def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
+    """Task 1's other judges of the held-out descriptions: the paper's LM judge (or that none is configured:
+    no judge model ships for CPU) and the mean per-attribute accuracy of every method beside its chance."""
+    methods = evaluation.splits["test"][q]
+    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "zeroed_vectors",
+                         "shuffled_vectors") if m in methods]
+
+    def row(key: str) -> str:
+        return ", ".join(f"{m} {methods[m][key]:.2f}" for m in order if key in methods[m])
+
+    lines = [f"         LM judge ({evaluation.feature_judge}, (s-1)/4): {row('lm_judge')}" if evaluation.feature_judge
+             else "         LM judge: not configured (test.feature_judge.model; no judge model ships for CPU)"]
+    scoring = evaluation.attributes.get("test", {}).get(q)
+    if scoring:
+        chance = sum(scoring.chance.values()) / len(scoring.chance)
+        lines.append(f"         attribute accuracy (mean of {', '.join(sorted(scoring.chance))}): "
+                     f"{row('attribute_mean')}; chance {chance:.2f}")
+    return lines
 
 
 def _strict_lines(methods: dict[str, dict[str, float]]) -> list[str]:
@@ -165,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
         sizes = ["--test-size", args.test_size]
     else:
         paths, sizes = Path(args.paths_config), []
-    stage("preflight", ["preflight", "--paths-config", paths, "--out-dir", run, "--progress-log", log])
+    stage("preflight", ["preflight", "--paths-config", paths, "--out-dir", run, "--progress-log", log,
+                        "--features-config", cfg["features"]])
     stage("generate", ["generate", "--config", cfg["generate"], "--paths-config", paths,
                        "--output-dir", run / "task3", *sizes, "--set", f"progress_log={log}"])
     if args.profile == "toy":  # the real run steers along the user's af_intent_direction.npy

@@ -1,7 +1,8 @@
 """Phase 1, preflight: what this machine has (GPUs, disk, assets, cached models, versions) and what is missing.
 
-Reads only: file headers and JSON record counts, `nvidia-smi`, the local Hugging Face cache. The one
-exception is `--fetch-models`, which downloads the organism and base model when the hub is reachable.
+Reads only: file headers and JSON record counts, `nvidia-smi`, the local Hugging Face cache, the
+organism's config.json (its depth, against the features config's SAE layer). The one exception is
+`--fetch-models`, which downloads the organism and base model when the hub is reachable.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def run_preflight(
     progress_log: str | Path = Path("PROGRESS.md"),
     fetch_models: bool = False,
     hf_cache_dir: str | Path | None = None,
+    sae_layer: int | None = None,
 ) -> dict:
     """Check everything a run needs, print a report and append it to `progress_log` as Phase 1.
 
     `paths` should come from `resolve_paths`. Missing or unreadable assets and an output folder inside
-    the data are blocking (status BLOCKED); no GPU, low disk and models not yet cached are notes.
+    the data are blocking (status BLOCKED); no GPU, low disk and models not yet cached are notes, and so is
+    an SAE layer (`sae_layer`, the features config's) that the organism does not have.
     `hf_cache_dir` defaults to huggingface_hub's cache (HF_HUB_CACHE). Returns the report as a dict
-    with `status`, `missing`, `notes` and the report `text`.
+    with `status`, `missing`, `notes`, `sae_depth` and the report `text`.
     """
     missing: list[str] = []
     notes: list[str] = []
@@ -69,8 +72,11 @@ def run_preflight(
                 notes.append(f"{entry['repo']}: not in the local HF cache"
                              + (" (preflight --fetch-models downloads it)" if entry["kind"] == "model" else ""))
     versions = package_versions()
+    sae_depth = sae_depth_line(sae_layer, paths.organism_model)
+    if sae_depth.startswith("WARNING"):
+        notes.append(sae_depth)
     report = {"gpus": gpus or [], "disk": disk, "assets": assets, "hub": models, "versions": versions,
-              "missing": missing, "notes": notes, "status": "BLOCKED" if missing else "DONE"}
+              "sae_depth": sae_depth, "missing": missing, "notes": notes, "status": "BLOCKED" if missing else "DONE"}
     report["text"] = format_report(report)
     print(report["text"])
     append_phase(
@@ -244,6 +250,23 @@ def fetch_ignores(filenames: list[str]) -> list[str]:
     return list(_SKIP_ALWAYS) + (list(_OTHER_WEIGHTS) if has_safetensors else [])
 
 
+# --- The SAE's layer against the organism's depth ---------------------------------------------------
+
+
+def sae_depth_line(layer: int | None, organism: str) -> str:
+    """Whether the features config's SAE layer is a layer of the organism (features/config.py
+    depth_warning): a WARNING line when it is not, else what was checked or why it could not be."""
+    from features.config import depth_warning
+
+    if layer is None:
+        return "not checked: no features config (--features-config) to read the SAE layer from"
+    warning = depth_warning(layer, organism)
+    if warning is None:
+        return (f"could not be checked: layer {layer}, but the depth of the organism {organism} is unknown here "
+                "(no local config.json; preflight --fetch-models, or point organism_model at a folder)")
+    return warning or f"ok: layer {layer} is a layer of the organism {organism}"
+
+
 # --- Versions and the report ------------------------------------------------------------------------
 
 
@@ -273,6 +296,7 @@ def format_report(report: dict) -> str:
     for m in report["hub"]:
         state = f"cached, {_size(m['size_bytes'])}" if m["size_bytes"] else (m["where"] or "not cached")
         lines.append(f"  {m['kind']} {m['repo']}: {state}")
+    lines += ["", f"SAE layer vs organism depth: {report['sae_depth']}"]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     lines += ["", "Missing (blocking):"] + ([f"  - {m}" for m in report["missing"]] or ["  nothing"])
     lines += ["", "Notes:"] + ([f"  - {n}" for n in report["notes"]] or ["  none"])
@@ -303,6 +327,7 @@ def _findings(report: dict) -> list[str]:
     found.append(f"assets present: {len(present)} of {len(report['assets'])}")
     found += [f"{a['field']}: {Path(a['path']).name} {_asset_detail(a)}" for a in present]
     found.append("hub repos cached: " + (", ".join(m["repo"] for m in report["hub"] if m["cached"]) or "none"))
+    found.append(f"SAE layer vs organism depth: {report['sae_depth']}")
     found.append("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     return found
 
@@ -317,12 +342,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-log", default="PROGRESS.md", help="research log the Phase 1 entry is appended to")
     parser.add_argument("--fetch-models", action="store_true",
                         help="download the organism and base model into the HF cache when the hub is reachable")
+    parser.add_argument("--features-config", default="configs/features.yaml",
+                        help="the features config whose SAE `layer` is checked against the organism's depth "
+                             "(a missing file: not checked)")
     add_path_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run preflight; exit code 0 when nothing blocking is missing, 1 otherwise."""
+    from features.config import FeaturesConfig
+
     cfg = load_config(args.paths_config, PathsConfig)
     paths = resolve_paths(cfg, os.environ, overrides_from_args(args))
-    report = run_preflight(paths, args.out_dir, Path(args.progress_log), fetch_models=args.fetch_models)
+    features = Path(args.features_config)
+    layer = load_config(features, FeaturesConfig).layer if features.is_file() else None
+    report = run_preflight(paths, args.out_dir, Path(args.progress_log), fetch_models=args.fetch_models,
+                           sae_layer=layer)
     return 0 if report["status"] == "DONE" else 1

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from features.config import depth_warning
 from records.jsonl import read_records, write_json_atomic
-from records.schema import (ContextAblationRecord, ContextAblationSummary, EvalMetrics, PredictionRow, SteeringRecord,
-                            SteeringSummary, read_summary)
+from records.schema import (ContextAblationRecord, ContextAblationSummary, EvalMetrics, FeaturesIndex, PredictionRow,
+                            RunManifest, SteeringRecord, SteeringSummary, read_summary)
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
@@ -155,6 +156,60 @@ def _metrics_table(metrics: EvalMetrics) -> list[str]:
     return lines
 
 
+def _task1_scores(metrics: EvalMetrics) -> list[str]:
+    """Task 1's held-out scores side by side: MiniLM similarity, the paper's LM judge, and per-attribute
+    accuracy with its chance level, for the explainer and every baseline and control."""
+    lines = []
+    for q, methods in metrics.splits.get("test", {}).items():
+        scoring = metrics.attributes.get("test", {}).get(q)
+        attrs = sorted(scoring.chance) if scoring else []
+        lines += [f"Held-out `{q}`: similarity (all-MiniLM-L6-v2), LM judge ((rating - 1) / 4) and the share of "
+                  "descriptions that name the right value of each cluster attribute:", "",
+                  "| method | n | MiniLM similarity | LM judge | " + "".join(f"{a} | " for a in attrs)
+                  + ("mean of attributes |" if attrs else ""), "|---" * (4 + len(attrs) + bool(attrs)) + "|"]
+        for method, m in methods.items():
+            cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
+            lines.append(f"| {method} | {int(m['n'])} | {cell('semantic_similarity')} | {cell('lm_judge')} | "
+                         + "".join(f"{cell('attribute:' + a)} | " for a in attrs)
+                         + (f"{cell('attribute_mean')} |" if attrs else ""))
+        if scoring:
+            chance = [scoring.chance[a] for a in attrs]
+            lines.append(f"| chance | {scoring.n} | - | - | " + "".join(f"{c:.3f} | " for c in chance)
+                         + f"{float(np.mean(chance)):.3f} |")
+            lines += ["", "Chance: the most common value among the training features, scored on these (ties: "
+                          "averaged). A description names a value when it holds one of the word n-grams found in "
+                          "every training description with that value and in none with another "
+                          "(training/attributes.py); none or several is wrong."]
+        else:
+            lines += ["", "Per-attribute accuracy: not scored (the records came without cluster attributes: "
+                          "`cluster_attributes` in the features config)."]
+        lines += ["", f"LM judge: {metrics.feature_judge}" if metrics.feature_judge
+                  else "LM judge: not configured (set test.feature_judge.model in the training config to score "
+                       "descriptions with the paper's 1-5 judge)", ""]
+    return lines
+
+
+def _sae_depth_lines(run: Path, explainer: Path) -> list[str]:
+    """A loud line when the features' SAE layer is not a layer of the organism the explainer explains (its
+    target_model_path): the SAE then likely comes from another model."""
+    if not (explainer / "manifest.json").is_file():
+        return []
+    manifest = read_summary(explainer / "manifest.json", RunManifest)
+    records = manifest.inputs.get("features_explain", "")  # <features output>/by_<mode>
+    candidates = ([Path(records).parent] if records else []) + [run / "task1"]
+    index = next((c / "features_index.json" for c in candidates if (c / "features_index.json").is_file()), None)
+    if index is None:
+        return []
+    layer, organism = read_summary(index, FeaturesIndex).layer, str(manifest.config.get("target_model_path", ""))
+    warning = depth_warning(layer, organism) if organism else None
+    if warning:
+        return [f"> **{warning}**", ""]
+    if warning is None:
+        return [f"SAE layer {layer}: not checked against the organism's depth ({organism or 'organism unknown'}: "
+                "no local config.json).", ""]
+    return [f"SAE layer {layer} is a layer of the organism {organism}.", ""]
+
+
 def _examples_table(rows: list[dict], n: int = 6) -> list[str]:
     picked = [r for r in rows if r.method == "explainer" and r.split == "test"][:n]
     lines = ["| sample | question type | target | prediction | exact |", "|---|---|---|---|---|"]
@@ -229,12 +284,17 @@ def build_report(run: Path) -> Path:
         if not ex.is_dir():
             continue
         md += [f"### {title}", ""]
+        if task == "task1":
+            md += _sae_depth_lines(run, ex)
         if plot_training(_read_jsonl(ex / "metrics.jsonl"), plots / f"{task}_training.png", title):
             md += [f"![training curves](plots/{task}_training.png)", ""]
         eval_dir = ex / "final" / "eval"
         if (eval_dir / "metrics.json").is_file():
-            md += _metrics_table(read_summary(eval_dir / "metrics.json", EvalMetrics)) + [""]
+            metrics = read_summary(eval_dir / "metrics.json", EvalMetrics)
+            md += _metrics_table(metrics) + [""]
             rows = read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
+            if task == "task1":
+                md += _task1_scores(metrics)
             if task == "task1" and rows:
                 means = plot_similarity(rows, plots / "task1_similarity.png")
                 md += ["![similarity](plots/task1_similarity.png)", "",

@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from lm.models import model_layers
 from records.errors import Problems
 
 CACHES = ("train", "test", "benchmark", "model_organism", "sycophant")
@@ -84,3 +85,17 @@ def resolve_representation(cfg: FeaturesConfig) -> str:
     if cfg.representation == "auto":
         return "decoder_direction" if cfg.decoder else "activation_profile"
     return cfg.representation
+
+
+def depth_warning(layer: int, model: str) -> str | None:
+    """A loud line when SAE layer `layer` is not a layer of the organism `model`: layers count from 0 as in
+    the steering stage (a 32-layer Mistral-7B has layers 0-31), so layer 40 there means the SAE likely comes
+    from another model. "" when the layer fits; None when the organism's depth cannot be read offline."""
+    depth = model_layers(model)
+    if depth is None:
+        return None
+    if layer < depth:
+        return ""
+    return (f"WARNING: SAE layer {layer} is not a layer of the organism {model} ({depth} layers, 0-{depth - 1}): "
+            "these features likely come from another model's SAE; check `layer` and the activation caches before "
+            "reading the explainer's descriptions as the organism's")

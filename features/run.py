@@ -6,30 +6,28 @@ Files under the output folder:
     vectors.npy, features_index.json        extract (FeaturesIndex; the index last: it marks a complete extract)
     coverage.json                           describe (Coverage)
     by_{cluster,feature}/{train,test}.json  FeatureRecord splits, each folder with its own vectors.npy
+    by_{cluster,feature}/cluster_attributes.json  with cluster_attributes: a copy, for per-attribute scores
     introspective_interp/                   the pickles for that repo (features/export.py)
     manifest.json                           how it was made (also in each by_<mode>/)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import msgspec
 
-from features.config import FeaturesConfig
+from features.config import FeaturesConfig, depth_warning
 from features.describe import (DescribeSummary, check_descriptions, describe, describe_lines, label_stats,
                                load_cluster_files)
 from features.extract import VECTORS, extract, read_extract_output, select, selection_lines
 from features.splits import load_cluster_attributes, make_splits, split_counts, to_records
-from lm.models import resolve_model
 from records.assets import check_output_dir
-from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
 from records.paths import PathsConfig
 from records.progress import append_phase
 from records.provenance import make_manifest
-from records.schema import FeaturesIndex
+from records.schema import CLUSTER_ATTRIBUTES, FeaturesIndex
 
 MODES = ("extract", "describe", "all")
 
@@ -49,28 +47,13 @@ def source_dirs(cfg: FeaturesConfig, paths: PathsConfig) -> list[Path]:
     return sorted(dirs)  # resolved and deduplicated: one refusal line per folder
 
 
-def depth_warning(layer: int, model: str) -> str:
-    """A warning when the SAE's layer is deeper than the organism (e.g. layer 40 of a 32-layer Mistral-7B:
-    the SAE then comes from another model); "" when it fits or the model's depth is not known offline."""
-    try:
-        depth = json.loads((Path(resolve_model(model, "organism_model")) / "config.json").read_text())
-        depth = int(depth["num_hidden_layers"])
-    except (InputError, OSError, KeyError, TypeError, ValueError):
-        return ""
-    if layer <= depth:
-        return ""
-    return (f"WARNING: SAE layer {layer} is deeper than the organism {model} ({depth} layers): these features "
-            "likely come from another model's SAE; check `layer` and the activation caches before reading the "
-            "explainer's descriptions as the organism's")
-
-
 def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesResult:
     """Run `mode` (extract | describe | all) on a validated config, print what it found, log it."""
     out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
     describing = mode in ("describe", "all")
     clusters = load_cluster_files(paths) if describing else None
-    if describing:
-        load_cluster_attributes(cfg, paths)  # a missing or bad attributes file stops the run before any write
+    # a missing or bad attributes file stops the run before any write
+    attributes = load_cluster_attributes(cfg, paths) if describing else None
     if mode in ("extract", "all"):
         selectivity, selected = select(cfg, paths)
         if clusters is not None:  # bad cluster files or (strict) gaps stop the run before anything is written
@@ -80,14 +63,14 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
         index, _ = read_extract_output(out)
     result = FeaturesResult(index=index)
     lines = selection_lines(index)
-    depth = depth_warning(index.layer, paths.organism_model)
+    depth = depth_warning(index.layer, paths.organism_model)  # None (depth unknown offline): no guess
     if depth:
         lines.append(depth)
     gaps: list[str] = []
     if describing:
         described, cov, gaps = describe(cfg, paths, index, clusters)
         vector_bytes = (out / VECTORS).read_bytes()
-        splits, heldout = make_splits(cfg, paths, described)
+        splits, heldout = make_splits(cfg, described, attributes)
         records = {}
         for split_mode, (train, test) in splits.items():
             folder = out / f"by_{split_mode}"
@@ -96,6 +79,8 @@ def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesR
             for split, recs in records[split_mode].items():
                 write_records_atomic(folder / f"{split}.jsonl", recs)
             write_atomic(folder / VECTORS, vector_bytes)  # each split folder is self-contained
+            if attributes is not None:  # evaluation scores each attribute of the descriptions with it
+                write_json_atomic(folder / CLUSTER_ATTRIBUTES, attributes)
         if cfg.export_introspective_interp:
             from features.export import write_explanations
 

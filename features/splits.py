@@ -13,6 +13,7 @@ import numpy as np
 
 from features.config import FeaturesConfig
 from features.describe import Described, SplitCounts
+from records.assets import load_cluster_attributes as read_cluster_attributes
 from records.errors import InputError
 from records.paths import PathsConfig
 from records.schema import FeatureRecord, FeaturesIndex
@@ -80,19 +81,12 @@ def load_cluster_attributes(cfg: FeaturesConfig, paths: PathsConfig) -> dict[int
     """cfg.cluster_attributes as {cluster id: {attribute: value}}, or None when not configured."""
     if not cfg.cluster_attributes:
         return None
-    import json
-
     path = Path(cfg.cluster_attributes).expanduser()
     if not path.is_absolute():
         path = Path(paths.data_root) / path
     if not path.is_file():
         raise InputError(f"{path}: cluster_attributes file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        out = {int(k): {str(a): str(v) for a, v in attrs.items()} for k, attrs in raw.items()}
-    except (ValueError, AttributeError) as e:
-        raise InputError(f"{path}: expected {{cluster_id: {{attribute: value}}}} ({e})") from None
-    return out
+    return read_cluster_attributes(path)
 
 
 def split_by_feature(described: list[Described], test_fraction: float, seed: int) -> Split:
@@ -105,9 +99,9 @@ def split_by_feature(described: list[Described], test_fraction: float, seed: int
             [d for i, d in enumerate(described) if i in test_rows])
 
 
-def make_splits(cfg: FeaturesConfig, paths: PathsConfig, described: list[Described]) -> tuple[dict[str, Split], str]:
+def make_splits(cfg: FeaturesConfig, described: list[Described],
+                attributes: dict[int, dict[str, str]] | None) -> tuple[dict[str, Split], str]:
     """Both split modes ({"cluster": (train, test), "feature": ...}) and how clusters were held out."""
-    attributes = load_cluster_attributes(cfg, paths)
     splits = {"cluster": split_by_cluster(described, cfg.test_fraction, cfg.seed, attributes),
               "feature": split_by_feature(described, cfg.test_fraction, cfg.seed)}
     return splits, "novel attribute combinations" if attributes is not None else "random"

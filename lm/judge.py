@@ -65,16 +65,18 @@ def _same_model(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
-def check_judge(cfg: JudgeConfig, organism: str | None) -> bool:
-    """Refuse a missing judge, or the organism as its own judge unless forced; True when self-judged."""
+def check_judge(cfg: JudgeConfig, organism: str | None, what: str = "the organism",
+                field: str = "judge_model", force: str = "judge_allow_organism") -> bool:
+    """Refuse a missing judge, or the model whose outputs it grades (`organism`, called `what`) as its own
+    judge unless forced (`force`: the flag that does); True when self-judged."""
     if not cfg.model:
-        raise InputError("the judge needs a model of its own: set judge_model (an instruct model's folder or "
-                         "hub id); it never defaults to the organism")
+        raise InputError(f"the judge needs a model of its own: set {field} (an instruct model's folder or "
+                         f"hub id); it never defaults to {what}")
     if organism and _same_model(cfg.model, organism):
         if not cfg.allow_organism:
-            raise InputError(f"judge_model {cfg.model} is the organism itself: a model grading its own outputs is "
-                             "not an independent judge; use another model, or force it with "
-                             "judge_allow_organism (the records then say self-judged)")
+            raise InputError(f"{field} {cfg.model} is {what} itself: a model grading its own outputs is "
+                             f"not an independent judge; use another model, or force it with {force} "
+                             "(the results then say self-judged)")
         return True
     return False
 
@@ -97,15 +99,18 @@ def label_tokens(tokenizer) -> dict[int, str]:
     return out
 
 
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as the user's turn in the judge's chat template, ready for its answer."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
 def judge_prompts(tokenizer, requests: list[str], answers: list[str], cfg: JudgeConfig) -> list[list[int]]:
     """Token ids of the judge's question for each (request, final answer), in the judge's chat template."""
-    out = []
-    for request, answer in zip(requests, answers):
-        text = PROMPT.format(request=request[:cfg.max_request_chars], answer=answer[:cfg.max_answer_chars])
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        out.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"]))
-    return out
+    return [chat_ids(tokenizer, PROMPT.format(request=request[:cfg.max_request_chars],
+                                              answer=answer[:cfg.max_answer_chars]))
+            for request, answer in zip(requests, answers)]
 
 
 def _vllm_first_tokens(llm, prompts: list[list[int]], allowed: list[int]) -> list[int]:
@@ -135,6 +140,25 @@ def _hf_first_tokens(model, prompts: list[list[int]], allowed: list[int], pad_id
     return out
 
 
+def first_tokens(cfg: JudgeConfig, tokenizer, prompts: list[list[int]], allowed: list[int], llm=None) -> list[int]:
+    """The judge's greedy first answer token to each prompt, among `allowed` only, on cfg's backend;
+    `llm`: a vLLM engine already running the judge (else one is started and stopped here)."""
+    if cfg.backend == "vllm":
+        from lm.backends import build_vllm, shutdown_vllm
+
+        own = llm is None
+        llm = build_vllm(cfg.model, cfg.model, cfg.dtype, cfg.seed, False, cfg.engine) if own else llm
+        try:
+            return _vllm_first_tokens(llm, prompts, allowed)
+        finally:
+            if own:
+                shutdown_vllm(llm)
+    from lm.backends import load_hf_model
+
+    model = load_hf_model(cfg.model, cfg.dtype)
+    return _hf_first_tokens(model, prompts, allowed, pad_token_id(tokenizer), cfg.hf_batch_size)
+
+
 def judge(requests: list[str], responses: list[str], cfg: JudgeConfig, llm=None) -> list[Verdict]:
     """Label each response to its request with the judge model; `llm`: an engine already running it."""
     from transformers import AutoTokenizer
@@ -147,21 +171,7 @@ def judge(requests: list[str], responses: list[str], cfg: JudgeConfig, llm=None)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         tokens = label_tokens(tokenizer)
         prompts = judge_prompts(tokenizer, [requests[i] for i in asked], [answers[i] for i in asked], cfg)
-        if cfg.backend == "vllm":
-            from lm.backends import build_vllm, shutdown_vllm
-
-            own = llm is None
-            llm = build_vllm(cfg.model, cfg.model, cfg.dtype, cfg.seed, False, cfg.engine) if own else llm
-            try:
-                firsts = _vllm_first_tokens(llm, prompts, sorted(tokens))
-            finally:
-                if own:
-                    shutdown_vllm(llm)
-        else:
-            from lm.backends import load_hf_model
-
-            model = load_hf_model(cfg.model, cfg.dtype)
-            firsts = _hf_first_tokens(model, prompts, sorted(tokens), pad_token_id(tokenizer), cfg.hf_batch_size)
+        firsts = first_tokens(cfg, tokenizer, prompts, sorted(tokens), llm)
         for i, tok in zip(asked, firsts):
             verdicts[i] = Verdict(tokens[tok], tokenizer.decode([tok]))
     return verdicts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -50,3 +51,16 @@ def resolve_model(name: str, what: str = "model") -> str:
             raise InputError(f"{what} {name}: not a local folder and not in the local HF cache; "
                              "run `af-introspect preflight --fetch-models` or pass a local path") from None
     raise InputError(f"{what} {name}: path does not exist")
+
+
+def model_layers(name: str) -> int | None:
+    """The model's decoder layer count (num_hidden_layers of its config.json, or of its text_config), read
+    without loading weights or the network; None when the folder or that field is not there."""
+    try:
+        config = json.loads((Path(resolve_model(name)) / "config.json").read_text())
+    except (InputError, OSError, ValueError):
+        return None
+    for part in (config, config.get("text_config") or {}):
+        if isinstance(part.get("num_hidden_layers"), int):
+            return part["num_hidden_layers"]
+    return None

@@ -371,6 +371,33 @@ def load_cluster_assignments(path: str | Path) -> dict[int, int]:
     return out
 
 
+def load_cluster_attributes(path: str | Path) -> dict[int, dict[str, str]]:
+    """Cluster id -> {attribute: value}, from {"<cluster_id>": {"<attribute>": "<value>", ...}} (the toy's
+    cluster_attributes.json: trigger and modifier). The features stage copies it beside its splits
+    (CLUSTER_ATTRIBUTES in records/schema.py), where evaluation reads it for per-attribute accuracy."""
+    path = Path(path)
+    data = _load_json(path)
+    problems = Problems()
+    where = str(path)
+    if not isinstance(data, dict):
+        problems.add(where, f"expected an object {{cluster_id: {{attribute: value}}}}, got {type(data).__name__}")
+        problems.raise_if_any()
+    out: dict[int, dict[str, str]] = {}
+    for key, attrs in data.items():
+        cid = _int_key(key, "cluster id", out, problems, where)
+        # values may be numbers (a bucket id, say): they name a value all the same, compared as text
+        if not isinstance(attrs, dict) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                  and str(v).strip() for v in attrs.values()):
+            problems.add(where, f"cluster {key}: expected {{attribute: value}} with non-empty text or numbers, "
+                                f"got {_short(attrs)}")
+        elif cid is not None:
+            out[cid] = {str(a): str(v) for a, v in attrs.items()}
+    if not data:
+        problems.add(where, "contains no clusters")
+    problems.raise_if_any()
+    return out
+
+
 def _int_key(key: object, what: str, seen: dict, problems: Problems, where: str) -> int | None:
     if isinstance(key, int) and not isinstance(key, bool):
         value = key

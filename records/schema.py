@@ -252,6 +252,11 @@ class FeatureRecord(msgspec.Struct, forbid_unknown_fields=True):
     schema_version: int = SCHEMA_VERSION
 
 
+# Beside the FeatureRecord splits when the features stage had cluster attributes: the user's
+# {cluster_id: {attribute: value}} file as read (records/assets.py load_cluster_attributes reads both).
+CLUSTER_ATTRIBUTES = "cluster_attributes.json"
+
+
 class RunManifest(msgspec.Struct, forbid_unknown_fields=True):
     """Written into every output folder: how its contents were made."""
 
@@ -482,12 +487,27 @@ class Coverage(msgspec.Struct, forbid_unknown_fields=True):
 # Evaluation outputs: <checkpoint>/eval/metrics.json and predictions.jsonl, read by the report and the demo.
 
 
+class AttributeScoring(msgspec.Struct, forbid_unknown_fields=True):
+    """How per-attribute accuracy of feature descriptions was decided on one split and question type
+    (training/attributes.py): the chance level of each attribute and the word n-grams ("marks") that name
+    each value, learnt from the training descriptions."""
+
+    n: int  # items whose cluster has attributes
+    chance: dict[str, float]  # attribute -> the training majority value's share of the items
+    marks: dict[str, dict[str, list[str]]]  # attribute -> value -> the n-grams that name it ([]: never named)
+
+
 class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
     """metrics.json: split -> question type -> method -> metric -> value (n, exact_match, strict_* with
-    their _lo/_hi 95% interval bounds, ...; NaN where a metric has no items)."""
+    their _lo/_hi 95% interval bounds, ...; NaN where a metric has no items). Feature descriptions also
+    carry semantic_similarity (MiniLM), lm_judge (the paper's 1-5 judge as (s-1)/4, when configured) and,
+    when the records came with cluster attributes, attribute:<name> and attribute_mean (share of items
+    whose description names the right value)."""
 
     checkpoint: str
     splits: dict[str, dict[str, dict[str, dict[str, float]]]]
+    attributes: dict[str, dict[str, AttributeScoring]] = {}  # split -> question type -> how it was scored
+    feature_judge: str = ""  # the LM judge of feature descriptions; "" = not configured
 
 
 class Interval(msgspec.Struct, forbid_unknown_fields=True):
@@ -540,3 +560,5 @@ class PredictionRow(msgspec.Struct, forbid_unknown_fields=True):
     valid: bool | None = None
     pred_changed: bool | None = None
     target_changed: bool | None = None
+    lm_judge: float | None = None  # feature descriptions with a judge configured: (rating - 1) / 4
+    attribute_correct: dict[str, bool] | None = None  # attribute -> the description names the right value

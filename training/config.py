@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from typing import Any, Literal
 
 import msgspec
 
@@ -124,10 +125,22 @@ class TestTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     num_samples: int = 0  # 0 = every test record
 
 
+class FeatureJudge(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Ours: the paper's LM judge of feature descriptions (lm/feature_judge.py), beside MiniLM similarity.
+    model "" = off: evaluation then says "LM judge: not configured"."""
+
+    model: str = ""  # an instruct model's folder or cached hub id; never the explainer's base unless forced
+    backend: Literal["vllm", "hf"] = "vllm"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    allow_explainer_base: bool = False  # let the explainer's base judge its descriptions (marked self-judged)
+    engine: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to vllm.LLM as given
+
+
 class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch_size: int = 16
     max_new_tokens: int = 48  # ours
     tasks: dict[str, TestTask] = {}
+    feature_judge: FeatureJudge = msgspec.field(default_factory=FeatureJudge)  # ours
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

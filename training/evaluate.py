@@ -13,7 +13,9 @@ For each split (the test split, then every configured gold_106-derived eval set)
   (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
 
 Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
-sentences, first-word matches, MiniLM similarity for feature descriptions). Predictions go to
+sentences, first-word matches, MiniLM similarity for feature descriptions, and its LM judge of feature
+descriptions when test.feature_judge names a model). Feature records that came with cluster attributes
+also get per-attribute accuracy beside its chance level (training/attributes.py). Predictions go to
 predictions.jsonl beside metrics.json.
 """
 
@@ -31,16 +33,18 @@ import numpy as np
 import torch
 
 from lm.models import resolve_model
+from records.assets import load_cluster_attributes
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
-from records.schema import EvalMetrics, PredictionRow
+from records.schema import CLUSTER_ATTRIBUTES, AttributeScoring, EvalMetrics, PredictionRow
+from training.attributes import attribute_scores
 from training.checkpoint import COMPLETE, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
-from training.examples import Example, causal_target
+from training.examples import Example, causal_target, dataset_dir
 from training.metrics import strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
-from training.scoring import MiniLM, predict, score, score_item
+from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +162,7 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     checkpoint = Path(checkpoint) if checkpoint else Path(cfg.output_dir) / "final"
     if explainer is None and not (checkpoint / COMPLETE).is_file():
         raise InputError(f"{checkpoint}: not a complete checkpoint (no COMPLETE marker); train first or pass --checkpoint")
+    judge_cfg, judge_name = feature_judge_config(cfg)  # a refused judge stops here, before any model loads
     out = Path(out_dir) if out_dir else checkpoint / "eval"
     device, dtype = pick_device(cfg)
     if explainer is None:
@@ -175,9 +180,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                     saved_token_indices(checkpoint))
         load_weights(checkpoint, explainer)
     embed = MiniLM("cuda" if device.type == "cuda" else "cpu")
+    attributes = feature_attributes(cfg)
     splits = {**split_by_direction(data.train, data.test), **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
-    results: dict = {}
-    rows = []
+    answers: dict[tuple[str, str], tuple[list[Example], list[str]]] = {}  # (split, method) -> examples, predictions
     for split, examples in splits.items():
         if limit:
             examples = examples[:limit]
@@ -193,25 +198,41 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
             preds["no_effect"] = no_effect_predictions(examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
+        answers.update({(split, method): (examples, p) for method, p in preds.items()})
+    judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
+    results: dict = {}
+    scoring: dict = {}
+    rows = []
+    for split in dict.fromkeys(split for split, _ in answers):
+        examples = answers[split, "explainer"][0]
+        preds = {method: p for (s, method), (_, p) in answers.items() if s == split}
+        by_attribute, named, scoring[split] = attribute_scores(data.train, examples, preds, attributes)
         results[split] = {}
         for method, p in preds.items():
             # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
             # scenario has several items (Task 2: one per arm), else items
             groups = [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
             strict = strict_by_question(examples, p, groups)
+            judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
                 if not (method == "no_effect" and q == "orig_match"):
-                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {})}
-            for ex, pred in zip(examples, p):
+                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **judge.get(q, {}),
+                                                                **by_attribute.get(q, {}).get(method, {})}
+            for i, (ex, pred) in enumerate(zip(examples, p)):
                 if method == "no_effect" and ex.question_type == "orig_match":
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
+                                          lm_judge=judged[split, method][i] if judged else None,
+                                          attribute_correct=named[method][i] if named else None,
                                           **score_item(ex, pred)))
+    scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results))
+    write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
+                                                        feature_judge=judge_name))
     write_records_atomic(out / "predictions.jsonl", rows)
-    table = format_table(results)
+    describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
+    table = format_table(results, scoring, judge_name if describes else None)
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
     return {"splits": results, "out_dir": str(out), "table": table}
@@ -236,11 +257,33 @@ def split_by_direction(train: list[Example], test: list[Example]) -> dict[str, l
             HELD_OUT_DIRECTION: [ex for ex in test if id(ex) in new]}
 
 
-def format_table(results: dict) -> str:
-    """One row per split, question type and method; columns present for any row are shown."""
+def feature_attributes(cfg) -> dict[int, dict[str, str]]:
+    """Cluster id -> {attribute: value} beside the Task 1 records (the features stage copies the
+    cluster_attributes it was given there); {} when there are none."""
+    if "features_explain" not in cfg.train.tasks:
+        return {}
+    path = dataset_dir(cfg, "features_explain") / CLUSTER_ATTRIBUTES
+    return load_cluster_attributes(path) if path.is_file() else {}
+
+
+def judge_means(examples: list[Example], scores: list[float | None] | None) -> dict[str, dict[str, float]]:
+    """{question type: {"lm_judge": mean judge score}} over the judged examples."""
+    by_q: dict[str, list[float]] = {}
+    for ex, s in zip(examples, scores or []):
+        if s is not None:
+            by_q.setdefault(ex.question_type, []).append(s)
+    return {q: {"lm_judge": float(np.mean(v))} for q, v in by_q.items()}
+
+
+def format_table(results: dict, scoring: dict | None = None, judge: str | None = None) -> str:
+    """One row per split, question type and method; columns present for any row are shown. With
+    attribute scoring, a `chance` row per question type; with `judge` (not None: feature descriptions
+    were scored) a last line naming the LM judge or saying it was not configured."""
     cols = ["exact_match", "strict_exact_match", "content_match", "changed_f1", "strict_changed_f1",
-            "changed_exact_match", "semantic_similarity"]
-    shown = [c for c in cols if any(c in m for qs in results.values() for ms in qs.values() for m in ms.values())]
+            "changed_exact_match", "semantic_similarity", "lm_judge"]
+    every = [m for qs in results.values() for ms in qs.values() for m in ms.values()]
+    cols += sorted({k for m in every for k in m if k.startswith("attribute:")}) + ["attribute_mean"]
+    shown = [c for c in cols if any(c in m for m in every)]
     header = f"{'split':<14} {'question_type':<24} {'method':<18} {'n':>5} " + " ".join(f"{c:>20}" for c in shown)
     lines = [header, "-" * len(header)]
     for split, qs in results.items():
@@ -248,13 +291,23 @@ def format_table(results: dict) -> str:
             for method, m in methods.items():
                 cells = " ".join(f"{m[c]:>20.3f}" if c in m else f"{'-':>20}" for c in shown)
                 lines.append(f"{split:<14} {q:<24} {method:<18} {m['n']:>5} {cells}")
+            info = (scoring or {}).get(split, {}).get(q)
+            if info:
+                chance = {f"attribute:{a}": v for a, v in info.chance.items()}
+                chance["attribute_mean"] = float(np.mean(list(info.chance.values())))
+                cells = " ".join(f"{chance[c]:>20.3f}" if c in chance else f"{'-':>20}" for c in shown)
+                lines.append(f"{split:<14} {q:<24} {'chance':<18} {info.n:>5} {cells}")
+    if judge is not None:
+        lines.append(f"LM judge: {judge or 'not configured (test.feature_judge.model)'}")
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Greedy answers of the trained explainer on the test split (and configured gold_106-derived "
                      "eval sets), scored per question type against the untrained explainer, the majority class and "
-                     "the nearest neighbour. Writes metrics.json, metrics_table.txt and predictions.jsonl.")
+                     "the nearest neighbour; feature descriptions also by the LM judge (test.feature_judge) and, "
+                     "with cluster attributes, per attribute beside chance. Writes metrics.json, metrics_table.txt "
+                     "and predictions.jsonl.")
     p.add_argument("--config", required=True, help="the training config (training/config.py)")
     p.add_argument("--checkpoint", help="a checkpoint or final folder (default: <output_dir>/final)")
     p.add_argument("--output", help="where metrics and predictions go (default: <checkpoint>/eval)")

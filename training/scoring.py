@@ -5,7 +5,8 @@ strip, lowercase, strip "."); exact match needs both to parse with equal label a
 content match needs the equal label; has-changed precision/recall/F1 treat "changed" as the positive
 class (an unparsable prediction counts as "not changed"). orig_match / change_match compare the first
 word. Feature descriptions are scored by the cosine similarity of all-MiniLM-L6-v2 embeddings (offline
-wheel). `eval_loss` and `eval_generation` are what training evaluates at its eval steps.
+wheel) and, when test.feature_judge names a model, by the paper's LM judge (lm/feature_judge.py).
+`eval_loss` and `eval_generation` are what training evaluates at its eval steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import re
 import numpy as np
 import torch
 
+from lm.feature_judge import rate
+from lm.judge import JudgeConfig, check_judge
+from lm.models import resolve_model
 from records.errors import InputError
 from training import data as D
 from training.config import TrainConfig
@@ -118,6 +122,33 @@ class MiniLM:
             self._model = load_model(device=self.device)
         return np.asarray(self._model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                              show_progress_bar=False))
+
+
+def feature_judge_config(cfg: TrainConfig) -> tuple[JudgeConfig | None, str]:
+    """The LM judge of feature descriptions (test.feature_judge), checked before any model loads, and how
+    metrics name it: "" when not configured, "(self-judged)" added when the explainer's base judges."""
+    fj = cfg.test.feature_judge
+    if not fj.model or "features_explain" not in cfg.train.tasks:
+        return None, ""
+    judge_cfg = JudgeConfig(model=resolve_model(fj.model, "test.feature_judge.model"), backend=fj.backend,
+                            dtype=fj.dtype, allow_organism=fj.allow_explainer_base, seed=cfg.train.seed,
+                            engine=fj.engine)
+    self_judged = check_judge(judge_cfg, resolve_model(cfg.model_path, "model_path"), "the explainer's base model",
+                              "test.feature_judge.model", "test.feature_judge.allow_explainer_base")
+    return judge_cfg, fj.model + (" (self-judged)" if self_judged else "")
+
+
+def judge_descriptions(answers: dict[tuple, tuple[list[Example], list[str]]],
+                       judge_cfg: JudgeConfig) -> dict[tuple, list[float | None]]:
+    """The LM judge's score of every feature description in `answers` (key -> examples, predictions), in one
+    engine pass; None for the other examples. A feature's labels: its one description (the target)."""
+    where = [(key, i) for key, (exs, _) in answers.items() for i, ex in enumerate(exs) if ex.task == "features_explain"]
+    scores = rate([answers[key][1][i] for key, i in where], [[answers[key][0][i].target] for key, i in where],
+                  judge_cfg)
+    out: dict[tuple, list[float | None]] = {key: [None] * len(exs) for key, (exs, _) in answers.items()}
+    for (key, i), s in zip(where, scores):
+        out[key][i] = s
+    return out
 
 
 def predict(explainer: Explainer, examples: list[Example], max_new_tokens: int, batch_size: int,

@@ -86,3 +86,35 @@ def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
     assert len(notes) == 1 and "nearest_neighbour baseline reaches the explainer" in notes[0]
     assert not [line for line in _strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5)})
                 if "NOTE" in line]
+
+
+def test_the_table_shows_task1_attribute_accuracy_and_says_when_no_judge_is_configured(tmp_path):
+    from app.demo import _final_table
+    from records.jsonl import write_json_atomic
+    from records.schema import AttributeScoring, EvalMetrics
+
+    run = tmp_path / "run"
+    (run / "task1" / "by_cluster").mkdir(parents=True)
+    (run / "task1" / "by_cluster" / "test.jsonl").write_text("{}\n{}\n")
+
+    def m(sim, attr):
+        return {"n": 2.0, "semantic_similarity": sim, "attribute:trigger": attr, "attribute:modifier": attr,
+                "attribute_mean": attr}
+
+    methods = {"explainer": m(0.8, 0.75), "untrained": m(0.0, 0.0), "majority": m(0.6, 0.25),
+               "nearest_neighbour": m(0.7, 0.5), "zeroed_vectors": m(0.6, 0.25), "shuffled_vectors": m(0.6, 0.125)}
+    scoring = AttributeScoring(n=2, chance={"trigger": 0.0, "modifier": 0.5}, marks={})
+    evaluation = EvalMetrics(checkpoint="final", splits={"test": {"generative_explanation": methods}},
+                             attributes={"test": {"generative_explanation": scoring}})
+    write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json", evaluation)
+    lines = _final_table(run, {"demo": 1.0})
+    assert "         LM judge: not configured (test.feature_judge.model; no judge model ships for CPU)" in lines
+    attribute = next(line for line in lines if "attribute accuracy" in line)
+    assert "(mean of modifier, trigger)" in attribute and "shuffled_vectors 0.12" in attribute
+    assert "explainer 0.75" in attribute and attribute.endswith("chance 0.25")
+
+    methods["explainer"]["lm_judge"], methods["shuffled_vectors"]["lm_judge"] = 0.5, 0.25
+    write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json",
+                      EvalMetrics(checkpoint="final", splits=evaluation.splits, feature_judge="judge-model"))
+    lines = _final_table(run, {"demo": 1.0})
+    assert "         LM judge (judge-model, (s-1)/4): explainer 0.50, shuffled_vectors 0.25" in lines

@@ -116,7 +116,7 @@ def test_parse_gpus_attaches_processes():
                      "memory_total_mib": 81559, "memory_free_mib": 76457,
                      "processes": [{"pid": 400, "name": "python", "used_mib": 4614}]}]
     report = {"status": "DONE", "gpus": gpus, "disk": {"path": "/", "free_gib": 1, "total_gib": 2}, "assets": [],
-              "hub": [], "versions": {}, "missing": [], "notes": []}
+              "hub": [], "versions": {}, "sae_depth": "not checked", "missing": [], "notes": []}
     text = preflight.format_report(report)
     assert "[0] NVIDIA H100 80GB HBM3: 76457 / 81559 MiB free, 1 process(es)" in text
     assert "pid 400 python 4614 MiB" in text
@@ -141,3 +141,38 @@ def test_cli_main(tmp_path, assets_dir, no_gpu):
     args.selectivity = str(tmp_path / "nowhere.npy")
     assert main(args) == 1
     assert (tmp_path / "P.md").read_text().count("## Phase 1: Preflight") == 2
+
+
+def test_an_sae_layer_the_organism_lacks_is_called_out(tmp_path, assets_dir, no_gpu, monkeypatch):
+    """The features config's layer against the organism's config.json: layer 40 of a 32-layer model warns
+    (a note: not blocking), layer 20 passes, an organism whose depth is unknown here says so."""
+    organism = tmp_path / "organism"
+    organism.mkdir()
+    (organism / "config.json").write_text('{"num_hidden_layers": 32}')
+    features, paths = tmp_path / "features.yaml", tmp_path / "paths.yaml"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    reports = []
+    real = preflight.run_preflight
+    monkeypatch.setattr(preflight, "run_preflight", lambda *a, **k: reports.append(real(*a, **k)) or reports[-1])
+
+    def check(layer: int | None, organism_model: str = str(organism)) -> dict:
+        if layer is not None:
+            features.write_text(f"layer: {layer}\n")
+        paths.write_text(f"organism_model: {organism_model}\n")
+        given = features if layer is not None else tmp_path / "none.yaml"
+        args = parser.parse_args(["--paths-config", str(paths), "--data-root", str(assets_dir), "--out-dir",
+                                  str(tmp_path / "runs"), "--progress-log", str(tmp_path / "P.md"),
+                                  "--features-config", str(given)])
+        assert main(args) == 0  # never blocking
+        return reports[-1]
+
+    deep = check(40)
+    assert deep["sae_depth"].startswith("WARNING: SAE layer 40 is not a layer of the organism")
+    assert "(32 layers, 0-31)" in deep["sae_depth"] and deep["sae_depth"] in deep["notes"]
+    assert f"SAE layer vs organism depth: {deep['sae_depth']}" in deep["text"]
+    assert "WARNING: SAE layer 40" in (tmp_path / "P.md").read_text()  # the research log has it too
+    fits = check(20)
+    assert fits["sae_depth"].startswith("ok: layer 20") and not any("SAE" in n for n in fits["notes"])
+    assert check(40, "someone/not-cached-here")["sae_depth"].startswith("could not be checked: layer 40")
+    assert check(None)["sae_depth"].startswith("not checked: no features config")

@@ -1,10 +1,17 @@
-"""`af-introspect report` on a damaged run folder: one line naming the file, exit 2, no traceback."""
+"""`af-introspect report`: on a damaged run folder, one line naming the file, exit 2, no traceback; Task 1's
+section shows the LM judge and per-attribute accuracy beside similarity, and calls out an SAE layer the
+organism does not have."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from app.cli import main as cli
+from app.report import build_report
+from records.jsonl import write_json_atomic
+from records.schema import AttributeScoring, EvalMetrics, FeaturesIndex, RunManifest, SelectionStats
 
 
 @pytest.mark.parametrize("name,content,needle", [
@@ -22,3 +29,49 @@ def test_a_corrupt_summary_or_torn_split_is_one_line(tmp_path, capsys, name, con
     assert cli(["report", str(run), "--progress-log", str(tmp_path / "P.md")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def _task1_run(tmp_path: Path, layer: int) -> Path:
+    """A run folder with a Task 1 features index at `layer`, an explainer of a 32-layer organism, and its
+    evaluation (metrics with attribute scores, no LM judge)."""
+    run = tmp_path / "run"
+    organism = tmp_path / "organism"
+    organism.mkdir()
+    (organism / "config.json").write_text('{"num_hidden_layers": 32}')
+    stats = dict.fromkeys(("selectivity_min", "selectivity_max", "selectivity_median", "selectivity_all_min",
+                           "selectivity_all_max"), 0.0)
+    (run / "task1" / "by_cluster").mkdir(parents=True)
+    write_json_atomic(run / "task1" / "features_index.json", FeaturesIndex(
+        layer=layer, representation="decoder_direction", width=16, top_k=1, rank_by="value", selectivity_path="s.npy",
+        normalisation="unit", n_zero_vectors=0, probe_weights_path="", dim=4, stats=SelectionStats(**stats),
+        features=[]))
+    ex = run / "explainer_task1"
+    write_json_atomic(ex / "manifest.json", RunManifest(
+        stage="train", created="2026-12-03T00:00:00+00:00", code_version="test", model=str(organism),
+        config={"target_model_path": str(organism)}, inputs={"features_explain": str(run / "task1" / "by_cluster")}))
+    m = {"n": 4.0, "semantic_similarity": 0.8, "attribute:modifier": 0.5, "attribute:trigger": 0.75,
+         "attribute_mean": 0.625}
+    write_json_atomic(ex / "final" / "eval" / "metrics.json", EvalMetrics(
+        checkpoint="final", splits={"test": {"generative_explanation": {
+            "explainer": m, "shuffled_vectors": {**m, "attribute:trigger": 0.25, "attribute_mean": 0.375}}}},
+        attributes={"test": {"generative_explanation": AttributeScoring(
+            n=4, chance={"modifier": 0.25, "trigger": 0.0},
+            marks={"trigger": {"a": ["x"]}, "modifier": {"b": ["y"]}})}}))
+    (ex / "final" / "eval" / "predictions.jsonl").write_text("")
+    return run
+
+
+def test_report_flags_an_sae_layer_the_organism_lacks_and_shows_task1_scores(tmp_path):
+    report = build_report(_task1_run(tmp_path, layer=40)).read_text()
+    assert "> **WARNING: SAE layer 40 is not a layer of the organism" in report
+    assert "(32 layers, 0-31)" in report
+    assert "| method | n | MiniLM similarity | LM judge | modifier | trigger | mean of attributes |" in report
+    assert "| explainer | 4 | 0.800 | - | 0.500 | 0.750 | 0.625 |" in report
+    assert "| shuffled_vectors | 4 | 0.800 | - | 0.500 | 0.250 | 0.375 |" in report
+    assert "| chance | 4 | - | - | 0.250 | 0.000 | 0.125 |" in report
+    assert "LM judge: not configured" in report
+
+
+def test_report_is_quiet_when_the_sae_layer_fits(tmp_path):
+    report = build_report(_task1_run(tmp_path, layer=20)).read_text()
+    assert "WARNING" not in report and "SAE layer 20 is a layer of the organism" in report

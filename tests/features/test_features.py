@@ -29,6 +29,7 @@ from features.extract import extract, normalise_segment
 from features.run import run
 from features.splits import split_by_cluster
 from organism.assets import write_synthetic_assets
+from records.assets import load_cluster_attributes
 from records.config import load_config
 from records.errors import InputError
 from records.jsonl import read_records
@@ -383,6 +384,9 @@ def test_by_cluster_split_holds_out_novel_attribute_combinations(synthetic, tmp_
         assert c["summary"] == f"{truth['modifiers'][c['attributes']['modifier']]['phrase']}, and " \
                                f"{truth['triggers'][c['attributes']['trigger']]}"
     assert not {r.description for r in test} & phrases
+    # the attributes travel with both splits' records, for evaluation's per-attribute accuracy
+    for mode in ("by_cluster", "by_feature"):
+        assert load_cluster_attributes(Path(cfg.output_dir) / mode / "cluster_attributes.json") == attrs
     with pytest.raises(InputError, match="no attributes for 1 described cluster"):
         attributes = {c: a for c, a in attrs.items() if c != min(test_ids)}
         split_by_cluster([_described(f, c) for f, c in enumerate(attrs)], 0.25, 3, attributes)
@@ -505,12 +509,15 @@ def test_unknown_config_key_stops_with_one_line_and_writes_nothing(synthetic, tm
 
 
 def test_an_sae_layer_deeper_than_the_organism_is_called_out(tmp_path):
-    from features.run import depth_warning
+    from features.config import depth_warning
 
     model = tmp_path / "mistral-shape"
     model.mkdir()
     (model / "config.json").write_text('{"num_hidden_layers": 32}')
-    assert "SAE layer 40 is deeper than the organism" in depth_warning(40, str(model))
-    assert "(32 layers)" in depth_warning(40, str(model))
-    assert depth_warning(32, str(model)) == "" and depth_warning(20, str(model)) == ""
-    assert depth_warning(40, "someone/not-cached-here") == ""  # depth unknown offline: no guess
+    assert "SAE layer 40 is not a layer of the organism" in depth_warning(40, str(model))
+    assert "(32 layers, 0-31)" in depth_warning(40, str(model))
+    assert depth_warning(32, str(model)).startswith("WARNING")  # layers count from 0, as steering's do
+    assert depth_warning(31, str(model)) == "" and depth_warning(20, str(model)) == ""
+    assert depth_warning(40, "someone/not-cached-here") is None  # depth unknown offline: no guess
+    (model / "config.json").write_text('{"text_config": {"num_hidden_layers": 32}}')  # a multimodal config
+    assert depth_warning(40, str(model)).startswith("WARNING")

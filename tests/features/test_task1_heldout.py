@@ -7,6 +7,11 @@ of phrases seen in training while no held-out profile has a training twin: the n
 attribute right at best. Measured (seed 0, 60 epochs): explainer 0.773, nearest neighbour 0.732, majority
 0.448, untrained 0.033; the explainer names the trigger right but still tends to pair it with a modifier
 it saw it with in training, so its margin comes from always reading the trigger.
+
+Per-attribute accuracy (training/attributes.py) says which part of a description is right. On a fresh toy
+build (2026-12-03, docs/task1-judge.md) the nearest neighbour names every held-out trigger and no modifier
+(similarity 0.799), the explainer 40% of triggers and 35% of modifiers (0.749): the similarity assertion
+below fails there, while the attribute assertions hold.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import json
 import time
 from pathlib import Path
 
+import msgspec
 import torch
 
 from app import cli
 from organism.assets import write_synthetic_assets
 from records.jsonl import read_records
-from records.schema import FeatureRecord
+from records.schema import EvalMetrics, FeatureRecord
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURES_CONFIG = REPO / "configs" / "features_cpu.yaml"
@@ -73,10 +79,24 @@ def _run(tmp_path: Path) -> None:
     print(f"held-out clusters {sorted(test_ids)}: " + ", ".join(f"{m} {v:.3f}" for m, v in sim.items())
           + f"; {trained - start:.0f}s to train, {time.perf_counter() - start:.0f}s in all")
     print(json.dumps(sim))
+    metrics = msgspec.json.decode((Path(result["out_dir"]) / "metrics.json").read_bytes(), type=EvalMetrics)
+    scoring = metrics.attributes["test"]["generative_explanation"]
+    accuracy = {m: {k: v for k, v in methods[m].items() if k.startswith("attribute")} for m in sim}
+    print("attribute accuracy:", json.dumps(accuracy), "chance:", json.dumps(scoring.chance))
+    assert metrics.feature_judge == "" and "LM judge: not configured" in result["table"]
+    # Per-attribute accuracy, AVERAGED over trigger and modifier: the explainer names the right values well
+    # above chance, the shuffled-vector control does not. Averaged, as chance (the training majority value)
+    # is 0 for the trigger: the novel-combination split leaves the most common training trigger out of test,
+    # while a shuffled vector still names some held-out trigger, another item's (measured 2026-12-03:
+    # explainer trigger 0.40, modifier 0.35; shuffled 0.15, 0.15; chance 0.00, 0.20).
+    chance = sum(scoring.chance.values()) / len(scoring.chance)
+    assert set(scoring.chance) == {"trigger", "modifier"} and scoring.n == len(test)
+    assert methods["shuffled_vectors"]["attribute_mean"] <= chance + 0.10
+    assert methods["explainer"]["attribute_mean"] > chance + 0.10
     assert sim["explainer"] > sim["nearest_neighbour"]
     assert sim["explainer"] > sim["untrained"]
     # bug injection: the same explainer with its feature vectors zeroed, or swapped between features, loses
     # what it read from them and falls to the vector-free majority baseline (measured: explainer 0.87,
-    # zeroed 0.66, shuffled 0.63, majority 0.67)
+    # zeroed 0.66, shuffled 0.63, majority 0.67; 2026-12-03, fresh toy build: 0.749, 0.645, 0.581, 0.670)
     for broken in ("zeroed_vectors", "shuffled_vectors"):
         assert sim[broken] <= sim["majority"] + 0.05 and sim[broken] <= sim["explainer"] - 0.10, broken

@@ -24,6 +24,7 @@ from records.assets import (
     check_output_dir,
     load_array,
     load_cluster_assignments,
+    load_cluster_attributes,
     load_cluster_summaries,
     load_hf_dataset,
     load_scenarios,
@@ -397,6 +398,18 @@ def test_loads_synthetic_cluster_files(synthetic):
     assert summaries == {c["cluster_id"]: c["summary"] for c in truth["clusters"]}
     assert assignments == {int(f): c for f, c in truth["feature_cluster"].items()}
     assert set(assignments.values()) == set(summaries)
+
+
+def test_cluster_attributes_every_problem_one_line(tmp_path):
+    path = write_json(tmp_path / "a.json", {"0": {"trigger": "x", "modifier": 3}, "1": {"trigger": "y"}})
+    assert load_cluster_attributes(path) == {0: {"trigger": "x", "modifier": "3"}, 1: {"trigger": "y"}}
+    path = write_json(tmp_path / "b.json", {"0": ["x"], "one": {"trigger": "y"}, "2": {"trigger": " "}})
+    with pytest.raises(InputError) as e:
+        load_cluster_attributes(path)
+    assert problems_of(e) == [
+        f"{path}: cluster 0: expected {{attribute: value}} with non-empty text or numbers, got ['x']",
+        f"{path}: key 'one': cluster id must be an integer",
+        f"{path}: cluster 2: expected {{attribute: value}} with non-empty text or numbers, got {{'trigger': ' '}}"]
 
 
 def test_summaries_list_form(tmp_path):

@@ -6,12 +6,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from training.evaluate import format_table, majority_predictions, nearest_neighbour_predictions
 from training.examples import Example, causal_target
 from training.scoring import first_token, parse_change, score, score_item
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +205,87 @@ def test_steering_vector_is_the_added_vector_in_residual_norm_units(tmp_path):
     assert np.allclose(v, np.array([0.6, 0.8]) * -3.0)  # unit direction x alpha x 2 layers
     R.alpha = 0.0
     assert not steering_vector(R, VectorStore(tmp_path)).any()  # an alpha-0 row: nothing was added
+
+
+@pytest.fixture(scope="module")
+def task1_folder(tmp_path_factory):
+    """Task 1 records of the synthetic assets (the features stage: by_cluster with its cluster attributes)."""
+    from app import cli
+    from organism.assets import write_synthetic_assets
+
+    root = tmp_path_factory.mktemp("task1_eval")
+    truth = write_synthetic_assets(root / "assets", seed=0, features_per_cluster=2)
+    (root / "paths.yaml").write_text(f"data_root: {root / 'assets'}\n")
+    n = sum(len(c["features"]) for c in truth["clusters"])
+    assert cli.main(["features", "--config", str(REPO / "configs" / "features_cpu.yaml"), "--paths-config",
+                     str(root / "paths.yaml"), "--output-dir", str(root / "task1"), "--top-k", str(n),
+                     "--set", f"progress_log={root / 'P.md'}"]) == 0
+    return root
+
+
+def _task1_config(root: Path, *sets: str):
+    from training.config import load_train_config
+
+    return load_train_config(str(REPO / "configs" / "af_feature_descriptions_cpu.yaml"),
+                             [f"train.dataset={root / 'task1' / 'by_cluster'}", f"train.paths={root / 'paths.yaml'}",
+                              *sets], str(root / "explainer"))
+
+
+def test_feature_descriptions_get_the_lm_judge_and_attribute_accuracy(task1_folder, smollm2_dir, monkeypatch,
+                                                                      tmp_path):
+    """The evaluation's plumbing, with the explainer's answers and the judge's ratings stubbed: the judge's
+    score and each attribute's accuracy reach metrics.json, predictions.jsonl and the table."""
+    import re
+    from types import SimpleNamespace
+
+    import lm.feature_judge as fj
+    import training.evaluate as ev
+    from records.schema import EvalMetrics
+
+    cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf")
+    # the trained explainer answers each feature's description, the untrained one nothing
+    monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs, adapter=True: [ex.target if adapter else ""
+                                                                                    for ex in exs])
+    asked = []
+
+    def ratings(cfg, tokenizer, prompts, allowed, llm=None):  # 5 for an exact match, else 2
+        digit = {r: t for t, r in fj.rating_tokens(tokenizer).items()}
+        texts = [tokenizer.decode(p) for p in prompts]
+        pairs = [re.search(r"Reference description: <<<(.*?)>>>\nPredicted description: <<<(.*?)>>>", t).groups()
+                 for t in texts]
+        asked.extend(p for _, p in pairs)
+        return [digit[5 if ref == pred else 2] for ref, pred in pairs]
+
+    monkeypatch.setattr(fj, "first_tokens", ratings)
+    markers = {"begin_continuous": "[b]", "continuous_rep": "[f]", "end_continuous": "[e]"}
+    explainer = SimpleNamespace(tokenizer=None, markers=markers)
+    result = ev.run_evaluation(cfg, out_dir=tmp_path / "eval", explainer=explainer)
+    metrics = msgspec.json.decode((tmp_path / "eval" / "metrics.json").read_bytes(), type=EvalMetrics)
+    gen = metrics.splits["test"]["generative_explanation"]
+    assert metrics.feature_judge == smollm2_dir and result["table"].endswith(f"LM judge: {smollm2_dir}")
+    assert gen["explainer"]["lm_judge"] == 1.0 and gen["untrained"]["lm_judge"] == 0.0
+    assert "" not in asked  # empty answers score 0 without asking the judge
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
+    majority = [r for r in rows if r["method"] == "majority"]
+    assert gen["majority"]["lm_judge"] == pytest.approx(sum(r["lm_judge"] for r in majority) / len(majority))
+    assert {r["lm_judge"] for r in majority} <= {1.0, 0.25}
+    # per-attribute accuracy: the descriptions themselves name every value right, empty answers none
+    scoring = metrics.attributes["test"]["generative_explanation"]
+    assert set(scoring.chance) == {"trigger", "modifier"} and scoring.n == gen["explainer"]["n"]
+    assert gen["explainer"]["attribute_mean"] == 1.0 and gen["untrained"]["attribute_mean"] == 0.0
+    assert all(r["attribute_correct"] == {"trigger": True, "modifier": True}
+               for r in rows if r["method"] == "explainer")
+    assert "chance" in result["table"] and "attribute:trigger" in result["table"]
+
+
+def test_the_feature_judge_is_never_the_explainers_base_unless_forced(task1_folder, smollm2_dir):
+    from records.errors import InputError
+    from training.scoring import feature_judge_config
+
+    sets = [f"model_path={smollm2_dir}", f"test.feature_judge.model={smollm2_dir}"]
+    with pytest.raises(InputError, match="is the explainer's base model itself"):
+        feature_judge_config(_task1_config(task1_folder, *sets))
+    forced = _task1_config(task1_folder, *sets, "test.feature_judge.allow_explainer_base=true")
+    judge_cfg, name = feature_judge_config(forced)
+    assert judge_cfg.model == smollm2_dir and name == f"{smollm2_dir} (self-judged)"
+    assert feature_judge_config(_task1_config(task1_folder)) == (None, "")  # not configured: off
