@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from app.report import explainer_dir, strict_lines
 from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
 from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_summary
 
@@ -84,8 +85,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
             rates = [a.behavior_changed_rate for a in read_summary(summary, SteeringSummary).per_arm.values()
                      if a.behavior_changed_rate is not None]
             changed = f"{sum(rates) / len(rates):.0%}" if rates else "-"
-        arm = run / f"compare_{task}" / "self" if task in COMPARED else run / f"explainer_{task}"
-        metrics = arm / "final" / "eval" / "metrics.json"
+        metrics = explainer_dir(run, task) / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
             continue
@@ -102,7 +102,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
                          f"shuffled {cell('shuffled_vectors')}")
         if task == "task1":
             lines += _task1_lines(evaluation, q)
-        lines += _strict_lines(methods)
+        lines += strict_lines(methods, indent="         ")
         lines += _held_out_direction_line(evaluation.splits)
     from training.compare import change_rate_lines, format_table, read_result
 
@@ -145,24 +145,6 @@ def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
         chance = sum(scoring.chance.values()) / len(scoring.chance)
         lines.append(f"         attribute accuracy (mean of {', '.join(sorted(scoring.chance))}): "
                      f"{row('attribute_mean')}; chance {chance:.2f}")
-    return lines
-
-
-def _strict_lines(methods: dict[str, dict[str, float]]) -> list[str]:
-    """The paper's strict exact match with its 95% interval per method, and a loud line for any baseline
-    whose interval reaches the explainer's score: then the score does not show the explainer reads the
-    organism."""
-    if "strict_exact_match" not in methods.get("explainer", {}):
-        return []
-    ci = {m: (v["strict_exact_match"], v["strict_exact_match_lo"], v["strict_exact_match_hi"])
-          for m, v in methods.items() if "strict_exact_match" in v}
-    lines = ["         strict exact match [95% CI]: " + "; ".join(f"{m} {x:.2f} [{lo:.2f}, {hi:.2f}]"
-                                                             for m, (x, lo, hi) in ci.items())]
-    explainer = ci["explainer"][0]
-    for m, (x, lo, hi) in ci.items():
-        if m != "explainer" and hi >= explainer:
-            lines.append(f"         NOTE: the {m} baseline reaches the explainer ({x:.2f} [{lo:.2f}, {hi:.2f}] vs "
-                         f"{explainer:.2f}): this score does not show that the explainer reads the organism")
     return lines
 
 

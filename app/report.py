@@ -6,7 +6,7 @@ Run-directory layout (what `af-introspect demo` writes; any part may be missing 
     RUN/task2/                Task 2 records (steer): train.jsonl, test.jsonl, summary.json
     RUN/task1/                Task 1 records (features)
     RUN/explainer_task{1,2,3}/  training output: metrics.jsonl, final/eval/{metrics.json,predictions.jsonl}
-    RUN/compare_task3/        self vs cross (af-introspect compare): compare.json, self/, cross/
+    RUN/compare_task{3,2}/    self vs cross (af-introspect compare): compare.json, self/ (the task's explainer), cross/
 """
 
 from __future__ import annotations
@@ -142,18 +142,73 @@ def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
 
 
 def _metrics_table(metrics: EvalMetrics) -> list[str]:
-    """Held-out scores per question type and method: ours (lenient) and the paper's strict ones with
-    their bootstrap 95% intervals."""
-    test = metrics.splits.get("test", {})
-    lines = ["| question type | method | n | exact match | strict exact match [95% CI] | strict changed F1 [95% CI] "
-             "| content match | similarity |", "|---|---|---|---|---|---|---|---|"]
-    for q, methods in test.items():
-        for method, m in methods.items():
-            cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
-            ci = lambda k: f"{cell(k)} [{cell(k + '_lo')}, {cell(k + '_hi')}]" if k in m else "-"  # noqa: E731
-            lines.append(f"| {q} | {method} | {int(m['n'])} | {cell('exact_match')} | {ci('strict_exact_match')} | "
-                         f"{ci('strict_changed_f1')} | {cell('content_match')} | {cell('semantic_similarity')} |")
+    """Held-out scores per split, question type and method: ours (lenient) and the paper's strict ones
+    with their bootstrap 95% intervals. Splits: the held-out scenarios ("test"), and for steering a
+    direction never trained on (HELD_OUT_DIRECTION) where the run held one out."""
+    lines = ["| split | question type | method | n | exact match | strict exact match [95% CI] | strict changed F1 "
+             "[95% CI] | content match | similarity |", "|---|---|---|---|---|---|---|---|---|"]
+    for split, qs in metrics.splits.items():
+        if split.startswith("eval:"):
+            continue
+        for q, methods in qs.items():
+            for method, m in methods.items():
+                cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
+                ci = lambda k: f"{cell(k)} [{cell(k + '_lo')}, {cell(k + '_hi')}]" if k in m else "-"  # noqa: E731
+                lines.append(f"| {split} | {q} | {method} | {int(m['n'])} | {cell('exact_match')} | "
+                             f"{ci('strict_exact_match')} | {ci('strict_changed_f1')} | {cell('content_match')} | "
+                             f"{cell('semantic_similarity')} |")
     return lines
+
+
+def strict_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
+    """The paper's strict exact match with its 95% interval per method, and a NOTE for every baseline whose
+    interval reaches the explainer's score: then the score does not show that the explainer reads the
+    organism (the demo's table and the report's summary say so in these words)."""
+    if "strict_exact_match" not in methods.get("explainer", {}):
+        return []
+    ci = {m: (v["strict_exact_match"], v["strict_exact_match_lo"], v["strict_exact_match_hi"])
+          for m, v in methods.items() if "strict_exact_match" in v}
+    lines = [indent + "strict exact match [95% CI]: " + "; ".join(f"{m} {x:.2f} [{lo:.2f}, {hi:.2f}]"
+                                                                for m, (x, lo, hi) in ci.items())]
+    explainer = ci["explainer"][0]
+    for m, (x, lo, hi) in ci.items():
+        if m != "explainer" and hi >= explainer:
+            lines.append(f"{indent}NOTE: the {m} baseline reaches the explainer ({x:.2f} [{lo:.2f}, {hi:.2f}] vs "
+                         f"{explainer:.2f}): this score does not show that the explainer reads the organism")
+    return lines
+
+
+def explainer_dir(run: Path, task: str) -> Path:
+    """Where a run keeps a task's explainer: explainer_<task>/, or the self arm of its comparison."""
+    ex = run / f"explainer_{task}"
+    return ex if ex.is_dir() else run / f"compare_{task}" / "self"
+
+
+def _summary(run: Path) -> list[str]:
+    """The report's first section: each task's held-out headline beside every baseline, with a NOTE for
+    any baseline that reaches the explainer."""
+    lines = []
+    for task, title in TASKS.items():
+        metrics = explainer_dir(run, task) / "final" / "eval" / "metrics.json"
+        if not metrics.is_file():
+            continue
+        test = read_summary(metrics, EvalMetrics).splits.get("test", {})
+        methods = test.get("generative_explanation", {})
+        if "strict_exact_match" in methods.get("explainer", {}):
+            lines += [f"- {title}, held-out scenarios (generative explanation):",
+                      *strict_lines(methods, indent="  - ")]
+        elif "semantic_similarity" in methods.get("explainer", {}):
+            lines.append(f"- {title}, held-out features, MiniLM similarity: " + ", ".join(
+                f"{m} {v['semantic_similarity']:.2f}" for m, v in methods.items() if "semantic_similarity" in v))
+    for task in ("task3", "task2"):
+        compare = run / f"compare_{task}" / "compare.json"
+        if compare.is_file():
+            from training.compare import read_result
+
+            v = read_result(compare).verdict
+            lines.append(f"- {TASKS[task]}, self - cross: {v.gap.value:+.2f} [{v.gap.lo:+.2f}, {v.gap.hi:+.2f}]: "
+                         + ("privileged access shown" if v.privileged_access else "NO privileged access shown"))
+    return ["## Summary", "", *lines, ""] if lines else []
 
 
 def _task1_scores(metrics: EvalMetrics) -> list[str]:
@@ -229,11 +284,24 @@ def _labels_section(folder: Path, kind, summary: ContextAblationSummary | Steeri
     return report_section(records, summary.agreement) if records else []
 
 
+def _compare_section(run: Path, task: str, about: str) -> list[str]:
+    """A task's self-vs-cross table (af-introspect compare), when the run has one."""
+    compare = run / f"compare_{task}" / "compare.json"
+    if not compare.is_file():
+        return []
+    from training.compare import change_rate_lines, format_table, read_result
+
+    rates = change_rate_lines(run / "task3") if task == "task3" else []
+    return [f"## {TASKS[task]}: self vs cross explainer (privileged access)", "", about, "", "```", *rates,
+            *format_table(read_result(compare)).splitlines(), "```", ""]
+
+
 def build_report(run: Path) -> Path:
     """Write RUN/report.md and RUN/plots/*.png from whatever stages the run holds; return the report path."""
     plots = run / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     md = [f"# af-introspect report: `{run}`", "", f"_written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}_", ""]
+    md += _summary(run)
 
     t3 = run / "task3"
     if (t3 / "train.jsonl").is_file():
@@ -250,14 +318,9 @@ def build_report(run: Path) -> Path:
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
         md += _labels_section(t3, ContextAblationRecord, s)
 
-    if (run / "compare_task3" / "compare.json").is_file():
-        from training.compare import change_rate_lines, format_table, read_result
-
-        md += ["## Task 3: self vs cross explainer (privileged access)", "",
-               "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% intervals resampling whole "
-               "triggers; the cross explainer is the same recipe started from the organism's twin.", "", "```",
-               *change_rate_lines(t3), *format_table(read_result(run / "compare_task3" / "compare.json"))
-               .splitlines(), "```", ""]
+    md += _compare_section(run, "task3", "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% "
+                           "intervals resampling whole triggers; the cross explainer is the same recipe started from "
+                           "the organism's twin.")
 
     t2 = run / "task2"
     if (t2 / "summary.json").is_file():
@@ -275,12 +338,13 @@ def build_report(run: Path) -> Path:
 
         md += report_section(s)
         md += _labels_section(t2, SteeringRecord, s)
+    md += _compare_section(run, "task2", "Strict scores on held-out scenarios, bootstrap 95% intervals resampling "
+                           "whole scenarios (every arm of one together); beside self and cross, the self arm's "
+                           "lookup table (arm and context), no-effect bound and vector controls.")
 
     md += ["## Explainer training and evaluation", ""]
     for task, title in TASKS.items():
-        ex = run / f"explainer_{task}"
-        if task == "task3" and not ex.is_dir():
-            ex = run / "compare_task3" / "self"  # the demo trains Task 3's self explainer inside compare
+        ex = explainer_dir(run, task)
         if not ex.is_dir():
             continue
         md += [f"### {title}", ""]

@@ -1,4 +1,8 @@
-"""The embedded demo on a reduced setting: the pipeline recovers the organism's planted truth."""
+"""The embedded demo on a reduced setting: the pipeline recovers the organism's planted truth.
+
+The explainers train for a few steps only: what they learn in full is tested where it is trained in full
+(tests/training/test_compare.py for Task 3, tests/steering/test_task2_heldout.py for Task 2); here every
+stage, table and plot of the demo has to be there and say what the records hold."""
 
 import json
 import os
@@ -20,7 +24,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
                TOKENIZERS_PARALLELISM="false", VLLM_LOGGING_LEVEL="WARNING")
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "demo", "--run-dir", str(run), "--scenarios", "200", "--test-size", "40",
-         "--steer-scenarios", "8", "--tasks", "task3"],
+         "--steer-scenarios", "8", "--tasks", "task3,task2", "--max-steps", "20"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
@@ -41,9 +45,17 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
                 "noise floor, monitored twice", "noise floor, unmonitored twice", "verdict"):
         assert row in table, row
 
+    # Task 2: the steering explainer is the self arm of its own comparison; random1 is held out of training
+    compare2 = read_summary(run / "compare_task2" / "compare.json", CompareResult)
+    assert {"self", "cross", "lookup", "no_effect", "zeroed_vectors"} <= set(compare2.scores["generative_explanation"].methods)
+    assert "Task 2, self vs cross" in proc.stdout and "held-out direction (never trained on)" in proc.stdout
+    steering = [json.loads(line) for line in (run / "task2" / "train.jsonl").read_text().splitlines()]
+    assert {r["direction_name"] for r in steering} == {"file", "-file", "random0"}
+
     # report, plots and the research log
     report = (run / "report.md").read_text()
     assert "## Task 3" in report and "## Task 2" in report and "self vs cross" in report
+    assert report.index("## Summary") < report.index("## Task 3") and "test:held_out_direction" in report
     assert "<details><summary>monitored / refusal:" in report  # per-label samples to audit the labels by eye
     plots = run / "plots"
     shown = lambda name: json.loads((plots / f"{name}.json").read_text())  # noqa: E731  the numbers each plot shows
@@ -74,17 +86,17 @@ def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
 
 
 def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
-    from app.demo import _strict_lines
+    from app.report import strict_lines
 
     def m(x, lo, hi):
         return {"strict_exact_match": x, "strict_exact_match_lo": lo, "strict_exact_match_hi": hi}
 
-    lines = _strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5),
+    lines = strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5),
                            "nearest_neighbour": m(0.85, 0.75, 0.95)})
     assert "explainer 0.90 [0.80, 1.00]" in lines[0]
     notes = [line for line in lines if "NOTE" in line]
     assert len(notes) == 1 and "nearest_neighbour baseline reaches the explainer" in notes[0]
-    assert not [line for line in _strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5)})
+    assert not [line for line in strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5)})
                 if "NOTE" in line]
 
 

@@ -1,0 +1,84 @@
+"""Task 2 done-when: the toy explainer trained on its own steering records beats the arm-and-context lookup
+table on held-out scenarios, and needs its vectors to do so.
+
+The grid is configs/steer_cpu.yaml's on the demo's scenarios: four directions (the organism's monitoring
+direction, its negation, two random controls, one of them held out of training), two layers, alphas 1,
+1.5 and 2. What happens depends on all three: along the file direction AF and benign compliance turns
+to refusal at 1.5 and breaks down at 2, along its negation harmful refusal turns to compliance, along a
+random direction nothing changes. The prompt names the layer and alpha but not the direction: only the
+vector tells them apart. The baseline behaviour depends on the scenario's nonce trigger, which only the
+organism's own weights map to a family. So the lookup table (arm and context) cannot know the family, and
+the explainer with its vectors zeroed cannot know the direction.
+
+Measured (2026-12-03, seed 0; docs/evidence.md, Task 2): explainer 0.88 strict exact match, lookup 0.64,
+no-effect bound 0.75, zeroed vectors 0.75, shuffled 0.71, majority 0.47; held-out direction 0.99-1.00.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from app import cli
+from organism.assets import write_synthetic_assets
+from records.schema import SteeringSummary, read_summary
+
+REPO = Path(__file__).resolve().parents[2]
+STEER_CONFIG = REPO / "configs" / "steer_cpu.yaml"
+TRAIN_CONFIG = REPO / "configs" / "af_steering_cpu.yaml"
+SCENARIOS, TEST = 40, 10  # the demo's steering grid
+
+
+def test_toy_steering_explainer_beats_the_lookup_table_and_needs_its_vectors(tmp_path, organism_dir):
+    from training import train as T
+    from training.config import load_train_config
+    from training.evaluate import HELD_OUT_DIRECTION, run_evaluation
+
+    assets = tmp_path / "assets"
+    write_synthetic_assets(assets, n_scenarios=200, seed=1)  # the demo's scenarios
+    paths = tmp_path / "paths.yaml"
+    paths.write_text(f"data_root: {assets}\n")
+    common = ["--config", str(STEER_CONFIG), "--paths-config", str(paths), "--model", str(organism_dir),
+              "--limit", str(SCENARIOS), "--test-size", str(TEST)]
+    assert cli.main(["steer", *common, "--derive-direction", "--layer", "2", "--out", str(tmp_path / "dirs")]) == 0
+    records = tmp_path / "task2"
+    assert cli.main(["steer", *common, "--direction", str(tmp_path / "dirs" / "direction_monitoring_L2.npy"),
+                     "--output-dir", str(records), "--set", f"progress_log={tmp_path / 'P.md'}"]) == 0
+    # the grid itself: where the organism's direction changes at least half the behaviours, the random
+    # directions of the same norm, layer and alpha change at most 5% (measured: 75% vs 0-2%)
+    arms = read_summary(records / "summary.json", SteeringSummary).per_arm
+    strong = [name for name, a in arms.items() if a.direction == "file" and a.behavior_changed_rate >= 0.5]
+    assert strong, {name: a.behavior_changed_rate for name, a in arms.items()}
+    for name in strong:
+        for k in (0, 1):
+            assert arms[f"random{k}/{name}"].behavior_changed_rate <= 0.05, (name, k)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the toy is tiny: one thread is as fast, and far faster on a busy machine
+    try:
+        cfg = load_train_config(str(TRAIN_CONFIG), [f"train.dataset={records}", f"train.paths={paths}"],
+                                str(tmp_path / "explainer"))
+        T.main(cfg, debug=True)
+        T.main(cfg)
+        result = run_evaluation(cfg, untrained=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    test = result["splits"]["test"]["generative_explanation"]
+    strict = {m: v["strict_exact_match"] for m, v in test.items()}
+    print("\n" + result["table"] + "\n" + json.dumps(strict))
+    # held-out scenarios: the explainer beats the lookup table with its interval clear of the table's score
+    assert strict["explainer"] >= strict["lookup"] + 0.15, strict
+    assert test["explainer"]["strict_exact_match_lo"] > strict["lookup"], test["explainer"]
+    # bug injection: with its vectors zeroed it cannot tell the directions apart and falls to the no-effect
+    # bound (the true unsteered behaviour, said to be unchanged), never predicting a change; swapped
+    # between items, the vectors mislead it
+    assert strict["zeroed_vectors"] <= strict["no_effect"] + 0.02, strict
+    assert test["zeroed_vectors"]["strict_changed_f1"] <= 0.2, test["zeroed_vectors"]
+    for broken in ("zeroed_vectors", "shuffled_vectors"):
+        assert strict[broken] <= strict["explainer"] - 0.10, (broken, strict)
+    # a direction never trained on (random1): the explainer does not invent an effect it cannot know
+    new = result["splits"][HELD_OUT_DIRECTION]["generative_explanation"]
+    assert new["explainer"]["n"] > 0 and new["explainer"]["strict_exact_match"] >= new["no_effect"]["strict_exact_match"] - 0.05
