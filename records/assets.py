@@ -348,13 +348,7 @@ def load_cluster_assignments(path: str | Path) -> dict[int, int]:
     Keys must be non-negative integers (or int-like strings, as JSON writes them); values must be
     integers (-1, the usual "no cluster", is allowed).
     """
-    path = Path(path)
-    data = _load_json(path)
-    problems = Problems()
-    where = str(path)
-    if not isinstance(data, dict):
-        problems.add(where, f"expected an object {{feature_idx: cluster_id}}, got {type(data).__name__}")
-        problems.raise_if_any()
+    data, problems, where = _json_object(path, "{feature_idx: cluster_id}")
     out: dict[int, int] = {}
     for key, cid in data.items():
         fidx = _int_key(key, "feature index", out, problems, where)
@@ -375,13 +369,7 @@ def load_cluster_attributes(path: str | Path) -> dict[int, dict[str, str]]:
     """Cluster id -> {attribute: value}, from {"<cluster_id>": {"<attribute>": "<value>", ...}} (the toy's
     cluster_attributes.json: trigger and modifier). The features stage copies it beside its splits
     (CLUSTER_ATTRIBUTES in records/schema.py), where evaluation reads it for per-attribute accuracy."""
-    path = Path(path)
-    data = _load_json(path)
-    problems = Problems()
-    where = str(path)
-    if not isinstance(data, dict):
-        problems.add(where, f"expected an object {{cluster_id: {{attribute: value}}}}, got {type(data).__name__}")
-        problems.raise_if_any()
+    data, problems, where = _json_object(path, "{cluster_id: {attribute: value}}")
     out: dict[int, dict[str, str]] = {}
     for key, attrs in data.items():
         cid = _int_key(key, "cluster id", out, problems, where)
@@ -477,6 +465,16 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _json_object(path: str | Path, shape: str) -> tuple[dict, Problems, str]:
+    """A JSON file that must hold one object (`shape` says which, for the message): the object, the
+    Problems collector its entries report to, and the file's name for those reports."""
+    data, problems, where = _load_json(Path(path)), Problems(), str(path)
+    if not isinstance(data, dict):
+        problems.add(where, f"expected an object {shape}, got {type(data).__name__}")
+        problems.raise_if_any()
+    return data, problems, where
 
 
 def _load_json(path: Path) -> object:
