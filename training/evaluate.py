@@ -305,9 +305,11 @@ def format_table(results: dict, scoring: dict | None = None, judge: str | None =
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Greedy answers of the trained explainer on the test split (and configured gold_106-derived "
                      "eval sets), scored per question type against the untrained explainer, the majority class and "
-                     "the nearest neighbour; feature descriptions also by the LM judge (test.feature_judge) and, "
-                     "with cluster attributes, per attribute beside chance. Writes metrics.json, metrics_table.txt "
-                     "and predictions.jsonl.")
+                     "the nearest neighbour; steering records also against the arm-and-context lookup table and "
+                     "the no-effect bound, on the held-out scenarios and apart on any held-out direction (steer's "
+                     "test_directions); vector tasks also with the vectors zeroed and shuffled; feature "
+                     "descriptions also by the LM judge (test.feature_judge) and, with cluster attributes, per "
+                     "attribute beside chance. Writes metrics.json, metrics_table.txt and predictions.jsonl.")
     p.add_argument("--config", required=True, help="the training config (training/config.py)")
     p.add_argument("--checkpoint", help="a checkpoint or final folder (default: <output_dir>/final)")
     p.add_argument("--output", help="where metrics and predictions go (default: <checkpoint>/eval)")

@@ -4,14 +4,14 @@ held-out clusters, by the MiniLM embedding-similarity judge.
 The synthetic assets plant compositional clusters (trigger x modifier; organism/assets.py) and the toy
 features config holds out novel combinations (cluster_attributes), so every held-out description is made
 of phrases seen in training while no held-out profile has a training twin: the nearest neighbour gets one
-attribute right at best. Measured (seed 0, 60 epochs): explainer 0.773, nearest neighbour 0.732, majority
-0.448, untrained 0.033; the explainer names the trigger right but still tends to pair it with a modifier
-it saw it with in training, so its margin comes from always reading the trigger.
+attribute right at best (it names every held-out trigger and no modifier).
 
-Per-attribute accuracy (training/attributes.py) says which part of a description is right. On a fresh toy
-build (2026-12-03, docs/task1-judge.md) the nearest neighbour names every held-out trigger and no modifier
-(similarity 0.799), the explainer 40% of triggers and 35% of modifiers (0.749): the similarity assertion
-below fails there, while the attribute assertions hold.
+Measured (2026-12-03, fresh toy build, configs/af_feature_descriptions_cpu.yaml: LoRA r=4, 60 epochs; seed
+0): explainer 0.908, nearest neighbour 0.799, majority 0.670, zeroed vectors 0.555, shuffled 0.631,
+untrained 0.011; per attribute (trigger / modifier) explainer 1.00 / 0.60, nearest neighbour 1.00 / 0.00,
+zeroed 0.20 / 0.20, shuffled 0.25 / 0.15, chance 0.00 / 0.20. With r=16 the explainer memorised the training
+clusters' whole descriptions and lost to the nearest neighbour on this build (0.749 vs 0.799); training
+seed 1 gives 0.901, asset seed 1 0.818 and 0.846 vs 0.768 (docs/evidence.md, "Task 1 recipe").
 """
 
 from __future__ import annotations
@@ -86,17 +86,26 @@ def _run(tmp_path: Path) -> None:
     assert metrics.feature_judge == "" and "LM judge: not configured" in result["table"]
     # Per-attribute accuracy, AVERAGED over trigger and modifier: the explainer names the right values well
     # above chance, the shuffled-vector control does not. Averaged, as chance (the training majority value)
-    # is 0 for the trigger: the novel-combination split leaves the most common training trigger out of test,
-    # while a shuffled vector still names some held-out trigger, another item's (measured 2026-12-03:
-    # explainer trigger 0.40, modifier 0.35; shuffled 0.15, 0.15; chance 0.00, 0.20).
+    # is 0 for the trigger: the novel-combination split leaves the most common training trigger out of test.
     chance = sum(scoring.chance.values()) / len(scoring.chance)
     assert set(scoring.chance) == {"trigger", "modifier"} and scoring.n == len(test)
-    assert methods["shuffled_vectors"]["attribute_mean"] <= chance + 0.10
-    assert methods["explainer"]["attribute_mean"] > chance + 0.10
+    # The shuffled control's floor is not chance: an explainer that reads every vector right names another
+    # held-out item's values, right with probability sum_v p_v^2 over the held-out values of each attribute
+    # (0.28 here: one trigger and one modifier each cover 8 of the 20 items), above chance + 0.10 = 0.20.
+    # Measured 2026-12-03 with the r=4 recipe: shuffled 0.20 (train seed 0), 0.30 (seed 1); asset seed 1:
+    # 0.275, 0.275. So the control is bounded by that level + 0.10 and the explainer must clear it.
+    held = {a: [attrs[r.cluster_id][a] for r in test] for a in scoring.chance}  # attribute -> value per item
+    shuffled_level = sum(sum((vals.count(v) / len(vals)) ** 2 for v in set(vals)) for vals in held.values()) / len(held)
+    floor = max(chance, shuffled_level) + 0.10
+    print(f"attribute floor: chance {chance:.3f}, shuffled-reader level {shuffled_level:.3f}")
+    assert methods["shuffled_vectors"]["attribute_mean"] <= floor
+    assert methods["explainer"]["attribute_mean"] > floor
     assert sim["explainer"] > sim["nearest_neighbour"]
     assert sim["explainer"] > sim["untrained"]
     # bug injection: the same explainer with its feature vectors zeroed, or swapped between features, loses
-    # what it read from them and falls to the vector-free majority baseline (measured: explainer 0.87,
-    # zeroed 0.66, shuffled 0.63, majority 0.67; 2026-12-03, fresh toy build: 0.749, 0.645, 0.581, 0.670)
+    # what it read from them and falls to the vector-free majority baseline (measured 2026-12-03, fresh toy
+    # build, r=4: explainer 0.908, zeroed 0.555, shuffled 0.631, majority 0.670; train seed 1: 0.901, 0.555,
+    # 0.664). An explainer that reads every vector right scores 0.669 on average with shuffled ones here (the
+    # mean MiniLM similarity of two held-out descriptions), at the majority baseline.
     for broken in ("zeroed_vectors", "shuffled_vectors"):
         assert sim[broken] <= sim["majority"] + 0.05 and sim[broken] <= sim["explainer"] - 0.10, broken
