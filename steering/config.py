@@ -81,8 +81,8 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     negate: bool = False  # also the negation of the file direction and of the derived one
     random_directions: int = 0
     alpha_zero: bool = False  # an alpha-0 control arm per layer set (file direction): must equal the baseline
-    # Directions held out of explainer training: every row that adds one goes to test.jsonl, whatever its
-    # scenario, so evaluation asks whether the explainer generalises to a direction it never saw (the
+    # Directions held out of explainer training: they steer the test scenarios only, so evaluation asks
+    # whether the explainer generalises to a direction it never saw, on scenarios it never saw (the
     # held-out-direction split, beside the held-out scenarios). E.g. [random1] with random_directions: 2.
     test_directions: list[str] = []
     coherence: CoherenceConfig = msgspec.field(default_factory=CoherenceConfig)

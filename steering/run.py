@@ -130,10 +130,12 @@ def validate_early(cfg: SteerConfig) -> None:
             raise InputError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
 
 
-def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[grid.Arm], batch_size: int):
-    """Rows (index, context, arm) sorted by prompt length (then input order), cut into batches."""
+def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[grid.Arm], batch_size: int,
+                 skip=lambda index, arm: False):
+    """Rows (index, context, arm) sorted by prompt length (then input order), cut into batches; `skip`
+    leaves out rows that are not steered (a held-out direction on a training scenario)."""
     order = sorted(groups, key=lambda g: (len(g[2]), g[0], g[1]))
-    rows = [(i, ctx, arm) for i, ctx, _ in order for arm in arms]
+    rows = [(i, ctx, arm) for i, ctx, _ in order for arm in arms if not skip(i, arm)]
     return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
@@ -219,8 +221,9 @@ def direction_file(d: dirmod.Direction, layer: int) -> str:
 
 def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, completions, norms,
                   directions: list[dirmod.Direction], dir_info: dict, tokenizer, engine: EngineInfo,
-                  behaviour: dict[str, str], labeller: str, af_labels=()) -> list[SteeringRecord]:
-    """One record per (scenario, context, steered arm), in input order, then context, then arm order.
+                  behaviour: dict[str, str], labeller: str, af_labels=(), n_train: int = 0) -> list[SteeringRecord]:
+    """One record per (scenario, context, steered arm), in input order, then context, then arm order; a
+    held-out direction's arms on the first `n_train` (training) scenarios are not steered (held_out_row).
     A steered output that differs from the baseline and fails the coherence check is `degenerate`."""
     by_name = {d.name: d for d in directions}
     out = []
@@ -232,6 +235,8 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
             base_text = tokenizer.decode(base.token_ids, skip_special_tokens=True)
             base_beh = behaviour[base.key]
             for arm in arms[1:]:
+                if held_out_row(cfg, n_train, i, arm):
+                    continue
                 c = completions[row_key(i, context, arm.name, digest)]
                 text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
                 beh = behaviour[c.key]
@@ -278,9 +283,15 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
     return out
 
 
-def in_training(r: SteeringRecord, n_train_scenarios: int, cfg: SteerConfig) -> bool:
-    """Training split: a training scenario (input order) steered along a direction not held out."""
-    return r.index < n_train_scenarios and r.direction_name not in cfg.test_directions
+def in_training(r: SteeringRecord, n_train_scenarios: int) -> bool:
+    """Training split: the first scenarios (input order); the test scenarios follow."""
+    return r.index < n_train_scenarios
+
+
+def held_out_row(cfg: SteerConfig, n_train_scenarios: int, index: int, arm: grid.Arm) -> bool:
+    """A held-out direction (test_directions) steers the test scenarios only: no row of it is ever in the
+    training split, and none is generated that no split would hold."""
+    return arm.direction in cfg.test_directions and index < n_train_scenarios
 
 
 def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> SteeringSummary:
@@ -354,7 +365,8 @@ def save_heatmap(summary: SteeringSummary, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def plan_direction_batches(groups, arms: list[grid.Arm], directions: list[dirmod.Direction], batch_size: int):
+def plan_direction_batches(groups, arms: list[grid.Arm], directions: list[dirmod.Direction], batch_size: int,
+                           skip=lambda index, arm: False):
     """(direction, layer for a per-layer direction or None, batch) in plan order: every batch steers along
     one unit vector. The baseline rides with the file direction (its coefficients are 0)."""
     by_name = {d.name: d for d in directions}
@@ -363,10 +375,10 @@ def plan_direction_batches(groups, arms: list[grid.Arm], directions: list[dirmod
         d = by_name[arm.direction]
         parts.setdefault((d.name, arm.layers[0] if d.per_layer and arm.layers else None), []).append(arm)
     return [(by_name[name], layer, b) for (name, layer), own in parts.items()
-            for b in plan_batches(groups, own, batch_size)]
+            for b in plan_batches(groups, own, batch_size, skip)]
 
 
-def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray, work: Path,
+def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray, work: Path, n_train: int,
                rank: int | None = None, world: int = 1, directions: list[dirmod.Direction] = (),
                job: DeriveJob | None = None) -> tuple[dict | None, str]:
     """Load the model, measure residual norms (once per run), derive the in-run direction (once per run),
@@ -395,7 +407,8 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
 
     directions = sort_directions(cfg, list(directions) + derived_directions(cfg, work, model, tokenizer, job))
     mine = [g for g in groups if rank is None or owns(g[0], rank, world)]
-    batches = plan_direction_batches(mine, arms, directions, cfg.batch_size)
+    batches = plan_direction_batches(mine, arms, directions, cfg.batch_size,
+                                     lambda index, arm: held_out_row(cfg, n_train, index, arm))
     arm_by_name = {a.name: a for a in arms}
     group_id = {(i, c): k for k, (i, c, _) in enumerate(groups)}
     prompt_ids = {(i, c): ids for i, c, ids in groups}
@@ -434,8 +447,8 @@ def steer_rows(cfg: SteerConfig, model_dir: str, groups, arms, unit: np.ndarray,
 
 
 def _steer_worker(rank: int, world: int, cfg: SteerConfig, model_dir: str, groups, arms, unit, work: Path,
-                  directions, job) -> None:
-    steer_rows(cfg, model_dir, groups, arms, unit, work, rank, world, directions, job)
+                  n_train: int, directions, job) -> None:
+    steer_rows(cfg, model_dir, groups, arms, unit, work, n_train, rank, world, directions, job)
 
 
 def save_directions(out: Path, directions: list[dirmod.Direction]) -> None:
@@ -513,17 +526,20 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
 
         t_setup = time.perf_counter()
         if cfg.data_parallel > 1:
-            run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work, fixed, job))
+            run_workers(_steer_worker, cfg.data_parallel, (cfg, model_dir, groups, arms, unit, work, n_train_scen,
+                                                           fixed, job))
             engine_stats, device_name = None, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         else:
-            engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work, None, 1, fixed, job)
+            engine_stats, device_name = steer_rows(cfg, model_dir, groups, arms, unit, work, n_train_scen, None, 1,
+                                                   fixed, job)
         norms = _load_norms(work)
         directions = sort_directions(cfg, fixed + derived_directions(cfg, work))
         t_gen = time.perf_counter()
 
         completions = {c.key: c for c in read_all_shards(work, SHARD_STEM, RawCompletion)}
-        require_completions((row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in groups for a in arms),
-                            completions, "rows")
+        keys = [row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in groups for a in arms
+                if not held_out_row(cfg, n_train_scen, i, a)]  # not stale ones
+        require_completions(keys, completions, "rows")
         import transformers
 
         engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else model_dir,
@@ -531,18 +547,17 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                             engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
                             chat_rendering=rendering,
                             device=device_name)
-        keys = [row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in groups for a in arms]  # not stale ones
         judged, agr = lm_judge.label_all(
             cfg.labeller, [rendered[(int(k.split(":")[0]), k.split(":")[1])].text for k in keys],  # = prompt_text
             [tokenizer.decode(completions[k].token_ids, skip_special_tokens=True) for k in keys], judge_cfg)
         records = build_records(cfg, scenarios, rendered, arms, completions, norms, directions, dir_info, tokenizer,
                                 engine, dict(zip(keys, judged)), lm_judge.labeller_name(cfg.labeller, self_judged),
-                                af_labels)
+                                af_labels, n_train_scen)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         save_directions(out, directions)
-        train = [r for r in records if in_training(r, n_train_scen, cfg)]
+        train = [r for r in records if in_training(r, n_train_scen)]
         write_records_atomic(out / "train.jsonl", train)
-        write_records_atomic(out / "test.jsonl", [r for r in records if not in_training(r, n_train_scen, cfg)])
+        write_records_atomic(out / "test.jsonl", [r for r in records if not in_training(r, n_train_scen)])
         summary = summarise(records, cfg, arms, norms)
         summary.agreement = agr
         wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}

@@ -117,11 +117,12 @@ def train_arms(cfgs: dict, cc: CompareConfig) -> None:
             f.result()  # a failed arm raises here, with its own error
 
 
-def evaluate_arm(cfg, untrained: bool) -> list[PredictionRow]:
-    """Greedy test-split predictions of one arm (and of its untrained model), from evaluate's rows."""
+def evaluate_arm(cfg, arm: str) -> list[PredictionRow]:
+    """Greedy test-split predictions of one arm, from evaluate's rows; the self arm's evaluation also
+    holds its untrained model and its vector controls, which the comparison carries (SELF_EVAL_METHODS)."""
     from training.evaluate import run_evaluation
 
-    result = run_evaluation(cfg, untrained=untrained)
+    result = run_evaluation(cfg, untrained=arm == "self", controls=arm == "self")
     return [r for r in read_records(Path(result["out_dir"]) / "predictions.jsonl", PredictionRow, strict=True)
             if r.split == "test"]
 
@@ -191,7 +192,7 @@ def run_compare(cc: CompareConfig) -> CompareResult:
         log.warning("self and cross both start from %s: the gap is 0 by construction (a control, not a comparison)",
                     cfgs["self"].model_path)
     train_arms(cfgs, cc)
-    rows = {arm: evaluate_arm(cfgs[arm], untrained=arm == "self") for arm in ARMS}
+    rows = {arm: evaluate_arm(cfgs[arm], arm) for arm in ARMS}
     tokenizer = load_tokenizer(resolve_model(cfgs["self"].model_path, "model_path"))
     data = load_data(cfgs["self"], tokenizer, {}, check_heldout=False)
     test = split_by_direction(data.train, data.test)["test"]  # the items evaluate scored as "test"

@@ -153,7 +153,7 @@ def _key(ex: Example) -> str:
 
 
 def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
-                   limit: int = 0, untrained: bool = True, explainer=None) -> dict:
+                   limit: int = 0, untrained: bool = True, explainer=None, controls: bool = True) -> dict:
     """Evaluate the explainer of `checkpoint` (default <output_dir>/final) and the baselines.
 
     Returns {"splits": {split: {question_type: {method: metrics}}}, "out_dir": ...}; writes
@@ -191,7 +191,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds = {"explainer": predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size)}
         if untrained:
             preds["untrained"] = predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size, adapter=False)
-        preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
+        if controls:  # off for a comparison's cross arm, whose broken-vector answers nobody reads
+            preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
         preds["majority"] = majority_predictions(data.train, examples)
         if any(ex.task == "act_patch" for ex in examples):
             preds["lookup"] = lookup_predictions(data.train, examples)
@@ -244,11 +245,7 @@ HELD_OUT_DIRECTION = "test:held_out_direction"
 def split_by_direction(train: list[Example], test: list[Example]) -> dict[str, list[Example]]:
     """{"test": ...} and, when some steering test items add a direction no training item added (steer's
     `test_directions`), those items apart as HELD_OUT_DIRECTION: "test" then holds the held-out scenarios
-    under the trained directions, the other split asks whether the explainer generalises to a new one.
-    A test item that is a training item too (the unsteered question of a training scenario, asked again
-    by a held-out direction's record) is not scored."""
-    trained = {(ex.question_type, ex.sample_id) for ex in train}
-    test = [ex for ex in test if (ex.question_type, ex.sample_id) not in trained]
+    under the trained directions, the other split asks whether the explainer generalises to a new one."""
     seen = {ex.meta.get("direction") for ex in train}
     new = {id(ex) for ex in test if ex.task == "act_patch" and ex.meta.get("direction") not in seen}
     if not new:

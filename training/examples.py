@@ -370,11 +370,7 @@ def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: st
 
 
 def check_split_overlap(train_records: list, test_records: list) -> int:
-    """Training records whose scenario id also occurs in the test split (logged; returns the count).
-    Steering test records of a direction no training record adds are held out by direction, not by
-    scenario (steer's test_directions): their scenarios may be training ones."""
-    directions = {r.direction_name for r in train_records if isinstance(r, SteeringRecord)}
-    test_records = [r for r in test_records if not isinstance(r, SteeringRecord) or r.direction_name in directions]
+    """Training records whose scenario id also occurs in the test split (logged; returns the count)."""
     test_ids = set().union(*(record_ids(r) for r in test_records)) if test_records else set()
     n = sum(bool(record_ids(r) & test_ids) for r in train_records)
     if n:

@@ -80,10 +80,13 @@ def summarise(items: list[dict], sims: list[float] | None = None) -> dict:
             "changed_precision": precision, "changed_recall": recall,
             "changed_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
             "changed_n": len(changed),
-            "changed_exact_match": sum(i["exact_match"] for i in changed) / len(changed) if changed else float("nan"),
-            "unchanged_exact_match": (sum(i["exact_match"] for i in unchanged) / len(unchanged)
-                                      if unchanged else float("nan")),
         })
+        # a rate over no items is left out, not NaN: metrics.json is strict JSON (a held-out direction
+        # along which nothing changes has no changed item)
+        if changed:
+            out["changed_exact_match"] = sum(i["exact_match"] for i in changed) / len(changed)
+        if unchanged:
+            out["unchanged_exact_match"] = sum(i["exact_match"] for i in unchanged) / len(unchanged)
     if sims is not None:
         out["semantic_similarity"] = float(np.mean(sims)) if sims else float("nan")
     return out

@@ -330,7 +330,7 @@ def test_describe_counts_every_feature_without_a_description(synthetic, tmp_path
         assert len(recs) == cov.n_described
         assert not {gone, noise, *no_summary["features"]} & {r.feature_idx for r in recs}
     warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "1 of 160 selected features have no entry" in warned
+    assert f"1 of {n} selected features have no entry" in warned
     assert f"{len(no_summary['features'])} selected features belong to 1 cluster(s) with no summary" in warned
     assert msgspec.json.decode((out / "coverage.json").read_bytes(), type=Coverage) == cov
     progress = Path(cfg.progress_log).read_text()
@@ -438,7 +438,7 @@ def _missing_summary(root: Path, tmp: Path) -> list[str]:
     summaries = json.loads((root / "cluster_summaries.json").read_text())
     del summaries["0"]
     (tmp / "s.json").write_text(json.dumps(summaries))
-    return ["--cluster-summaries", str(tmp / "s.json"), "--strict", "--top-k", "160"]
+    return ["--cluster-summaries", str(tmp / "s.json"), "--strict", "--top-k", "80"]
 
 
 def _transposed_decoder(root: Path, tmp: Path) -> list[str]:
@@ -453,7 +453,7 @@ BAD_INPUTS = {
     "nan in selectivity": (_nan_selectivity, "1 non-finite value(s) (NaN or inf), first at index (5,)"),
     "non-integer key": (_with_assignment("feature_12"), "key 'feature_12': feature index must be an integer"),
     "index beyond width": (_with_assignment("20000"), "1 feature index(es) >= 16384"),
-    "cluster without summary, strict": (_missing_summary, "8 selected features belong to 1 cluster(s) with no summary"),
+    "cluster without summary, strict": (_missing_summary, "4 selected features belong to 1 cluster(s) with no summary"),
     "transposed decoder": (_transposed_decoder, "looks transposed"),
     "bad test_fraction": (lambda r, t: ["--test-fraction", "1.5"], "test_fraction must be between 0 and 1"),
     "unknown cache": (lambda r, t: ["--caches", "train,validation"], "unknown cache(s) ['validation']"),
@@ -478,9 +478,9 @@ def test_cluster_without_summary_warns_with_counts_by_default(synthetic, tmp_pat
     with caplog.at_level(logging.WARNING):
         rc, errors = features_cli(capsys, tmp_path, root, *args)
     assert (rc, errors) == (0, [])
-    assert any("8 selected features belong to 1 cluster(s) with no summary" in r.getMessage() for r in caplog.records)
+    assert any("4 selected features belong to 1 cluster(s) with no summary" in r.getMessage() for r in caplog.records)
     cov = msgspec.json.decode((tmp_path / "out" / "coverage.json").read_bytes(), type=Coverage)
-    assert cov.n_described == 152 and cov.clusters_without_summary == [0]
+    assert cov.n_described == 76 and cov.clusters_without_summary == [0]
 
 
 def test_output_inside_a_source_folder_is_refused(synthetic, tmp_path, capsys):
