@@ -236,10 +236,8 @@ def format_table(result: CompareResult) -> str:
                 lines.append(f"  {m:<18}" + "".join(f"{_ci(s.methods[m][c]):>22}" for c in cols))
         for name, g in s.gaps.items():
             lines.append(f"  gap {name:<24}{_ci(g, signed=True):>12}")
-        lines += [f"  NOTE: {m} reaches self ({_ci(s.methods[m]['strict_exact_match'])} vs "
-                  f"{s.methods['self']['strict_exact_match'].value:.2f}): on this question self's score does not show "
-                  "that it reads its own model" for m in METHOD_ORDER[1:] if m in s.methods
-                  and s.methods[m]["strict_exact_match"].hi >= s.methods["self"]["strict_exact_match"].value]
+        lines += [f"  NOTE: {m} reaches self ({_reach(s, m)}): on this question self's score does not show that it "
+                  "reads its own model" for m in METHOD_ORDER[1:] if m in s.methods and _reaches(s, m)]
     v = result.verdict
     lines.append(f"verdict ({v.question_type}): self - cross = {_ci(v.gap, signed=True)}: "
                  + ("privileged access shown" if v.privileged_access else
@@ -266,6 +264,22 @@ def change_rate_lines(records_dir: Path) -> list[str]:
                      f"{_ci(_interval(metrics.rate_with_interval([c.behavior_changed for c in cs])))}, output changed "
                      f"{_ci(_interval(metrics.rate_with_interval([c.output_changed for c in cs])))} of {len(cs)}")
     return lines
+
+
+def _reaches(s: QuestionComparison, method: str) -> bool:
+    """The paired gap self - method reaches 0; without one (untrained, no_effect), the method's interval
+    reaches self's score."""
+    gap = s.gaps.get(f"self-{method}")
+    if gap is not None:
+        return gap.lo <= 0
+    return s.methods[method]["strict_exact_match"].hi >= s.methods["self"]["strict_exact_match"].value
+
+
+def _reach(s: QuestionComparison, method: str) -> str:
+    gap = s.gaps.get(f"self-{method}")
+    if gap is not None:
+        return f"self - {method} = {_ci(gap, signed=True)}, paired"
+    return f"{_ci(s.methods[method]['strict_exact_match'])} vs {s.methods['self']['strict_exact_match'].value:.2f}"
 
 
 def _ci(m: Interval, signed: bool = False) -> str:

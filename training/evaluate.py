@@ -42,7 +42,7 @@ from training.checkpoint import COMPLETE, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
 from training.examples import Example, causal_target, dataset_dir
-from training.metrics import strict_by_question
+from training.metrics import gaps_by_question, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
 
@@ -214,10 +214,12 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
             # scenario has several items (Task 2: one per arm), else items
             groups = [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
             strict = strict_by_question(examples, p, groups)
+            gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
                 if not (method == "no_effect" and q == "orig_match"):
-                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **judge.get(q, {}),
+                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
+                                                                **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
                 if method == "no_effect" and ex.question_type == "orig_match":

@@ -358,9 +358,12 @@ def check_no_heldout(train_records: list, held: HeldOut, decode=None, where: str
 def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: str = "training data") -> None:
     """The second guard: warn, with each pair, about training scenarios that are near-copies of a held-out
     one (>= 85% of its character 5-grams: a word changed, a sentence added), which no content id catches."""
-    texts = [(f"training record index {getattr(r, 'index', '?')}",
-              scenario_text(r) if isinstance(r, ContextAblationRecord) else " ".join(record_texts(r, decode)))
-             for r in train_records if record_texts(r, decode)]
+    by_text: dict[str, str] = {}  # one pair per text: every arm of a steered scenario has the same prompt
+    for r in train_records:
+        if record_texts(r, decode):
+            text = scenario_text(r) if isinstance(r, ContextAblationRecord) else " ".join(record_texts(r, decode))
+            by_text.setdefault(text, f"training record index {getattr(r, 'index', '?')}")
+    texts = [(name, text) for text, name in by_text.items()]
     pairs = near_copies(texts, [(f"{name} id {sid}", t) for t, (name, sid) in held.texts.items()])
     for record, ref, share in pairs[:20]:
         log.warning("%s: %s is a near-copy of held-out %s (%.0f%% of its character 5-grams)", where, record, ref,

@@ -147,6 +147,26 @@ def paired_gap(a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str = "st
     return {"value": point_metrics(a)[metric] - point_metrics(b)[metric], "lo": lo, "hi": hi}
 
 
+def gaps_by_question(examples: Sequence, explainer: Sequence[str], other: Sequence[str], groups: Sequence | None = None,
+                     n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
+    """Per question type of behaviour tasks: the explainer's strict exact match minus another method's on
+    the same items, with a paired bootstrap interval, as flat fields `gap`, `gap_lo`, `gap_hi`. Paired,
+    the between-scenario spread both share cancels: this, not two overlapping marginal intervals, says
+    whether the explainer beats the method."""
+    by_q: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if ex.task != "features_explain":
+            by_q.setdefault(ex.question_type, []).append(i)
+    out = {}
+    for q, idx in by_q.items():
+        targets = [examples[i].target for i in idx]
+        g = paired_gap(score_items(q, [explainer[i] for i in idx], targets),
+                       score_items(q, [other[i] for i in idx], targets),
+                       groups=[groups[i] for i in idx] if groups is not None else None, n_boot=n_boot, seed=seed)
+        out[q] = {"gap": g["value"], "gap_lo": g["lo"], "gap_hi": g["hi"]}
+    return out
+
+
 def chance_rate(targets: Sequence[str]) -> float:
     """Share of the most common target: what the best constant answer scores by strict exact match."""
     if not targets:

@@ -130,3 +130,17 @@ def test_the_table_shows_task1_attribute_accuracy_and_says_when_no_judge_is_conf
                       EvalMetrics(checkpoint="final", splits=evaluation.splits, feature_judge="judge-model"))
     lines = _final_table(run, {"demo": 1.0})
     assert "         LM judge (judge-model, (s-1)/4): explainer 0.50, shuffled_vectors 0.25" in lines
+
+
+def test_a_paired_gap_above_zero_is_no_note_though_the_intervals_overlap():
+    """Task 2 on 10 held-out scenarios: the lookup table's marginal interval reaches the explainer, but on
+    the same items the explainer beats it (paired gap above 0): no NOTE; a paired gap reaching 0 is one."""
+    from app.report import strict_lines
+
+    explainer = {"strict_exact_match": 0.88, "strict_exact_match_lo": 0.80, "strict_exact_match_hi": 0.96}
+    lookup = {"strict_exact_match": 0.64, "strict_exact_match_lo": 0.38, "strict_exact_match_hi": 0.91,
+              "gap": 0.23, "gap_lo": 0.04, "gap_hi": 0.42}
+    assert not [line for line in strict_lines({"explainer": explainer, "lookup": lookup}) if "NOTE" in line]
+    notes = [line for line in strict_lines({"explainer": explainer, "lookup": {**lookup, "gap_lo": -0.01}})
+             if "NOTE" in line]
+    assert len(notes) == 1 and "explainer - lookup = +0.23 [-0.01, +0.42], paired" in notes[0]

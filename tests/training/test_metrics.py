@@ -51,3 +51,19 @@ def test_paired_gap_of_a_method_with_itself_is_exactly_zero():
 
 def test_chance_is_the_most_common_target_share():
     assert M.chance_rate([UNCH, UNCH, CHG, UNCH]) == 0.75
+
+
+def test_gaps_by_question_pair_the_same_items_and_resample_whole_groups():
+    class Ex:
+        def __init__(self, target):
+            self.task, self.question_type, self.target = "act_patch", "generative_explanation", target
+
+    unch, chg = "The output would remain unchanged from <<<compliance>>>.", "The most likely output would change to <<<refusal>>>."
+    examples = [Ex(unch), Ex(chg)] * 10
+    groups = [i // 2 for i in range(20)]  # two items a scenario
+    right = [ex.target for ex in examples]
+    blind = [unch] * 20  # says "unchanged" everywhere: right on half the items
+    g = M.gaps_by_question(examples, right, blind, groups)["generative_explanation"]
+    assert g["gap"] == pytest.approx(0.5) and g["gap_lo"] == pytest.approx(0.5) and g["gap_hi"] == pytest.approx(0.5)
+    same = M.gaps_by_question(examples, right, right, groups)["generative_explanation"]
+    assert (same["gap"], same["gap_lo"], same["gap_hi"]) == (0.0, 0.0, 0.0)
