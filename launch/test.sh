@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up .venv (first run: a few minutes) and run the test suite on CPU with the toy organism.
 # Extra arguments go to pytest, e.g. launch/test.sh -k generation -x
+# Two workers (pytest-xdist), one file each at a time (module fixtures built once), one torch thread each
+# (tests/conftest.py): on 2 cores much of the suite is single-threaded Python, vLLM start-up and I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 source launch/cpu_env.sh
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n "${AF_TEST_WORKERS:-2}" --dist loadfile "$@"

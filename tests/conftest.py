@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # launch/test.sh runs two workers on two cores: one torch thread each, not two contending for both.
+    # Set in the environment too, so the processes a test starts (a killed training's child, the demo)
+    # train with the same thread count: CPU float sums are bit-identical only at equal thread counts.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# The longest test files, started first: with two workers taking whole files in collection order, one
+# of them left for the end would run alone while the other worker idles (longest-first scheduling).
+LONGEST_FIRST = ("training/test_compare.py", "app/test_demo.py", "steering/test_task2_heldout.py",
+                 "reliability/test_records_kill.py", "features/test_task1_heldout.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within and among the other files is kept
 
 
 @pytest.fixture(scope="session")
