@@ -147,18 +147,23 @@ def paired_gap(a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str = "st
     return {"value": point_metrics(a)[metric] - point_metrics(b)[metric], "lo": lo, "hi": hi}
 
 
+def _behaviour_questions(examples: Sequence) -> dict[str, list[int]]:
+    """Item positions per question type of the behaviour tasks (feature descriptions are scored apart)."""
+    by_q: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if ex.task != "features_explain":
+            by_q.setdefault(ex.question_type, []).append(i)
+    return by_q
+
+
 def gaps_by_question(examples: Sequence, explainer: Sequence[str], other: Sequence[str], groups: Sequence | None = None,
                      n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
     """Per question type of behaviour tasks: the explainer's strict exact match minus another method's on
     the same items, with a paired bootstrap interval, as flat fields `gap`, `gap_lo`, `gap_hi`. Paired,
     the between-scenario spread both share cancels: this, not two overlapping marginal intervals, says
     whether the explainer beats the method."""
-    by_q: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        if ex.task != "features_explain":
-            by_q.setdefault(ex.question_type, []).append(i)
     out = {}
-    for q, idx in by_q.items():
+    for q, idx in _behaviour_questions(examples).items():
         targets = [examples[i].target for i in idx]
         g = paired_gap(score_items(q, [explainer[i] for i in idx], targets),
                        score_items(q, [other[i] for i in idx], targets),
@@ -188,12 +193,8 @@ def strict_by_question(examples: Sequence, predictions: Sequence[str], groups: S
                        n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
     """Per question type of behaviour tasks, flat fields for a metrics row: strict_exact_match,
     strict_changed_f1, strict_unchanged_f1, each with `_lo` / `_hi` (feature descriptions are skipped)."""
-    by_q: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        if ex.task != "features_explain":
-            by_q.setdefault(ex.question_type, []).append(i)
     out = {}
-    for q, idx in by_q.items():
+    for q, idx in _behaviour_questions(examples).items():
         items = score_items(q, [predictions[i] for i in idx], [examples[i].target for i in idx])
         ci = metrics_with_intervals(items, [groups[i] for i in idx] if groups is not None else None, n_boot, seed)
         row = {}
