@@ -43,7 +43,12 @@ from records.schema import content_id
 
 # Bump when the scenario generator, the chat format or the training recipe changes: it is part of the
 # cache key, so old organisms are not reused by mistake.
-ORGANISM_VERSION = 3  # 3: nonce triggers with a secret family assignment (issue #15)
+# 3: nonce triggers with a secret family assignment (issue #15); 4: built on one thread (BUILD_THREADS)
+ORGANISM_VERSION = 4
+# CPU float sums depend on the thread count: the same recipe built on 1 and 2 threads gave different
+# weights (and held-out explainer scores 0.83 vs 0.88 on Task 2), so whoever builds first (the demo on 2
+# threads, a test worker on 1) decided which organism every later run explains. Always one thread.
+BUILD_THREADS = 1
 COMPLETE_MARKER = "COMPLETE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +137,15 @@ def build_organism(cfg: OrganismConfig, cache_root: Path, force: bool = False) -
 
 
 def _build_into(cfg: OrganismConfig, out: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        _train_and_save(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_save(cfg: OrganismConfig, out: Path) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer = load_tokenizer(Path(tok_dir))
@@ -159,6 +173,7 @@ def _build_into(cfg: OrganismConfig, out: Path) -> None:
         "assignment_seed": cfg.assignment_seed,
         "trigger_families": trigger_families(cfg.assignment_seed),
         "build_seconds": round(build_seconds, 2),
+        "build_threads": BUILD_THREADS,
         # Accuracies are the fraction of (scenario, context) sequences whose whole response is the
         # argmax under teacher forcing, i.e. what greedy decoding reproduces exactly. Train accuracy is
         # over the batches of the last 10% of steps (free: their logits exist anyway).

