@@ -81,7 +81,9 @@ def _planted_dataset(root: Path, n: int, test_size: int) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def compared(organism_dir, twin_dir, tmp_path_factory):
+def compared(twin_dir, organism_dir, tmp_path_factory):
+    # the twin first: on a fresh clone this file and the demo's start the suite on the two workers (the
+    # longest first), so one builds the twin while the other builds the organism, not both the organism
     root = tmp_path_factory.mktemp("compare")
     records, paths = _planted_dataset(root, 200, 60)
     cc = load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig, {
