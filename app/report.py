@@ -243,7 +243,9 @@ def _task1_scores(metrics: EvalMetrics) -> list[str]:
             lines += ["", "Chance: the most common value among the training features, scored on these (ties: "
                           "averaged). A description names a value when it holds one of the word n-grams found in "
                           "every training description with that value and in none with another "
-                          "(training/attributes.py); none or several is wrong."]
+                          "(training/attributes.py); none or several is wrong. Controls: the explainer with its "
+                          "vectors zeroed, and shuffled (each feature given a feature's vector from another "
+                          "cluster)."]
         else:
             lines += ["", "Per-attribute accuracy: not scored (the records came without cluster attributes: "
                           "`cluster_attributes` in the features config)."]
@@ -349,7 +351,8 @@ def build_report(run: Path) -> Path:
         md += _labels_section(t2, SteeringRecord, s)
     md += _compare_section(run, "task2", "Strict scores on held-out scenarios, bootstrap 95% intervals resampling "
                            "whole scenarios (every arm of one together); beside self and cross, the self arm's "
-                           "lookup table (arm and context), no-effect bound and vector controls.")
+                           "lookup table (arm and context), no-effect bound and vector controls (zeroed; shuffled: "
+                           "each item given another arm's vector).")
 
     md += ["## Explainer training and evaluation", ""]
     for task, title in TASKS.items():

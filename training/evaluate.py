@@ -9,7 +9,8 @@ For each split (the test split, then every configured gold_106-derived eval set)
 - steering records: the lookup table (the most common training target of each arm and context), and the
   no-effect bound (the true unsteered behaviour reported as unchanged: an explainer that ignores the
   intervention);
-- tasks that feed vectors: the trained explainer with its vectors zeroed and shuffled across items
+- tasks that feed vectors: the trained explainer with its vectors zeroed, and shuffled so that each item
+  gets the vector of an item of another group (another feature cluster; another vector for steering)
   (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
 
 Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
@@ -108,8 +109,9 @@ def no_effect_predictions(test: list[Example]) -> list[str]:
 
 def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
     """The trained explainer's answers with its input vectors broken: zeroed (what it says from the text
-    alone) and shuffled across the examples of one question type (a vector of another item). If the
-    vectors carry what the explainer reports, both fall to the vector-free baselines."""
+    alone) and shuffled within one question type so that each item reads the vector of an item of
+    another group (`cross_group_donors`). If the vectors carry what the explainer reports, both fall to the
+    vector-free baselines."""
     if not any(ex.vector is not None for ex in examples):
         return {}
     rng = np.random.default_rng(seed)
@@ -118,10 +120,41 @@ def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[
         zeroed.append(dataclasses.replace(ex, vector=None if ex.vector is None else np.zeros_like(ex.vector)))
     for q in dict.fromkeys(ex.question_type for ex in examples):
         idx = [i for i, ex in enumerate(examples) if ex.question_type == q and ex.vector is not None]
-        for i, j in zip(idx, rng.permutation(idx)):
-            shuffled[i] = dataclasses.replace(examples[i], vector=examples[j].vector)
+        donors = cross_group_donors([_vector_group(examples[i]) for i in idx], rng)
+        for i, d in zip(idx, donors):
+            shuffled[i] = dataclasses.replace(examples[i], vector=examples[idx[d]].vector)
     n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
     return {"zeroed_vectors": predict(explainer, zeroed, n, bs), "shuffled_vectors": predict(explainer, shuffled, n, bs)}
+
+
+def _vector_group(ex: Example):
+    """What a swapped-in vector must differ in: a feature of the same cluster has the same planted
+    attributes, and a steering arm repeats one vector over scenarios, so a swap inside the group would
+    hand the explainer the same information (a perfect reader kept 0.28 attribute accuracy that way)."""
+    cluster = ex.meta.get("cluster_id")
+    return ("cluster", cluster) if cluster is not None else ("vector", ex.vector.tobytes())
+
+
+def cross_group_donors(groups: list, rng: np.random.Generator) -> list[int]:
+    """For each position, a position drawn uniformly from the other groups (itself if there is none).
+    Drawn per item, not as a permutation: moving whole groups onto each other would make a control's
+    score hinge on which two groups happen to meet (two held-out clusters sharing a modifier)."""
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    order = [i for ids in members.values() for i in ids]  # each group's positions in one block
+    start, size, k = {}, {}, 0
+    for g, ids in members.items():
+        start[g], size[g], k = k, len(ids), k + len(ids)
+    donors = []
+    for i, g in enumerate(groups):
+        others = len(groups) - size[g]
+        if others == 0:
+            donors.append(i)
+            continue
+        r = int(rng.integers(others))
+        donors.append(order[r + size[g] if r >= start[g] else r])
+    return donors
 
 
 class _UnitRows:

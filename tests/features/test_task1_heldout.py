@@ -6,12 +6,13 @@ features config holds out novel combinations (cluster_attributes), so every held
 of phrases seen in training while no held-out profile has a training twin: the nearest neighbour gets one
 attribute right at best (it names every held-out trigger and no modifier).
 
-Measured (2026-12-03, fresh toy build, configs/af_feature_descriptions_cpu.yaml: LoRA r=4, 60 epochs; seed
-0): explainer 0.908, nearest neighbour 0.799, majority 0.670, zeroed vectors 0.555, shuffled 0.631,
-untrained 0.011; per attribute (trigger / modifier) explainer 1.00 / 0.60, nearest neighbour 1.00 / 0.00,
-zeroed 0.20 / 0.20, shuffled 0.25 / 0.15, chance 0.00 / 0.20. With r=16 the explainer memorised the training
-clusters' whole descriptions and lost to the nearest neighbour on this build (0.749 vs 0.799); training
-seed 1 gives 0.901, asset seed 1 0.818 and 0.846 vs 0.768 (docs/evidence.md, "Task 1 recipe").
+Measured (2026-12-03, fresh toy build, configs/af_feature_descriptions_cpu.yaml: LoRA r=4, 60 epochs; seed 0):
+explainer 0.908, nearest neighbour 0.799, majority 0.670, zeroed vectors 0.555, shuffled (each feature given
+another cluster's vector) 0.641, untrained 0.011; per attribute (trigger / modifier) explainer 1.00 / 0.60,
+nearest neighbour 1.00 / 0.00, zeroed 0.20 / 0.20, shuffled 0.15 / 0.25, chance 0.00 / 0.20. With r=16 the
+explainer memorised the training clusters' whole descriptions and lost to the nearest neighbour on this build
+(0.749 vs 0.799); training seed 1 gives 0.901, asset seed 1 0.818 and 0.846 vs 0.768 (docs/evidence.md, "Task
+1 recipe").
 """
 
 from __future__ import annotations
@@ -84,28 +85,36 @@ def _run(tmp_path: Path) -> None:
     accuracy = {m: {k: v for k, v in methods[m].items() if k.startswith("attribute")} for m in sim}
     print("attribute accuracy:", json.dumps(accuracy), "chance:", json.dumps(scoring.chance))
     assert metrics.feature_judge == "" and "LM judge: not configured" in result["table"]
-    # Per-attribute accuracy, AVERAGED over trigger and modifier: the explainer names the right values well
-    # above chance, the shuffled-vector control does not. Averaged, as chance (the training majority value)
-    # is 0 for the trigger: the novel-combination split leaves the most common training trigger out of test.
+    # Per-attribute accuracy, AVERAGED over trigger and modifier (chance, the training majority value, is 0
+    # for the trigger: the novel-combination split leaves the most common training trigger out of test).
     chance = sum(scoring.chance.values()) / len(scoring.chance)
     assert set(scoring.chance) == {"trigger", "modifier"} and scoring.n == len(test)
-    # The shuffled control's floor is not chance: an explainer that reads every vector right names another
-    # held-out item's values, right with probability sum_v p_v^2 over the held-out values of each attribute
-    # (0.28 here: one trigger and one modifier each cover 8 of the 20 items), above chance + 0.10 = 0.20.
-    # Measured 2026-12-03 with the r=4 recipe: shuffled 0.20 (train seed 0), 0.30 (seed 1); asset seed 1:
-    # 0.275, 0.275. So the control is bounded by that level + 0.10 and the explainer must clear it.
+    # The shuffled control gives each feature the vector of a feature of ANOTHER cluster (a cluster-mate
+    # carries the same planted attributes). An explainer that reads every vector right then scores the share
+    # of other-cluster held-out items with the same value: 0.10 on this split, the chance level. With 5
+    # held-out clusters a vector-blind answer can do better by luck: 2 of the 5 share a modifier and 2 a
+    # trigger, so a constant answer reaches 0.40 (`blind`). Measured 2026-12-03 (docs/evidence.md): shuffled
+    # 0.20 (train seed 0; = chance + 0.10), 0.275 (train seed 1: its modifier guesses fall on the common
+    # held-out modifier), 0.15 (asset seed 1); the explainer 0.80 / 0.80 / 0.60.
     held = {a: [attrs[r.cluster_id][a] for r in test] for a in scoring.chance}  # attribute -> value per item
-    shuffled_level = sum(sum((vals.count(v) / len(vals)) ** 2 for v in set(vals)) for vals in held.values()) / len(held)
-    floor = max(chance, shuffled_level) + 0.10
-    print(f"attribute floor: chance {chance:.3f}, shuffled-reader level {shuffled_level:.3f}")
-    assert methods["shuffled_vectors"]["attribute_mean"] <= floor
-    assert methods["explainer"]["attribute_mean"] > floor
+    clusters = [r.cluster_id for r in test]
+
+    def reader_level(vals: list[str]) -> float:
+        others = [[j for j in range(len(vals)) if clusters[j] != clusters[i]] for i in range(len(vals))]
+        return sum(sum(vals[j] == vals[i] for j in o) / len(o) for i, o in enumerate(others)) / len(vals)
+
+    reader = sum(reader_level(vals) for vals in held.values()) / len(held)
+    blind = sum(max(map(vals.count, vals)) / len(vals) for vals in held.values()) / len(held)
+    print(f"attribute levels: chance {chance:.3f}, shuffled perfect reader {reader:.3f}, best constant {blind:.3f}")
+    shuffled, explainer = methods["shuffled_vectors"]["attribute_mean"], methods["explainer"]["attribute_mean"]
+    assert shuffled <= max(max(chance, reader) + 0.10, blind)  # no more than a vector-blind answer can get
+    assert explainer - shuffled >= 0.25  # the same items, the vectors swapped: the explainer reads them
+    assert explainer > blind + 0.10
     assert sim["explainer"] > sim["nearest_neighbour"]
     assert sim["explainer"] > sim["untrained"]
-    # bug injection: the same explainer with its feature vectors zeroed, or swapped between features, loses
+    # bug injection: the same explainer with its feature vectors zeroed, or given another cluster's, loses
     # what it read from them and falls to the vector-free majority baseline (measured 2026-12-03, fresh toy
-    # build, r=4: explainer 0.908, zeroed 0.555, shuffled 0.631, majority 0.670; train seed 1: 0.901, 0.555,
-    # 0.664). An explainer that reads every vector right scores 0.669 on average with shuffled ones here (the
-    # mean MiniLM similarity of two held-out descriptions), at the majority baseline.
+    # build, r=4: explainer 0.908, zeroed 0.555, shuffled 0.641, majority 0.670; train seed 1: 0.901, 0.555,
+    # 0.635).
     for broken in ("zeroed_vectors", "shuffled_vectors"):
         assert sim[broken] <= sim["majority"] + 0.05 and sim[broken] <= sim["explainer"] - 0.10, broken

@@ -11,9 +11,10 @@ organism's own weights map to a family. So the lookup table (arm and context) ca
 the explainer with its vectors zeroed cannot know the direction.
 
 Measured (2026-12-03, organism v4, seed 0; docs/evidence.md, Task 2): explainer 0.88 strict exact match,
-lookup 0.64 (paired gap +0.23 [+0.04, +0.42]), no-effect bound 0.75, zeroed vectors 0.75, shuffled 0.71,
-majority 0.47; held-out direction (60 items) 1.00. On an organism built on 2 threads (before v4) the
-explainer scored 0.83 with the other numbers alike: the margins asserted are paired gaps above 0.
+lookup 0.64 (paired gap +0.23 [+0.04, +0.42]), no-effect bound 0.75, zeroed vectors 0.75, shuffled (each item
+given another arm's vector) 0.62, majority 0.47; held-out direction (60 items) 1.00. On an organism built on 2
+threads (before v4) the explainer scored 0.83 with the other numbers alike: the margins asserted are paired
+gaps above 0.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from training.evaluate import format_table, majority_predictions, nearest_neighbour_predictions
 from training.examples import Example, causal_target
@@ -179,18 +181,46 @@ def test_vector_controls_zero_and_permute_the_vectors_the_explainer_reads(monkey
     monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs: seen.append([e.vector for e in exs]) or
                         [f"{float(e.vector.sum()):.0f}" for e in exs])
     exs = [Example(task="features_explain", question_type="generative_explanation", sample_id=str(i), messages=[],
-                   target="t", vector=np.full(4, float(i + 1), np.float32)) for i in range(6)]
+                   target="t", vector=np.full(4, float(i + 1), np.float32), meta={"cluster_id": i // 2})
+           for i in range(6)]
 
     class Cfg:
         class test:
             max_new_tokens, batch_size = 8, 4
 
-    out = ev.vector_controls(None, exs, Cfg, seed=0)
-    assert out["zeroed_vectors"] == ["0"] * 6
-    assert sorted(out["shuffled_vectors"]) == sorted(f"{4.0 * (i + 1):.0f}" for i in range(6))
-    assert out["shuffled_vectors"] != [f"{4.0 * (i + 1):.0f}" for i in range(6)]  # permuted, not kept
+    own = [f"{4.0 * (i + 1):.0f}" for i in range(6)]
+    for seed in range(5):
+        out = ev.vector_controls(None, exs, Cfg, seed=seed)
+        assert out["zeroed_vectors"] == ["0"] * 6
+        # every feature reads a feature of another cluster: a cluster-mate's vector carries the same attributes
+        donor = [own.index(p) for p in out["shuffled_vectors"]]
+        assert all(d // 2 != i // 2 for i, d in enumerate(donor)), donor
     assert all(e.vector.sum() == 4.0 * (i + 1) for i, e in enumerate(exs))  # the examples themselves untouched
     assert ev.vector_controls(None, [dataclasses.replace(e, vector=None) for e in exs], Cfg, 0) == {}
+
+
+@given(st.lists(st.integers(0, 6), max_size=40), st.integers(0, 2**32 - 1))
+def test_shuffled_vectors_come_from_another_group_whenever_there_is_one(groups, seed):
+    from training.evaluate import cross_group_donors
+
+    donors = cross_group_donors(groups, np.random.default_rng(seed))
+    assert len(donors) == len(groups)
+    for i, d in enumerate(donors):
+        assert groups[d] != groups[i] if len(set(groups)) > 1 else d == i
+
+
+def test_shuffled_vector_donors_are_uniform_over_the_other_groups():
+    from training.evaluate import cross_group_donors
+
+    groups = ["a"] * 2 + ["b"] * 3 + ["c"] * 5
+    rng = np.random.default_rng(0)
+    counts = np.zeros((10, 10))
+    for _ in range(4000):
+        for i, d in enumerate(cross_group_donors(groups, rng)):
+            counts[i, d] += 1
+    for i, g in enumerate(groups):
+        others = [j for j, h in enumerate(groups) if h != g]
+        assert counts[i, others] / 4000 == pytest.approx(1 / len(others), abs=0.03)
 
 
 def test_steering_vector_is_the_added_vector_in_residual_norm_units(tmp_path):
