@@ -172,16 +172,18 @@ def strict_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list
           for m, v in methods.items() if "strict_exact_match" in v}
     lines = [indent + "strict exact match [95% CI]: " + "; ".join(f"{m} {x:.2f} [{lo:.2f}, {hi:.2f}]"
                                                                 for m, (x, lo, hi) in ci.items())]
+    from training.metrics import baseline_reaches
+
     explainer = ci["explainer"][0]
     for m, (x, lo, hi) in ci.items():
         v = methods[m]
-        if m == "explainer":
+        if m == "explainer" or not baseline_reaches(explainer, hi, v.get("gap_lo")):
             continue
-        if "gap_lo" in v and v["gap_lo"] <= 0:
+        if "gap_lo" in v:
             lines.append(f"{indent}NOTE: the {m} baseline reaches the explainer (explainer - {m} = {v['gap']:+.2f} "
                          f"[{v['gap_lo']:+.2f}, {v['gap_hi']:+.2f}], paired): this score does not show that the "
                          "explainer reads the organism")
-        elif "gap_lo" not in v and hi >= explainer:
+        else:
             lines.append(f"{indent}NOTE: the {m} baseline reaches the explainer ({x:.2f} [{lo:.2f}, {hi:.2f}] vs "
                          f"{explainer:.2f}): this score does not show that the explainer reads the organism")
     return lines

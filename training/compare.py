@@ -270,9 +270,8 @@ def _reaches(s: QuestionComparison, method: str) -> bool:
     """The paired gap self - method reaches 0; without one (untrained, no_effect), the method's interval
     reaches self's score."""
     gap = s.gaps.get(f"self-{method}")
-    if gap is not None:
-        return gap.lo <= 0
-    return s.methods[method]["strict_exact_match"].hi >= s.methods["self"]["strict_exact_match"].value
+    return metrics.baseline_reaches(s.methods["self"]["strict_exact_match"].value,
+                                    s.methods[method]["strict_exact_match"].hi, gap.lo if gap is not None else None)
 
 
 def _reach(s: QuestionComparison, method: str) -> str:

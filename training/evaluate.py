@@ -143,17 +143,17 @@ def cross_group_donors(groups: list, rng: np.random.Generator) -> list[int]:
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     order = [i for ids in members.values() for i in ids]  # each group's positions in one block
-    start, size, k = {}, {}, 0
+    start, k = {}, 0
     for g, ids in members.items():
-        start[g], size[g], k = k, len(ids), k + len(ids)
+        start[g], k = k, k + len(ids)
     donors = []
     for i, g in enumerate(groups):
-        others = len(groups) - size[g]
-        if others == 0:
+        own = len(members[g])
+        if own == len(groups):
             donors.append(i)
             continue
-        r = int(rng.integers(others))
-        donors.append(order[r + size[g] if r >= start[g] else r])
+        r = int(rng.integers(len(groups) - own))  # a position outside the group's block
+        donors.append(order[r + own if r >= start[g] else r])
     return donors
 
 

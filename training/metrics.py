@@ -147,6 +147,13 @@ def paired_gap(a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str = "st
     return {"value": point_metrics(a)[metric] - point_metrics(b)[metric], "lo": lo, "hi": hi}
 
 
+def baseline_reaches(explainer: float, baseline_hi: float, gap_lo: float | None) -> bool:
+    """Whether a baseline reaches the explainer's strict score, so that the score does not show the explainer
+    reads the organism: the paired interval of explainer - baseline reaches 0, or, where no paired gap was
+    computed, the baseline's own interval reaches the explainer's score."""
+    return gap_lo <= 0 if gap_lo is not None else baseline_hi >= explainer
+
+
 def _behaviour_questions(examples: Sequence) -> dict[str, list[int]]:
     """Item positions per question type of the behaviour tasks (feature descriptions are scored apart)."""
     by_q: dict[str, list[int]] = {}
