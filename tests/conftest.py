@@ -84,27 +84,9 @@ def smollm2_dir():
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / ".smollm2.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test workers: one converts, the other waits and reuses it
-        _convert_smollm2(spec, out)
+        from organism.rehearsal import smollm2_folder
+
+        smollm2_folder(out)
     return str(out)
 
 
-def _convert_smollm2(spec, out: Path) -> None:
-    """The GGUF dequantised into a transformers folder at `out`, unless a complete one is there."""
-    if not (out / "model.safetensors").is_file():
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        src, name = Path(spec.submodule_search_locations[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
-        quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=name)
-        config = quantised.config
-        del config.quantization_config  # the GGUF marker makes save_pretrained refuse; weights are float now
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantised.state_dict())
-        import shutil
-
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a killed run
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out)

