@@ -51,6 +51,8 @@ def _args(argv):
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--scenarios", type=int, help="scenarios in the rehearsal's input (gold-1560); full: 400")
     p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 300")
+    p.add_argument("--compare-max-steps", type=int, default=0,
+                   help="cap each compare arm's training (compare's max_steps; 0: the training config's epochs)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -96,7 +98,8 @@ def run_command(name: str, argv: list[str], env: dict, table: list, note: str = 
     return rc == 0
 
 
-def stage_commands(base: str, run: Path, layers: list[int]) -> list[tuple[str, list[str], tuple | None]]:
+def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: int = 0
+                   ) -> list[tuple[str, list[str], tuple | None]]:
     """(name, argv, background wait) of the README GPU section's commands, in order, plus the derive step
     the direction needs and the self-vs-cross comparison."""
     return [
@@ -110,7 +113,8 @@ def stage_commands(base: str, run: Path, layers: list[int]) -> list[tuple[str, l
          ("logs/training_pid.txt", "runs/explainer/af_context_ablation/final")),
         ("evaluate", ["af-introspect", "evaluate", "--config", "configs/af_context_ablation.yaml"], None),
         ("compare", ["af-introspect", "compare", "--config", "configs/compare_task3.yaml",
-                     "--set", f"cross_model={base}"], None),
+                     "--set", f"cross_model={base}",
+                     *(["--set", f"max_steps={compare_max_steps}"] if compare_max_steps else [])], None),
         ("report", ["af-introspect", "report", "runs/real"], None),
     ]
 
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, AF_DATA_ROOT=str(assets), AF_ORGANISM_MODEL=str(organism), AF_BASE_MODEL=str(organism),
                HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     layers, layer_note = _layers(config["num_hidden_layers"])
-    for name, argv_, wait in stage_commands(str(base), run, layers):
+    for name, argv_, wait in stage_commands(str(base), run, layers, args.compare_max_steps):
         if args.size == "tiny" and name != "preflight":
             table.append({"step": name, "command": shlex.join(argv_), "exit": None, "seconds": 0.0,
                           "note": "skipped (tiny)"})
