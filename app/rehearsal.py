@@ -187,6 +187,13 @@ def write_markdown(run: Path, results: dict, samples: dict) -> None:
     (run / "rehearsal_samples.md").write_text("\n".join(out))
 
 
+def write_results(run: Path, info: dict, table: list) -> None:
+    results = gather(run, info, table)
+    (run / "commands.json").write_text(json.dumps(table, indent=1))
+    (run / "rehearsal.json").write_text(json.dumps(results, indent=1))
+    write_markdown(run, results, label_samples())
+
+
 def main(argv: list[str] | None = None) -> int:
     from organism.assets import write_synthetic_assets
     from organism.rehearsal import RehearsalConfig, build_rehearsal_organism, smollm2_folder
@@ -233,13 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "report":
             link_run_dir(REPO / "runs/real")
         ok = run_command(name, argv_, env, table, note=note, wait=wait)
+        write_results(run, info, table)  # after every step: a call cut off by its time limit still has them
         if not ok and name in ("generate", "train"):
             print(f"{name} failed: the stages after it need its output; stopping", file=sys.stderr)
             break
-    results = gather(run, info, table)
-    (run / "commands.json").write_text(json.dumps(table, indent=1))
-    (run / "rehearsal.json").write_text(json.dumps(results, indent=1))
-    write_markdown(run, results, label_samples())
+    write_results(run, info, table)
     print(f"\nrehearsal: {run / 'rehearsal.md'} ({time.time() - t0:.0f} s in all)")
     failed = [r["step"] for r in table if r["exit"] not in (0, None)]
     if failed:

