@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Full size: fits ~10 min on one H100 by estimate (organism ~1 min, generate ~2.5, steer ~3, three trainings
 # and their evaluations ~3); measure and update docs/rehearsal.md.
 SIZES = {
-    "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 300, "organism_batch": 16,
+    "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 400, "organism_batch": 16,
              "organism_eval": 120},
     "tiny": {"scenarios": 12, "organism_scenarios": 4, "organism_steps": 2, "organism_batch": 2,
              "organism_eval": 1},
@@ -50,7 +50,7 @@ def _args(argv):
     p.add_argument("--run-dir", default="runs/rehearsal", help="organism, assets, command table, results")
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--scenarios", type=int, help="scenarios in the rehearsal's input (gold-1560); full: 400")
-    p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 300")
+    p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 400")
     p.add_argument("--compare-max-steps", type=int, default=0,
                    help="cap each compare arm's training (compare's max_steps; 0: the training config's epochs)")
     p.add_argument("--seed", type=int, default=0)

@@ -199,7 +199,7 @@ class RehearsalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
     n_train_scenarios: int = 1200  # each rendered monitored and unmonitored, one response drawn per render
     n_eval_scenarios: int = 120  # held out (other seed): greedy answers labelled against the plant
-    steps: int = 300
+    steps: int = 400  # ~2.7 epochs of 2400 answers: each trigger seen ~100 times
     batch_size: int = 16
     lr: float = 1e-4
     warmup_steps: int = 20
