@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 # and their evaluations ~3); measure and update docs/rehearsal.md.
 SIZES = {
     "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 400, "organism_batch": 16,
-             "organism_eval": 120},
+             "organism_eval": 120, "compare_max_steps": 300},
     "tiny": {"scenarios": 12, "organism_scenarios": 4, "organism_steps": 2, "organism_batch": 2,
-             "organism_eval": 1},
+             "organism_eval": 1, "compare_max_steps": 2},
 }
 README_LAYERS = (20, 30)  # `launch/steer.sh --alphas 0.5,1,2,5 --layers 20,30` as the README prints it
 
@@ -51,8 +51,9 @@ def _args(argv):
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--scenarios", type=int, help="scenarios in the rehearsal's input (gold-1560); full: 400")
     p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 400")
-    p.add_argument("--compare-max-steps", type=int, default=0,
-                   help="cap each compare arm's training (compare's max_steps; 0: the training config's epochs)")
+    p.add_argument("--compare-max-steps", type=int,
+                   help="cap each compare arm's training (compare's max_steps; 0: the training config's 20 epochs); "
+                        "full: 300, so the two arms fit the 10-minute budget (train.sh's own run keeps its epochs)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, AF_DATA_ROOT=str(assets), AF_ORGANISM_MODEL=str(organism), AF_BASE_MODEL=str(organism),
                HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     layers, layer_note = _layers(config["num_hidden_layers"])
-    for name, argv_, wait in stage_commands(str(base), run, layers, args.compare_max_steps):
+    for name, argv_, wait in stage_commands(str(base), run, layers,
+                                           size["compare_max_steps"] if args.compare_max_steps is None else args.compare_max_steps):
         if args.size == "tiny" and name != "preflight":
             table.append({"step": name, "command": shlex.join(argv_), "exit": None, "seconds": 0.0,
                           "note": "skipped (tiny)"})
