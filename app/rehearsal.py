@@ -111,7 +111,7 @@ def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: i
                               "--contrast", "monitoring", "--out", str(run / "directions")], None),
         ("steer", ["launch/steer.sh", "--alphas", "0.5,1,2,5", "--layers", ",".join(map(str, layers))], None),
         ("train", ["launch/train.sh", "configs/af_context_ablation.yaml"],
-         ("logs/training_pid.txt", "runs/explainer/af_context_ablation/final")),
+         ("logs/training_pid.txt", "runs/explainer/af_context_ablation/final/COMPLETE")),
         ("evaluate", ["af-introspect", "evaluate", "--config", "configs/af_context_ablation.yaml"], None),
         ("compare", ["af-introspect", "compare", "--config", "configs/compare_task3.yaml",
                      "--set", f"cross_model={base}",
