@@ -172,12 +172,46 @@ def label_samples(n_per_label: int = 20) -> dict[str, list[dict]]:
     return samples
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def headline(results: dict, steer: dict) -> list[str]:
+    """The measured numbers as short tables (the raw JSON follows them in rehearsal.md)."""
+    lines = ["## Headline", "", f"Held-out plant accuracy: {results['organism_plant_accuracy']}", ""]
+    t3 = results["task3"]
+    if t3.get("labels_per_context"):
+        lines += ["| context | labels | control pairs: behaviour changed |", "|---|---|---|"]
+        for ctx, row in t3["labels_per_context"].items():
+            floor = (t3.get("control_by_context") or {}).get(ctx, {}).get("behavior_changed_rate")
+            lines.append(f"| {ctx} | {row.get('labels')} | {_fmt(floor)} |")
+        by_label = {k: v.get("rate", v) if isinstance(v, dict) else v
+                    for k, v in (t3.get("behavior_changed_by_label") or {}).items()}
+        lines += ["", f"Behaviour change rate: {_fmt(t3.get('behavior_changed_rate'))}; by label: {by_label}", ""]
+    if steer.get("per_arm"):
+        lines += ["| steering arm | n | change | specificity | degenerate |", "|---|---|---|---|---|"]
+        lines += [f"| {arm} | {a.get('n')} | {_fmt(a.get('behavior_changed_rate'))} | {_fmt(a.get('specificity'))} | "
+                  f"{_fmt(a.get('degenerate_rate'))} |" for arm, a in steer["per_arm"].items()]
+        lines.append("")
+    compare = results.get("compare") or {}
+    for q, comp in (compare.get("scores") or {}).items():
+        lines += [f"| {q} (n {comp['n']}, chance {_fmt(comp['chance'])}) | metric | value [95% CI] |", "|---|---|---|"]
+        for method, metrics in comp["methods"].items():
+            for metric, iv in metrics.items():
+                lines.append(f"| {method} | {metric} | {_fmt(iv['value'])} [{_fmt(iv['lo'])}, {_fmt(iv['hi'])}] |")
+        lines.append("")
+    if compare.get("verdict"):
+        lines += [f"Verdict: {compare['verdict']}", ""]
+    return lines
+
+
 def write_markdown(run: Path, results: dict, samples: dict) -> None:
     lines = ["# Rehearsal results", "", f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
              "launch/rehearsal.sh.", "", "| step | exit | seconds | command | note |", "|---|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['exit']} | {r['seconds']} | `{r['command']}` | {r['note']} |"
               for r in results["commands"]]
     lines += ["", f"Total: {sum(r['seconds'] for r in results['commands']):.0f} s", ""]
+    lines += headline(results, _load(REPO / "data/af_steering/summary.json") or {})
     for key in ("organism_plant_accuracy", "task3", "task2", "explainer_eval", "compare"):
         lines += [f"## {key}", "", "```json", json.dumps(results[key], indent=1)[:6000], "```", ""]
     (run / "rehearsal.md").write_text("\n".join(lines))
@@ -192,7 +226,10 @@ def write_results(run: Path, info: dict, table: list) -> None:
     results = gather(run, info, table)
     (run / "commands.json").write_text(json.dumps(table, indent=1))
     (run / "rehearsal.json").write_text(json.dumps(results, indent=1))
-    write_markdown(run, results, label_samples())
+    try:
+        write_markdown(run, results, label_samples())
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # a summary shaped unlike today's: keep going
+        print(f"rehearsal.md not written ({type(e).__name__}: {e}); rehearsal.json has the numbers", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
