@@ -233,8 +233,10 @@ def write_results(run: Path, info: dict, table: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import msgspec
+
     from organism.assets import write_synthetic_assets
-    from organism.rehearsal import RehearsalConfig, build_rehearsal_organism, smollm2_folder
+    from organism.rehearsal import RehearsalConfig
 
     args = _args(argv)
     size = SIZES[args.size]
@@ -242,17 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     table: list[dict] = []
     t0 = time.time()
-    base = Path(args.base).resolve() if args.base else smollm2_folder(run / "smollm2")
+    base = Path(args.base).resolve() if args.base else run / "smollm2"
     organism = run / "organism"
-    if (organism / "organism.json").is_file():
-        info = json.loads((organism / "organism.json").read_text())
-        print(f"reusing the organism in {organism}")
-    else:
+    if not (organism / "organism.json").is_file():
         cfg = RehearsalConfig(n_train_scenarios=size["organism_scenarios"], n_eval_scenarios=size["organism_eval"],
                               steps=args.organism_steps or size["organism_steps"], batch_size=size["organism_batch"],
                               seed=args.seed, eval_max_new_tokens=160 if args.size == "full" else 8)
-        info = build_rehearsal_organism(base, organism, cfg)
-    table.append({"step": "organism", "command": "organism.rehearsal.build_rehearsal_organism", "exit": 0,
+        # its own process: a CUDA context left in this one would make train.sh see a busy GPU and refuse
+        build = [sys.executable, "-m", "organism.rehearsal", "--base", str(base), "--out", str(organism),
+                 "--recipe", json.dumps(msgspec.to_builtins(cfg)), *([] if args.base else ["--smollm2"])]
+        if subprocess.call(build, cwd=REPO) != 0:
+            print("building the organism failed", file=sys.stderr)
+            return 1
+    else:
+        print(f"reusing the organism in {organism}")
+    info = json.loads((organism / "organism.json").read_text())
+    table.append({"step": "organism", "command": "python -m organism.rehearsal", "exit": 0,
                   "seconds": round(time.time() - t0, 1), "note": f"base {base}"})
     config = json.loads((organism / "config.json").read_text())
     assets = run / "assets"

