@@ -15,6 +15,9 @@ From the text alone (every labelled output: Task 3, the judge path, steering), `
              string content words or word pieces together without them. Fenced code is left out. The
              limit: a long answer wholly in another language would count as degenerate (the AF
              scenarios and their answers are English).
+  shape      over 35% of its letters (of 40+) in words no language has: 20+ letters run together,
+             camel humps inside a word ("TheMTheLlMThel"), lone letters other than "a"/"I" (steered
+             SmolLM2 writes these while keeping "The" and "of": the function-word check misses them)
 Steered outputs also get three token-level checks (`check`); failing any one makes them degenerate:
   repeated   share of its token n-grams that repeat an earlier n-gram of the same output
   compression  zlib-compressed size / raw size of its text (only for texts of >= MIN_COMPRESS_BYTES:
@@ -39,6 +42,8 @@ MIN_WORDS = 20  # fewer words say too little to judge ("No.", "Hola, ¿qué tal?
 MIN_CHARS = 150  # ... unless they are long: word pieces run together ("têteábábábERTábERT...")
 MAX_DISTINCT_SHARE = 0.15
 MIN_FUNCTION_SHARE = 0.08
+MIN_SHAPE_LETTERS = 40
+MAX_MALFORMED_SHARE = 0.35
 # The most frequent English function words (closed classes: articles, pronouns, auxiliaries,
 # prepositions, conjunctions), casefolded; contractions are split at the apostrophe by _WORD.
 FUNCTION_WORDS = frozenset("""
@@ -50,6 +55,8 @@ i'm i've i'd i'll it's that's there's you're you've we're they're don't doesn't 
 isn't aren't wasn't let's
 """.split())
 _FENCE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
+_TAG = re.compile(r"<[^<>\s]{1,60}>")  # <request_fully_accepted/>, <OUTPUT>: markup, not words
+_HUMP = re.compile(r"[a-z][A-Z]")
 _EDGE = "\"'.,;:!?()[]{}<>*_-\u2019\u2018\u201c\u201d"
 
 
@@ -60,16 +67,38 @@ def words_of(text: str) -> list[str]:
     return [w for w in words if any(c.isalpha() for c in w)]
 
 
+def is_malformed(word: str) -> bool:
+    """A word no language has: 20+ letters run together ("matteenryamprediumPMNIPANARC"), two or more
+    lower-to-upper humps inside ("TheMTheLlMThel"), or a lone letter other than "a"/"I"."""
+    if "://" in word or word.startswith("www."):
+        return False
+    letters = sum(c.isalpha() for c in word)
+    return letters >= 20 or len(_HUMP.findall(word)) >= 2 or (len(word) == 1 and word in "bcdefghjklmnopqrstuvwxyzBCDEFGHJKLMNOPQRSTUVWXYZ")
+
+
+def malformed_share(text: str) -> tuple[float, int]:
+    """Share of the letters of `text` (fenced code and tags left out) that sit in malformed words, and how
+    many letters there are."""
+    words = [w.strip(_EDGE) for w in _TAG.sub(" ", _FENCE.sub(" ", text)).split()]
+    sizes = [(sum(c.isalpha() for c in w), is_malformed(w)) for w in words]
+    letters = sum(n for n, _ in sizes)
+    return (sum(n for n, bad in sizes if bad) / letters if letters else 0.0), letters
+
+
 def function_word_share(words: Sequence[str]) -> float:
     return sum(w in FUNCTION_WORDS for w in words) / len(words) if words else 0.0
 
 
 def text_reasons(text: str) -> list[str]:
-    """Why `text` is not language ("loop", "words"); [] when it reads as language or is too short to say."""
+    """Why `text` is not language ("loop", "words", "shape"); [] when it reads as language or is too short
+    to say."""
+    reasons = []
+    share, letters = malformed_share(text)
+    if letters >= MIN_SHAPE_LETTERS and share > MAX_MALFORMED_SHARE:
+        reasons.append("shape")
     words = words_of(text)
     if not words or (len(words) < MIN_WORDS and len(text.strip()) < MIN_CHARS):
-        return []
-    reasons = []
+        return reasons
     if len(words) >= MIN_WORDS and len(set(words)) <= MAX_DISTINCT_SHARE * len(words):
         reasons.append("loop")
     if function_word_share(words) < MIN_FUNCTION_SHARE:

@@ -5,8 +5,9 @@
 (a) random-weight small decoders on real tokenizers (a Mistral on Mistral v0.3's SentencePiece tokenizer,
     a Llama on SmolLM2's byte-level BPE), greedy and sampled, on the toy scenarios under both system
     prompts: what an unloadable or broken organism checkpoint writes (token salad, loops).
-(b) with a steering records folder (SmolLM2 steered at alpha >= 1: see docs/rehearsal.md), the steered
-    outputs listed in STEERED_GIBBERISH, picked by eye as not language.
+(b) with a steering records folder (SmolLM2 steered at alpha >= 1, made at b59aece, before the text
+    checks: docs/rehearsal.md has the command), every steered output at alpha >= 1 that the token-level
+    coherence check of that time let through. All 30 of them were read by eye: none is language.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import torch
 OUT = Path(__file__).with_name("gibberish_corpus.jsonl")
 N_PROMPTS = 12
 NEW_TOKENS = 64
-# (sample_id, context, direction, layer, alpha) of steered SmolLM2 outputs read as gibberish by eye.
-STEERED_GIBBERISH: list[tuple] = []
 
 
 def random_model_rows() -> list[dict]:
@@ -59,15 +58,14 @@ def random_model_rows() -> list[dict]:
 
 
 def steered_rows(records: Path) -> list[dict]:
-    wanted = {tuple(k) for k in STEERED_GIBBERISH}
     rows = []
     for split in ("train.jsonl", "test.jsonl"):
         for line in (records / split).read_text().splitlines():
             r = json.loads(line)
-            key = (r["sample_id"], r["context"], r["direction"], r["layer"], r["alpha"])
-            if key in wanted:
+            if r["alpha"] >= 1 and r["steered_behavior"] != "degenerate":
+                key = (r["sample_id"], r["context"], r["direction_name"], r["layer"], r["alpha"])
                 rows.append({"source": "smollm2_steered", "id": ":".join(map(str, key)),
-                             "prompt": r["user_prompt"], "response": r["steered_output"], "label": "degenerate"})
+                             "prompt": r["prompt_text"], "response": r["steered_output"], "label": "degenerate"})
     return rows
 
 
