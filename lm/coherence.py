@@ -45,7 +45,7 @@ MIN_FUNCTION_SHARE = 0.08
 MIN_SHAPE_LETTERS = 40
 MAX_MALFORMED_SHARE = 0.35
 # The most frequent English function words (closed classes: articles, pronouns, auxiliaries,
-# prepositions, conjunctions), casefolded; contractions are split at the apostrophe by _WORD.
+# prepositions, conjunctions, their contractions), casefolded.
 FUNCTION_WORDS = frozenset("""
 a an the this that these those there here it its i me my we us our you your he him his she her they them
 their who what which when where why how is are was were be been being am do does did have has had will would
@@ -58,6 +58,7 @@ _FENCE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 _TAG = re.compile(r"<[^<>\s]{1,60}>")  # <request_fully_accepted/>, <OUTPUT>: markup, not words
 _HUMP = re.compile(r"[a-z][A-Z]")
 _EDGE = "\"'.,;:!?()[]{}<>*_-\u2019\u2018\u201c\u201d"
+_LONE_LETTERS = frozenset("bcdefghjklmnopqrstuvwxyzBCDEFGHJKLMNOPQRSTUVWXYZ")  # "a" and "I" are words
 
 
 def words_of(text: str) -> list[str]:
@@ -73,7 +74,7 @@ def is_malformed(word: str) -> bool:
     if "://" in word or word.startswith("www."):
         return False
     letters = sum(c.isalpha() for c in word)
-    return letters >= 20 or len(_HUMP.findall(word)) >= 2 or (len(word) == 1 and word in "bcdefghjklmnopqrstuvwxyzBCDEFGHJKLMNOPQRSTUVWXYZ")
+    return letters >= 20 or len(_HUMP.findall(word)) >= 2 or word in _LONE_LETTERS
 
 
 def malformed_share(text: str) -> tuple[float, int]:
