@@ -13,6 +13,7 @@ import sys
 
 from lm.models import provide_toy_organism
 from records.errors import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, InputError, StageFailure
+from records.requirements import require_packages
 
 # subcommand -> (module, one-line help)
 STAGES = {
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        # before the stage's module is imported: a missing package stops it here, not after a model loads
+        # (vllm is checked by the stages whose config picks the vllm backend)
+        require_packages(args.command, vllm=args.command == "demo")
         return importlib.import_module(args._module).main(args) or 0
     except InputError as e:
         for problem in e.problems:

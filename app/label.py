@@ -51,6 +51,9 @@ def main(args: argparse.Namespace) -> int:
     if out.resolve() == src.resolve() or (src.is_dir() and out.resolve().is_relative_to(src.resolve())):
         raise InputError(f"--output {out}: must not be the input or inside it (relabelling never writes the source)")
     from lm.models import resolve_model
+    from records.requirements import require_packages
+
+    require_packages("label", vllm=args.labeller != "rules" and args.judge_backend == "vllm")
 
     cfg = lm_judge.JudgeConfig(model=resolve_model(args.judge_model) if args.judge_model else "",
                                backend=args.judge_backend, dtype=args.judge_dtype,

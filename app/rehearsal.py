@@ -39,7 +39,7 @@ SIZES = {
     "tiny": {"scenarios": 12, "organism_scenarios": 4, "organism_steps": 2, "organism_batch": 2,
              "organism_eval": 1, "compare_max_steps": 2},
 }
-README_LAYERS = (20, 30)  # `launch/steer.sh --alphas 0.5,1,2,5 --layers 20,30` as the README prints it
+README_LAYERS = (20, 30)  # `launch/steer.sh ... --layers 20,30` as the README prints it
 
 
 def _args(argv):
@@ -99,37 +99,47 @@ def run_command(name: str, argv: list[str], env: dict, table: list, note: str = 
     return rc == 0
 
 
+def readme_gpu_commands(readme: Path = REPO / "README.md") -> list[list[str]]:
+    """The stage-by-stage block of the README's GPU section, each line split as a shell would (comments
+    dropped): the rehearsal runs exactly what a user copies."""
+    lines, inside, block = [], False, []
+    for line in readme.read_text().splitlines():
+        if line.strip().startswith("```"):
+            if inside and any(b.startswith("af-introspect preflight") for b in block):
+                lines = block
+            inside, block = not inside, []
+            continue
+        if inside and line.strip():
+            block.append(line.strip())
+    if not lines:
+        raise SystemExit(f"{readme}: no fenced block starting with `af-introspect preflight`")
+    return [shlex.split(line, comments=True) for line in lines]
+
+
+# Background jobs of the README's block: (pid file the launch script writes, marker of a finished run)
+WAITS = {"launch/generate.sh": ("logs/generate_pid.txt", "runs/real/task3/summary.json"),
+         "launch/train.sh": ("logs/training_pid.txt", "runs/real/explainer_task3/final/COMPLETE")}
+
+
 def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: int = 0
                    ) -> list[tuple[str, list[str], tuple | None]]:
     """(name, argv, background wait) of the README GPU section's commands, in order, plus the derive step
-    the direction needs and the self-vs-cross comparison."""
-    return [
-        ("preflight", ["af-introspect", "preflight"], None),
-        ("generate", ["launch/generate.sh", "--nohup"],
-         ("logs/generate_pid.txt", "data/af_context_ablation/summary.json")),
-        ("derive direction", ["af-introspect", "steer", "--derive-direction", "--layer", str(layers[0]),
-                              "--contrast", "monitoring", "--out", str(run / "directions")], None),
-        ("steer", ["launch/steer.sh", "--alphas", "0.5,1,2,5", "--layers", ",".join(map(str, layers))], None),
-        ("train", ["launch/train.sh", "configs/af_context_ablation.yaml"],
-         ("logs/training_pid.txt", "runs/explainer/af_context_ablation/final/COMPLETE")),
-        ("evaluate", ["af-introspect", "evaluate", "--config", "configs/af_context_ablation.yaml"], None),
-        ("compare", ["af-introspect", "compare", "--config", "configs/compare_task3.yaml",
-                     "--set", f"cross_model={base}",
-                     *(["--set", f"max_steps={compare_max_steps}"] if compare_max_steps else [])], None),
-        ("report", ["af-introspect", "report", "runs/real"], None),
-    ]
-
-
-def link_run_dir(run_dir: Path) -> None:
-    """`af-introspect report runs/real` reads the demo's layout (app/report.py); stage by stage, the outputs
-    sit where the configs put them, so runs/real links to them."""
-    links = {"task3": "data/af_context_ablation", "task2": "data/af_steering",
-             "explainer_task3": "runs/explainer/af_context_ablation", "compare_task3": "runs/compare_task3"}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name, target in links.items():
-        link = run_dir / name
-        if (REPO / target).exists() and not link.exists():
-            link.symlink_to(REPO / target)
+    the direction needs before steering; compare's cross model is the plain base (the README's is
+    Mistral-7B-v0.3)."""
+    out = []
+    for argv in readme_gpu_commands():
+        name = Path(argv[0]).stem if argv[0].startswith("launch/") else argv[1]
+        if name == "steer":
+            out.append(("derive direction", ["af-introspect", "steer", "--derive-direction", "--layer",
+                                             str(layers[0]), "--contrast", "monitoring",
+                                             "--out", str(run / "directions")], None))
+            argv = [*argv]
+            argv[argv.index("--layers") + 1] = ",".join(map(str, layers))
+        if name == "compare":
+            argv = [*argv, "--set", f"cross_model={base}",
+                    *(["--set", f"max_steps={compare_max_steps}"] if compare_max_steps else [])]
+        out.append((name, argv, WAITS.get(argv[0])))
+    return out
 
 
 def _load(path: Path):
@@ -138,8 +148,8 @@ def _load(path: Path):
 
 def gather(run: Path, organism_info: dict, table: list) -> dict:
     """The measured numbers of the rehearsal, read from what the stages wrote."""
-    gen = _load(REPO / "data/af_context_ablation/summary.json") or {}
-    steer = _load(REPO / "data/af_steering/summary.json") or {}
+    gen = _load(REPO / "runs/real/task3/summary.json") or {}
+    steer = _load(REPO / "runs/real/task2/summary.json") or {}
     return {
         "organism_plant_accuracy": organism_info.get("held_out", {}).get("accuracy"),
         "organism": {k: organism_info.get(k) for k in ("base", "recipe", "train_seconds", "final_loss")},
@@ -150,8 +160,8 @@ def gather(run: Path, organism_info: dict, table: list) -> dict:
                                           "truncated_outputs", "wall_seconds", "output_tokens_per_second")},
         "task2": {k: steer.get(k) for k in ("n_records", "layer_sets", "alphas", "behavior_changed_rate",
                                             "directions", "warnings", "wall_seconds", "residual_norms")},
-        "explainer_eval": _load(REPO / "runs/explainer/af_context_ablation/final/eval/metrics.json"),
-        "compare": _load(REPO / "runs/compare_task3/compare.json"),
+        "explainer_eval": _load(REPO / "runs/real/explainer_task3/final/eval/metrics.json"),
+        "compare": _load(REPO / "runs/real/compare_task3/compare.json"),
     }
 
 
@@ -160,7 +170,7 @@ def label_samples(n_per_label: int = 20) -> dict[str, list[dict]]:
     check by eye; written to rehearsal_samples.md."""
     samples: dict[str, list[dict]] = {}
     for split in ("test", "train"):
-        path = REPO / "data/af_context_ablation" / f"{split}.jsonl"
+        path = REPO / "runs/real/task3" / f"{split}.jsonl"
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
@@ -211,7 +221,7 @@ def write_markdown(run: Path, results: dict, samples: dict) -> None:
     lines += [f"| {r['step']} | {r['exit']} | {r['seconds']} | `{r['command']}` | {r['note']} |"
               for r in results["commands"]]
     lines += ["", f"Total: {sum(r['seconds'] for r in results['commands']):.0f} s", ""]
-    lines += headline(results, _load(REPO / "data/af_steering/summary.json") or {})
+    lines += headline(results, _load(REPO / "runs/real/task2/summary.json") or {})
     for key in ("organism_plant_accuracy", "task3", "task2", "explainer_eval", "compare"):
         lines += [f"## {key}", "", "```json", json.dumps(results[key], indent=1)[:6000], "```", ""]
     (run / "rehearsal.md").write_text("\n".join(lines))
@@ -283,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.size == "tiny":  # the CPU test: the repository's PROGRESS.md is for real runs
             argv_ = [*argv_, "--progress-log", str(run / "PROGRESS.md")]
             note = "--progress-log added (tiny)"
-        if name == "report":
-            link_run_dir(REPO / "runs/real")
         ok = run_command(name, argv_, env, table, note=note, wait=wait)
         write_results(run, info, table)  # after every step: a call cut off by its time limit still has them
         if not ok and name in ("generate", "train"):

@@ -77,8 +77,10 @@ def main(args: argparse.Namespace) -> int:
     from generation.run import main as run
     from records.assets import load_scenarios
     from records.paths import load_stage_paths
+    from records.requirements import require_packages
 
     cfg = config_from_args(args)
+    require_packages("generate", vllm=cfg.backend == "vllm")
     paths = load_stage_paths(cfg.paths, args)
     cfg = msgspec.structs.replace(cfg, model=cfg.model or paths.organism_model)
     input_path = Path(cfg.input or paths.gold_1560)

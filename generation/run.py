@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
+from lm.labels import degenerate_problem
 from generation.config import GenerateConfig
 from records.config import config_hash
 from records.errors import InputError, StageFailure
@@ -461,9 +462,14 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))
         lines = format_summary(summary, engine, wall)
         print("\n".join(lines))
+        broken = degenerate_problem([b for r in records for b in (r.monitored_behavior, r.unmonitored_behavior)],
+                                    str(out))
         append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
-                     "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
+                     "BLOCKED" if broken else "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
                                    f"train.jsonl ({len(train_idx)}) and test.jsonl ({len(test_idx)}, grouped)"],
-                     findings=lines[1:-1], issues=[lines[-1]] if lines[-1].startswith("WARNING") else [],
-                     next_step="train the explainer on these records (af-introspect train)")
+                     findings=lines[1:-1], issues=[broken] if broken else [lines[-1]] if lines[-1].startswith("WARNING") else [],
+                     next_step="check the organism checkpoint" if broken else
+                     "train the explainer on these records (af-introspect train)")
+        if broken:
+            raise StageFailure(broken)
         return summary

@@ -2,9 +2,10 @@
 # Train the LoRA explainer: the --debug run first (unless one already succeeded for this config), then
 # the full run in the background under nohup.
 #
-#   launch/train.sh [--force] [--foreground] [--gpus N] [CONFIG] [-- extra flags for `af-introspect train`]
+#   launch/train.sh [--debug] [--force] [--foreground] [--gpus N] [CONFIG] [-- extra flags for `af-introspect train`]
 #
 #   launch/train.sh configs/af_context_ablation.yaml
+#   launch/train.sh configs/af_context_ablation.yaml --debug     # the debug run only, in the foreground
 #   launch/train.sh --gpus 4 configs/af_context_ablation.yaml   # data parallel through `accelerate launch`
 #   launch/train.sh configs/af_context_ablation.yaml -- --set train.batch_size=4
 #   launch/train.sh configs/af_context_ablation.yaml -- --resume        # continue after a stop
@@ -21,18 +22,29 @@ cd "$(dirname "$0")/.."
 force=0
 foreground=0
 gpus=1
+debug_only=0
+config=configs/af_context_ablation.yaml
+have_config=0
+extra=()
+# Options may come before or after CONFIG; everything after "--" goes to `af-introspect train`.
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) force=1; shift ;;
         --foreground) foreground=1; shift ;;
-        --gpus) gpus=$2; shift 2 ;;
-        *) break ;;
+        --gpus) gpus=${2:-}; shift 2 || { echo "--gpus: expected a number" >&2; exit 2; } ;;
+        --debug) debug_only=1; shift ;;
+        --) shift; extra+=("$@"); break ;;
+        -*) extra+=("$1"); shift ;;  # a train flag given without "--": it still goes to train
+        *) if [[ $have_config -eq 0 ]]; then config=$1; have_config=1; else extra+=("$1"); fi; shift ;;
     esac
 done
-config=configs/af_context_ablation.yaml
-if [[ $# -gt 0 && "$1" != "--" ]]; then config=$1; shift; fi
-[[ "${1:-}" == "--" ]] && shift
-extra=("$@")
+# "--debug" anywhere means the debug run only: it never reaches the full run (a second debug run
+# under nohup, reported as the full run, is what passing it through used to do).
+kept=()
+for a in "${extra[@]}"; do
+    if [[ "$a" == "--debug" ]]; then debug_only=1; else kept+=("$a"); fi
+done
+extra=("${kept[@]}")
 bin=af-introspect; [[ -x .venv/bin/af-introspect ]] && bin=.venv/bin/af-introspect
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast off (it can take a shared host's GPUs down for a long time)
@@ -75,6 +87,18 @@ for a in "${extra[@]}"; do
     if [[ $skip -eq 1 ]]; then skip=0; continue; fi
     case "$a" in --resume) ;; --max-steps) skip=1 ;; *) debug_flags+=("$a") ;; esac
 done
+
+# --- --debug: the debug run only, in the foreground; no full run ------------------------------------
+if [[ $debug_only -eq 1 ]]; then
+    debug_log="logs/train_${name}_debug_${stamp}.log"
+    echo "debug run only (--debug) for $config; log: $debug_log"
+    set +e
+    $bin train --config "$config" "${debug_flags[@]}" --debug 2>&1 | tee "$debug_log"
+    status=${PIPESTATUS[0]}
+    set -e
+    [[ $status -eq 0 ]] && echo "debug run done; the full run: launch/train.sh $config"
+    exit "$status"
+fi
 
 # --- the debug run, unless one already succeeded for this config (same content hash) ----------------
 if ! $bin train --config "$config" "${debug_flags[@]}" --check-debug >/dev/null 2>&1; then

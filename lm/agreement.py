@@ -8,7 +8,7 @@ import random
 from collections import Counter
 from typing import Sequence
 
-from lm.labels import BEHAVIOURS, OUTCOMES
+from lm.labels import BEHAVIOURS
 from records.schema import ContextLabels, LabelAgreement
 
 
@@ -110,9 +110,9 @@ def report_section(records, agr: LabelAgreement | None, per_label: int = 10) -> 
     labellers ran, and per-label samples (collapsed)."""
     outputs = record_outputs(records)
     stats = context_stats([(c, lab, t) for c, lab, _, t in outputs])
-    md = ["### Behaviour labels", "", "| context | n | " + " | ".join(OUTCOMES) + " | truncated |",
-          "|---" * (len(OUTCOMES) + 3) + "|"]
-    md += [f"| {ctx} | {s.n} | " + " | ".join(str(s.labels.get(b, 0)) for b in OUTCOMES)
+    md = ["### Behaviour labels", "", "| context | n | " + " | ".join(BEHAVIOURS) + " | truncated |",
+          "|---" * (len(BEHAVIOURS) + 3) + "|"]
+    md += [f"| {ctx} | {s.n} | " + " | ".join(str(s.labels.get(b, 0)) for b in BEHAVIOURS)
            + f" | {s.truncated_rate:.1%} |" for ctx, s in stats.items()]
     md.append("")
     if agr:

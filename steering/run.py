@@ -39,7 +39,8 @@ from records.parallel import check_world, owns, read_all_shards, run_workers, sh
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
 from records.schema import (ArmSummary, DirectionInfo, DirectionSummary, EngineInfo, PatchPosition, RawCompletion,
                             ResidualNorm, Scenario, SteeringRecord, SteeringSummary, read_summary)
-from steering import coherence, grid, science
+from lm import coherence
+from steering import grid, science
 from steering import direction as dirmod
 from steering.config import SteerConfig
 from steering.engine import FastSteeredGenerator, Row, hf_generate

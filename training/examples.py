@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.labels import BEHAVIOURS, OUTCOMES
+from lm.labels import BEHAVIOURS, degenerate_problem
 from records.errors import InputError, Problems
 from records.jsonl import read_records
 from records.neardup import near_copies
@@ -75,6 +75,11 @@ def load_split(folder: str | Path, task: str, split: str) -> list:
     if not records:
         raise InputError(f"{path}: holds no records")
     validate_records(records, path)
+    if isinstance(records[0], ContextAblationRecord):
+        broken = degenerate_problem([b for r in records for b in (r.monitored_behavior, r.unmonitored_behavior)],
+                                    str(path))
+        if broken:  # Task 3 only: steering arms may break the model on purpose
+            raise InputError(broken)
     return records
 
 
@@ -116,12 +121,11 @@ def validate_records(records: list, path: Path) -> None:
             problems.add(str(path), f"line {line}: duplicate record {key[1:]} (first at line {seen[key]})")
         else:
             seen[key] = line
-        known = OUTCOMES if isinstance(r, SteeringRecord) else BEHAVIOURS  # steering may break an output
         for name in _BEHAVIOUR_FIELDS.get(type(r), ()):
             value = getattr(r, name)
-            if value not in known:
+            if value not in BEHAVIOURS:
                 problems.add(str(path), f"line {line}: `{name}` {value!r} is not a behaviour label we know "
-                                        f"({', '.join(known)})")
+                                        f"({', '.join(BEHAVIOURS)})")
     problems.raise_if_any()
 
 

