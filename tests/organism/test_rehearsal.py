@@ -45,5 +45,27 @@ def test_tiny_rehearsal_builds_the_organism_and_runs_its_plumbing(smollm2_dir, t
     assert np.load(run / "assets" / "af_intent_direction.npy").shape == (576,)  # assets at the organism's width
     table = {row["step"]: row for row in json.loads((run / "commands.json").read_text())}
     assert table["organism"]["exit"] == 0 and table["preflight"]["exit"] == 0
-    assert table["steer"]["command"].endswith("--layers 20,29") and table["steer"]["note"] == "skipped (tiny)"
+    assert "--layers 20,29 " in table["steer"]["command"] and table["steer"]["note"] == "skipped (tiny)"
     assert [r for r in table.values() if r["exit"] is None] and "| preflight | 0 |" in (run / "rehearsal.md").read_text()
+
+
+def test_the_rehearsal_runs_the_readme_block_as_printed(tmp_path):
+    """Every line of the README's stage-by-stage GPU block is run, in order, with only the recorded
+    departures: a derive step before steer, the model's last layer for a missing one, compare's cross model."""
+    from app.rehearsal import readme_gpu_commands, stage_commands
+
+    printed = readme_gpu_commands()
+    run = stage_commands("/plain/base", tmp_path, [20, 29], compare_max_steps=300)
+    assert [argv for name, argv, _ in run if name != "derive direction"][0] == printed[0]
+    names = [name for name, _, _ in run]
+    assert names.index("derive direction") == names.index("steer") - 1 and len(run) == len(printed) + 1
+    for (name, argv, wait), line in zip([r for r in run if r[0] != "derive direction"], printed):
+        if name == "steer":
+            assert argv[argv.index("--layers") + 1] == "20,29"
+            argv = [a for a in argv if a != "20,29"]
+            line = [a for a in line if a != "20,30"]
+        if name == "compare":
+            assert argv[len(line):] == ["--set", "cross_model=/plain/base", "--set", "max_steps=300"]
+            argv = argv[:len(line)]
+        assert argv == line
+        assert (wait is not None) == (name in ("generate", "train"))
