@@ -141,6 +141,13 @@ class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_new_tokens: int = 48  # ours
     tasks: dict[str, TestTask] = {}
     feature_judge: FeatureJudge = msgspec.field(default_factory=FeatureJudge)  # ours
+    # ours, the peers' baselines (training/peers.py): the untrained explainer with k solved training examples
+    # in its prompt, for each k, over fewshot_draws seeded draws of the examples; [] = off. fewshot_items > 0:
+    # a seeded subset of that many items per split (CPU time)
+    fewshot_k: list[int] = msgspec.field(default_factory=lambda: [4, 8])
+    fewshot_draws: int = 3
+    fewshot_items: int = 0
+    calibration: bool = True  # ours: the explainer's probability of its answers, Brier / ECE / AUROC (training/calibration.py)
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -230,6 +237,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if name not in slots:
             p.add(where, f"train.trainable_slot_tokens: {name!r} is not a slot of {', '.join(t.tasks)} that may be "
                          f"trained (allowed: {', '.join(sorted(slots)) or 'none'})")
+    if any(k < 1 for k in cfg.test.fewshot_k) or cfg.test.fewshot_draws < 1 or cfg.test.fewshot_items < 0:
+        p.add(where, f"test.fewshot_k must hold numbers >= 1 (got {cfg.test.fewshot_k}), test.fewshot_draws >= 1 "
+                     f"(got {cfg.test.fewshot_draws}) and test.fewshot_items >= 0 (got {cfg.test.fewshot_items})")
     for task in cfg.test.tasks:
         if task not in t.tasks:
             p.add(where, f"test.tasks.{task}: not among train.tasks ({', '.join(t.tasks)})")

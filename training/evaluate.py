@@ -45,6 +45,7 @@ from training.dataset import load_data, needs_markers
 from training.examples import Example, causal_target, dataset_dir
 from training.metrics import gaps_by_question, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
+from training.peers import VECTOR_NN, evaluate_peers, vector_nn_predictions, vector_question_types
 from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     attributes = feature_attributes(cfg)
     splits = {**split_by_direction(data.train, data.test), **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
     answers: dict[tuple[str, str], tuple[list[Example], list[str]]] = {}  # (split, method) -> examples, predictions
+    peers = {}  # split -> the peers' baselines and the explainer's calibration (training/peers.py)
+    seconds: dict[str, float] = {}
     for split, examples in splits.items():
         if limit:
             examples = examples[:limit]
@@ -232,6 +235,12 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
             preds["no_effect"] = no_effect_predictions(examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
+        if vector_question_types(examples):
+            preds[VECTOR_NN] = vector_nn_predictions(data.train, examples)
+        peers[split] = evaluate_peers(explainer, data.train, examples, preds["explainer"], _groups(examples), cfg,
+                                      embed, fewshot=untrained)
+        for piece, t in peers[split].seconds.items():
+            seconds[piece] = seconds.get(piece, 0.0) + t
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
     judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
     results: dict = {}
@@ -245,33 +254,70 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         for method, p in preds.items():
             # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
             # scenario has several items (Task 2: one per arm), else items
-            groups = [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
+            groups = _groups(examples)
             strict = strict_by_question(examples, p, groups)
             gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match"):
+                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, examples):
                     results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
                                                                 **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
-                if method == "no_effect" and ex.question_type == "orig_match":
+                if (method == "no_effect" and ex.question_type == "orig_match") or not _scored(
+                        method, ex.question_type, examples):
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
                                           lm_judge=judged[split, method][i] if judged else None,
                                           attribute_correct=named[method][i] if named else None,
-                                          **score_item(ex, pred)))
+                                          **_confidence(peers[split], method, i), **score_item(ex, pred)))
+        rows += peer_rows(split, examples, peers[split], results[split])
     scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
-                                                        feature_judge=judge_name))
+                                                        feature_judge=judge_name, seconds=seconds))
     write_records_atomic(out / "predictions.jsonl", rows)
     describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
     table = format_table(results, scoring, judge_name if describes else None)
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
     return {"splits": results, "out_dir": str(out), "table": table}
+
+
+def _groups(examples: list[Example]) -> list | None:
+    """The bootstrap's units: whole scenarios where a scenario has several items (Task 2: one per arm), else items."""
+    return [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
+
+
+def _scored(method: str, question_type: str, examples: list[Example]) -> bool:
+    """The vector nearest neighbour is scored only on question types whose items all read a vector."""
+    return method != VECTOR_NN or question_type in vector_question_types(examples)
+
+
+def _confidence(peer, method: str, i: int) -> dict:
+    """The explainer's probability of its answer and P(changed), for its prediction rows."""
+    if method != "explainer" or peer.confidence is None:
+        return {}
+    return {"confidence": peer.confidence[i], "p_changed": peer.p_changed[i]}
+
+
+def peer_rows(split: str, examples: list[Example], peer, results: dict) -> list[PredictionRow]:
+    """Put the split's few-shot scores and the explainer's calibration and per-template fields into `results`
+    (question type -> method -> metrics); return the few-shot baselines' prediction rows (one per draw)."""
+    for q, methods in peer.rows.items():
+        results.setdefault(q, {}).update(methods)
+    for q, fields in peer.explainer.items():
+        results.get(q, {}).get("explainer", {}).update(fields)
+    rows = []
+    for method, draws in peer.fewshot.items():
+        for draw, preds in enumerate(draws):
+            for i, pred in zip(peer.positions, preds):
+                ex = examples[i]
+                rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
+                                          sample_id=ex.sample_id, target=ex.target, prediction=pred, draw=draw,
+                                          **score_item(ex, pred)))
+    return rows
 
 
 HELD_OUT_DIRECTION = "test:held_out_direction"

@@ -150,9 +150,11 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     metrics = json.load(open(f"{out}/metrics.json"))
     rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
     assert set(metrics["splits"]["test"]) == {"generative_explanation", "orig_match", "change_match"}
-    assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"}
+    fewshot = {"fewshot_k4", "fewshot_k8"}  # the untrained explainer with solved training examples, 3 draws each
+    assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"} | fewshot
     assert all({"target", "prediction", "exact_match", "sample_id"} <= set(r) for r in rows)
-    assert len(rows) == 4 * 6
+    assert len(rows) == 4 * 6 + 2 * 3 * 6
+    assert {r["draw"] for r in rows if r["method"] in fewshot} == {0, 1, 2}
     # the paper's strict scores ride along, each with its interval
     gen = metrics["splits"]["test"]["generative_explanation"]["explainer"]
     assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
