@@ -95,3 +95,21 @@ def test_each_item_records_its_drawn_template_and_can_be_asked_under_another(mon
     monkeypatch.setattr(T, "predict", fake_predict)
     row = T.template_scores(None, exs, Cfg)["orig_match"]
     assert [row[f"template:{i}"] for i in range(5)] == [1, 1, 0, 1, 1] and row["template_spread"] == 1
+
+
+@pytest.mark.parametrize("stem", ["af_context_ablation", "af_steering", "af_feature_descriptions"])
+def test_gpu_configs_ship_five_paraphrases_per_question_and_the_toy_keeps_the_first(stem):
+    from pathlib import Path
+
+    from training.config import load_train_config
+
+    repo = Path(__file__).resolve().parents[2]
+    gpu = load_train_config(str(repo / "configs" / f"{stem}.yaml"))
+    cpu = load_train_config(str(repo / "configs" / f"{stem}_cpu.yaml"))
+    for task, tc in gpu.train.tasks.items():
+        for q, qt in tc.question_types.items():
+            texts = [" ".join(m.content for m in p.messages) for p in qt.prompts]
+            assert len(texts) == 5 and len(set(texts)) == 5, (task, q)
+            shows_vector = {"{feature}" in t for t in texts}
+            assert len(shows_vector) == 1, (task, q)  # every wording shows the vector, or none does
+            assert cpu.train.tasks[task].question_types[q].prompts == qt.prompts[:1], (task, q)
