@@ -11,7 +11,13 @@ For each split (the test split, then every configured gold_106-derived eval set)
   intervention);
 - tasks that feed vectors: the trained explainer with its vectors zeroed, and shuffled so that each item
   gets the vector of an item of another group (another feature cluster; another vector for steering)
-  (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
+  (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines);
+  and the vector nearest neighbour (the most common answer of the training items with the most similar vector);
+- the peers' baselines and checks (training/peers.py): few-shot in context (the untrained explainer given k
+  solved training examples, test.fewshot_k, over seeded draws), the explainer's calibrated confidence (its
+  probability of its own answer and P(changed): Brier, ECE, AUROC of "changed"; training/calibration.py),
+  and, where a question type has several prompt templates, the explainer's score under each
+  (training/templates.py).
 
 Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
 sentences, first-word matches, MiniLM similarity for feature descriptions, and its LM judge of feature
@@ -237,8 +243,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
         if vector_question_types(examples):
             preds[VECTOR_NN] = vector_nn_predictions(data.train, examples)
+        # the few-shot baseline runs with the untrained one; calibration and templates not for a cross arm
         peers[split] = evaluate_peers(explainer, data.train, examples, preds["explainer"], _groups(examples), cfg,
-                                      embed, fewshot=untrained)
+                                      embed, fewshot=untrained, explainer_extras=controls)
         for piece, t in peers[split].seconds.items():
             seconds[piece] = seconds.get(piece, 0.0) + t
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
@@ -385,7 +392,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "eval sets), scored per question type against the untrained explainer, the majority class and "
                      "the nearest neighbour; steering records also against the arm-and-context lookup table and "
                      "the no-effect bound, on the held-out scenarios and apart on any held-out direction (steer's "
-                     "test_directions); vector tasks also with the vectors zeroed and shuffled; feature "
+                     "test_directions); vector tasks also with the vectors zeroed and shuffled and against the vector "
+                     "nearest neighbour; every task against the few-shot untrained explainer (test.fewshot_k), with "
+                     "the explainer's calibration (Brier, ECE, AUROC of changed) and, with several prompt templates, "
+                     "its score under each; feature "
                      "descriptions also by the LM judge (test.feature_judge) and, with cluster attributes, per "
                      "attribute beside chance. Writes metrics.json, metrics_table.txt and predictions.jsonl.")
     p.add_argument("--config", required=True, help="the training config (training/config.py)")

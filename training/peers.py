@@ -135,7 +135,7 @@ def fewshot_metrics(examples: list[Example], explainer: list[str], draws: list[l
     per_draw = [strict_by_question(examples, preds, groups, n_boot=1) for preds in draws]
     out = {}
     for q, row in rows.items():
-        row = {**row, **strict.get(q, {}), **gaps.get(q, {}), "n": row["n"] / d, "draws": float(d)}
+        row = {**row, **strict.get(q, {}), **gaps.get(q, {}), "n": row["n"] // d, "draws": d}
         if q in per_draw[0]:
             ems = [p[q]["strict_exact_match"] for p in per_draw]
             row.update(strict_exact_match_draw_min=min(ems), strict_exact_match_draw_max=max(ems))
@@ -162,8 +162,9 @@ class PeerResults:
 
 
 def evaluate_peers(explainer, train: list[Example], examples: list[Example], answers: list[str], groups: list | None,
-                   cfg, embed, fewshot: bool = True) -> PeerResults:
-    """Few-shot baselines (when `fewshot`), the explainer's calibration and its per-template scores on one split."""
+                   cfg, embed, fewshot: bool = True, explainer_extras: bool = True) -> PeerResults:
+    """Few-shot baselines (when `fewshot`) and, when `explainer_extras`, the explainer's calibration and its
+    per-template scores on one split."""
     from training.calibration import answer_confidence, calibration_by_question, changed_probability
     from training.metrics import score_item as strict_item
     from training.scoring import score_item
@@ -183,7 +184,7 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
                                           embed).items():
                 out.rows.setdefault(q, {})[fewshot_method(k)] = row
         out.seconds["fewshot"] = time.perf_counter() - start
-    if t.calibration:
+    if explainer_extras and t.calibration:
         start = time.perf_counter()
         out.confidence = answer_confidence(explainer, examples, answers, t.batch_size)
         out.p_changed = changed_probability(explainer, examples, t.batch_size)
@@ -192,8 +193,9 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
         for q, fields in calibration_by_question(examples, correct, out.confidence, out.p_changed, groups).items():
             out.explainer.setdefault(q, {}).update(fields)
         out.seconds["calibration"] = time.perf_counter() - start
-    start = time.perf_counter()
-    for q, fields in template_scores(explainer, examples, cfg, embed).items():
-        out.explainer.setdefault(q, {}).update(fields)
-    out.seconds["templates"] = time.perf_counter() - start
+    if explainer_extras:
+        start = time.perf_counter()
+        for q, fields in template_scores(explainer, examples, cfg, embed).items():
+            out.explainer.setdefault(q, {}).update(fields)
+        out.seconds["templates"] = time.perf_counter() - start
     return out

@@ -160,6 +160,22 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
     assert {"strict_changed_f1", "strict_unchanged_f1"} <= set(gen)
     assert "strict_unchanged_f1" not in metrics["splits"]["test"]["orig_match"]["explainer"]
+    # calibration: the explainer's probability of each answer and P(changed) ride on its rows, and the metrics
+    # are those of these rows (strict correctness, ECE_BINS bins)
+    from training.calibration import brier, ece
+    from training.metrics import score_item as strict_item
+
+    mine = [r for r in rows if r["method"] == "explainer" and r["question_type"] == "generative_explanation"]
+    assert all(0 <= r["confidence"] <= 1 and 0 <= r["p_changed"] <= 1 for r in mine)
+    correct = [strict_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine]
+    assert gen["brier"] == pytest.approx(brier([r["confidence"] for r in mine], correct))
+    assert gen["ece"] == pytest.approx(ece([r["confidence"] for r in mine], correct)) and gen["ece_bins"] == 10
+    assert {"brier", "ece"} <= set(metrics["splits"]["test"]["orig_match"]["explainer"])
+    # the few-shot rows carry their draws' spread and the paired gap to the explainer
+    few = metrics["splits"]["test"]["generative_explanation"]["fewshot_k4"]
+    assert few["n"] == gen["n"] and few["draws"] == 3 and "gap_lo" in few
+    assert few["strict_exact_match_draw_min"] <= few["strict_exact_match"] <= few["strict_exact_match_draw_max"]
+    assert set(metrics["seconds"]) >= {"fewshot", "calibration"}
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
