@@ -207,7 +207,8 @@ def peer_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[s
                      "match of each draw): " + "; ".join(
                          f"{m} {v['strict_exact_match_draw_min']:.2f}-{v['strict_exact_match_draw_max']:.2f} over "
                          f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in fewshot.items()
-                         if "strict_exact_match_draw_min" in v))
+                         if "strict_exact_match_draw_min" in v)
+                     + _below_majority(fewshot, methods.get("majority", {})))
     if "strict_exact_match" not in methods.get("explainer", {}):
         shown = {m: v["semantic_similarity"] for m, v in methods.items()
                  if (m in fewshot or m == "vector_nearest_neighbour") and "semantic_similarity" in v}
@@ -221,7 +222,7 @@ def peer_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[s
 
     if "brier" in ex:
         lines.append(indent + f"calibration (the explainer's probability of its own answer, mean "
-                     f"{ex['confidence_mean']:.2f}, against strict correctness): Brier {ci('brier')}; ECE "
+                     f"{ex['confidence_mean']:.2f}, against the answer being right): Brier {ci('brier')}; ECE "
                      f"({int(ex['ece_bins'])} bins) {ci('ece')}"
                      + (f"; AUROC of 'changed' by P(changed) {ci('auroc_changed')}" if "auroc_changed" in ex else ""))
     templates = sorted((k for k in ex if k.startswith("template:")), key=lambda k: int(k.split(":")[1]))
@@ -229,6 +230,17 @@ def peer_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[s
         lines.append(indent + "per prompt template (each item asked in every wording): " + ", ".join(
             f"{k.split(':')[1]}: {ex[k]:.2f}" for k in templates) + f"; spread {ex['template_spread']:.2f}")
     return lines
+
+
+def _below_majority(fewshot: dict[str, dict[str, float]], majority: dict[str, float]) -> str:
+    """Where every few-shot score's interval lies below the majority answer's score: the base did not use the
+    solved examples at all (it answered outside the answer format)."""
+    if "strict_exact_match" not in majority or not all("strict_exact_match_hi" in v for v in fewshot.values()):
+        return ""
+    if all(v["strict_exact_match_hi"] < majority["strict_exact_match"] for v in fewshot.values()):
+        return (f" (below the majority answer's {majority['strict_exact_match']:.2f}: the untrained base does not take "
+                "up the solved examples' answer format)")
+    return ""
 
 
 def explainer_dir(run: Path, task: str) -> Path:

@@ -290,7 +290,8 @@ def test_feature_descriptions_get_the_lm_judge_and_attribute_accuracy(task1_fold
     import training.evaluate as ev
     from records.schema import EvalMetrics
 
-    cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf")
+    cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf",
+                        "test.fewshot_k=[]", "test.calibration=false")  # both read the (stubbed) model itself
     # the trained explainer answers each feature's description, the untrained one nothing
     monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs, adapter=True: [ex.target if adapter else ""
                                                                                     for ex in exs])
