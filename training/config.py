@@ -150,7 +150,7 @@ class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fewshot_k: list[int] = msgspec.field(default_factory=lambda: [4, 8])
     fewshot_draws: int = 3
     fewshot_items: int = 0
-    calibration: bool = True  # ours: the explainer's probability of its answers, Brier / ECE / AUROC (training/calibration.py)
+    calibration: bool = True  # ours: the explainer's confidence, Brier / ECE / AUROC (training/calibration.py)
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

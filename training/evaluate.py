@@ -262,17 +262,18 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
             # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
             # scenario has several items (Task 2: one per arm), else items
             groups = _groups(examples)
+            vector_qs = vector_question_types(examples)
             strict = strict_by_question(examples, p, groups)
             gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, examples):
+                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, vector_qs):
                     results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
                                                                 **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
                 if (method == "no_effect" and ex.question_type == "orig_match") or not _scored(
-                        method, ex.question_type, examples):
+                        method, ex.question_type, vector_qs):
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
@@ -297,9 +298,9 @@ def _groups(examples: list[Example]) -> list | None:
     return [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
 
 
-def _scored(method: str, question_type: str, examples: list[Example]) -> bool:
+def _scored(method: str, question_type: str, vector_qs: set[str]) -> bool:
     """The vector nearest neighbour is scored only on question types whose items all read a vector."""
-    return method != VECTOR_NN or question_type in vector_question_types(examples)
+    return method != VECTOR_NN or question_type in vector_qs
 
 
 def _confidence(peer, method: str, i: int) -> dict:

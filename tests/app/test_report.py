@@ -87,14 +87,16 @@ def test_peer_lines_show_few_shot_draws_calibration_and_templates():
                       "auroc_changed_hi": 0.99, "template:0": 0.9, "template:1": 0.7, "template_spread": 0.2},
         "majority": {"strict_exact_match": 0.47, "strict_exact_match_lo": 0.2, "strict_exact_match_hi": 0.7},
         "fewshot_k4": {"n": 24, "draws": 3, "strict_exact_match": 0.0, "strict_exact_match_lo": 0.0,
-                       "strict_exact_match_hi": 0.0, "strict_exact_match_draw_min": 0.0, "strict_exact_match_draw_max": 0.0},
+                       "strict_exact_match_hi": 0.0, "strict_exact_match_draw_min": 0.0,
+                       "strict_exact_match_draw_max": 0.0},
     }
     text = "\n".join(peer_lines(methods))
     assert "fewshot_k4 0.00-0.00 over 3 draws, n 24" in text and "below the majority answer's 0.47" in text
     assert "Brier 0.050 [0.020, 0.080]" in text and "ECE (10 bins) 0.100" in text and "AUROC of 'changed'" in text
     assert "0: 0.90, 1: 0.70; spread 0.20" in text
     # feature descriptions: similarity, no strict score
-    features = {"explainer": {"semantic_similarity": 0.9}, "fewshot_k4": {"semantic_similarity": 0.3, "n": 5, "draws": 3},
+    features = {"explainer": {"semantic_similarity": 0.9},
+                "fewshot_k4": {"semantic_similarity": 0.3, "n": 5, "draws": 3},
                 "vector_nearest_neighbour": {"semantic_similarity": 0.8}}
     assert peer_lines(features) == ["peers' baselines, similarity: fewshot_k4 0.30, vector_nearest_neighbour 0.80; "
                                     "explainer 0.90"]
