@@ -21,6 +21,7 @@ breaks the pairing: ECE and Brier rise, AUROC falls toward 0.5.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -119,8 +120,6 @@ def _answer_logprobs(explainer, items: list[D.Encoded], batch_size: int, extra: 
 def answer_confidence(explainer, examples: list[Example], answers: list[str], batch_size: int) -> list[float]:
     """The explainer's probability of each of its answers (product of its token probabilities under teacher
     forcing of the answer as training encodes it, end of sequence included)."""
-    import dataclasses
-
     items = [D.encode_example(explainer.tokenizer, dataclasses.replace(ex, target=a), i)
              for i, (ex, a) in enumerate(zip(examples, answers))]
     scored, _ = _answer_logprobs(explainer, items, batch_size)
@@ -131,8 +130,6 @@ def changed_probability(explainer, examples: list[Example], batch_size: int) -> 
     """P(changed) of each behaviour-change explanation item (None for the other items): the two sentence
     forms' common start is teacher-forced, then the probabilities of their first differing tokens are
     normalised to one."""
-    import dataclasses
-
     where = [i for i, ex in enumerate(examples)
              if ex.question_type == "generative_explanation" and ex.task != "features_explain"]
     items, extra = [], []

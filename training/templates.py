@@ -1,6 +1,6 @@
 """Prompt paraphrases: a score should not be a property of one wording.
 
-Each question type of a training config holds a list of prompt templates; training_examples draws one
+Each question type of a training config holds a list of prompt templates; training draws one
 per example from a seeded RNG (training/examples.py, `meta["template"]`). Evaluation, where a question type
 has more than one template, asks the trained explainer every held-out item under every template (the
 same items, so the templates are compared paired) and reports per template the score (behaviour tasks:
