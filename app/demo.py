@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from app.report import explainer_dir, strict_lines
+from app.report import explainer_dir, peer_lines, strict_lines
 from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
 from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_summary
 
@@ -103,6 +103,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if task == "task1":
             lines += _task1_lines(evaluation, q)
         lines += strict_lines(methods, indent="         ")
+        lines += peer_lines(methods, indent="         ")
         lines += _held_out_direction_line(evaluation.splits)
     from training.compare import change_rate_lines, format_table, read_result
 

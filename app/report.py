@@ -25,6 +25,12 @@ from records.schema import (ContextAblationRecord, ContextAblationSummary, EvalM
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
+PEERS_NOTE = ("The peers' baselines: few-shot in context (`fewshot_k<k>`: the explainer's base, adapter off, given k "
+              "solved training examples before the question; scores pooled over seeded draws of the examples, intervals "
+              "resample each item with all its draws), the vector nearest neighbour (`vector_nearest_neighbour`: the "
+              "most common answer among the training items whose vector is the most cosine-similar). Calibration: "
+              "confidence is the explainer's probability of its own answer under teacher forcing; P(changed) is read "
+              "where the two answer forms part (training/calibration.py).")
 
 
 def _plt():
@@ -189,6 +195,54 @@ def strict_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list
     return lines
 
 
+def peer_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
+    """The peers' baselines and the explainer's calibration, beside strict_lines (training/peers.py,
+    training/calibration.py, training/templates.py): the few-shot draws' spread, a similarity line where
+    there is no strict score (feature descriptions), the explainer's confidence scored against the truth, and
+    its score under each prompt template."""
+    lines = []
+    fewshot = {m: v for m, v in methods.items() if m.startswith("fewshot_k")}
+    if any("strict_exact_match_draw_min" in v for v in fewshot.values()):
+        lines.append(indent + "few-shot in context (the untrained explainer, k solved training examples; strict exact "
+                     "match of each draw): " + "; ".join(
+                         f"{m} {v['strict_exact_match_draw_min']:.2f}-{v['strict_exact_match_draw_max']:.2f} over "
+                         f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in fewshot.items()
+                         if "strict_exact_match_draw_min" in v)
+                     + _below_majority(fewshot, methods.get("majority", {})))
+    if "strict_exact_match" not in methods.get("explainer", {}):
+        shown = {m: v["semantic_similarity"] for m, v in methods.items()
+                 if (m in fewshot or m == "vector_nearest_neighbour") and "semantic_similarity" in v}
+        if shown:
+            lines.append(indent + "peers' baselines, similarity: " + ", ".join(f"{m} {x:.2f}" for m, x in shown.items())
+                         + f"; explainer {methods['explainer'].get('semantic_similarity', float('nan')):.2f}")
+    ex = methods.get("explainer", {})
+
+    def ci(k: str) -> str:
+        return f"{ex[k]:.3f} [{ex[k + '_lo']:.3f}, {ex[k + '_hi']:.3f}]"
+
+    if "brier" in ex:
+        lines.append(indent + f"calibration (the explainer's probability of its own answer, mean "
+                     f"{ex['confidence_mean']:.2f}, against the answer being right): Brier {ci('brier')}; ECE "
+                     f"({int(ex['ece_bins'])} bins) {ci('ece')}"
+                     + (f"; AUROC of 'changed' by P(changed) {ci('auroc_changed')}" if "auroc_changed" in ex else ""))
+    templates = sorted((k for k in ex if k.startswith("template:")), key=lambda k: int(k.split(":")[1]))
+    if templates:
+        lines.append(indent + "per prompt template (each item asked in every wording): " + ", ".join(
+            f"{k.split(':')[1]}: {ex[k]:.2f}" for k in templates) + f"; spread {ex['template_spread']:.2f}")
+    return lines
+
+
+def _below_majority(fewshot: dict[str, dict[str, float]], majority: dict[str, float]) -> str:
+    """Where every few-shot score's interval lies below the majority answer's score: the base did not use the
+    solved examples at all (it answered outside the answer format)."""
+    if "strict_exact_match" not in majority or not all("strict_exact_match_hi" in v for v in fewshot.values()):
+        return ""
+    if all(v["strict_exact_match_hi"] < majority["strict_exact_match"] for v in fewshot.values()):
+        return (f" (below the majority answer's {majority['strict_exact_match']:.2f}: the untrained base does not take "
+                "up the solved examples' answer format)")
+    return ""
+
+
 def explainer_dir(run: Path, task: str) -> Path:
     """Where a run keeps a task's explainer: explainer_<task>/, or the self arm of its comparison."""
     ex = run / f"explainer_{task}"
@@ -207,10 +261,11 @@ def _summary(run: Path) -> list[str]:
         methods = test.get("generative_explanation", {})
         if "strict_exact_match" in methods.get("explainer", {}):
             lines += [f"- {title}, held-out scenarios (generative explanation):",
-                      *strict_lines(methods, indent="  - ")]
+                      *strict_lines(methods, indent="  - "), *peer_lines(methods, indent="  - ")]
         elif "semantic_similarity" in methods.get("explainer", {}):
             lines.append(f"- {title}, held-out features, MiniLM similarity: " + ", ".join(
                 f"{m} {v['semantic_similarity']:.2f}" for m, v in methods.items() if "semantic_similarity" in v))
+            lines += peer_lines(methods, indent="  - ")
     for task in ("task3", "task2"):
         compare = run / f"compare_{task}" / "compare.json"
         if compare.is_file():
@@ -370,6 +425,8 @@ def build_report(run: Path) -> Path:
         if (eval_dir / "metrics.json").is_file():
             metrics = read_summary(eval_dir / "metrics.json", EvalMetrics)
             md += _metrics_table(metrics) + [""]
+            md += [f"- `{q}`: {line}" for q, ms in metrics.splits.get("test", {}).items() for line in peer_lines(ms)]
+            md += ["", PEERS_NOTE, ""] if any(peer_lines(ms) for ms in metrics.splits.get("test", {}).values()) else []
             rows = read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
             if task == "task1":
                 md += _task1_scores(metrics)

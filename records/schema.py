@@ -508,6 +508,7 @@ class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
     splits: dict[str, dict[str, dict[str, dict[str, float]]]]
     attributes: dict[str, dict[str, AttributeScoring]] = {}  # split -> question type -> how it was scored
     feature_judge: str = ""  # the LM judge of feature descriptions; "" = not configured
+    seconds: dict[str, float] = {}  # wall time of evaluate's pieces (few-shot, calibration, templates, ...)
 
 
 class Interval(msgspec.Struct, forbid_unknown_fields=True):
@@ -562,3 +563,6 @@ class PredictionRow(msgspec.Struct, forbid_unknown_fields=True):
     target_changed: bool | None = None
     lm_judge: float | None = None  # feature descriptions with a judge configured: (rating - 1) / 4
     attribute_correct: dict[str, bool] | None = None  # attribute -> the description names the right value
+    confidence: float | None = None  # the explainer's probability of this answer (training/calibration.py)
+    p_changed: float | None = None  # the explainer's P(changed) (behaviour-change explanations)
+    draw: int | None = None  # few-shot baselines: which draw of solved examples (training/peers.py)

@@ -119,6 +119,9 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     paths: str = "configs/paths.yaml"  # ours: where gold_106 etc. live
     allow_missing_heldout: bool = False  # ours: train even if the held-out file is absent (warns)
     debug_steps: int = 5  # ours: optimizer steps of a --debug run
+    # ours: use only the first N prompt templates of each question type (0 = all). Training draws one template
+    # per example (seeded); evaluation scores each template apart when there are several (training/templates.py)
+    max_prompts: int = 0
 
 
 class TestTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -141,6 +144,13 @@ class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_new_tokens: int = 48  # ours
     tasks: dict[str, TestTask] = {}
     feature_judge: FeatureJudge = msgspec.field(default_factory=FeatureJudge)  # ours
+    # ours, the peers' baselines (training/peers.py): the untrained explainer with k solved training examples
+    # in its prompt, for each k, over fewshot_draws seeded draws of the examples; [] = off. fewshot_items > 0:
+    # a seeded subset of that many items per split (CPU time)
+    fewshot_k: list[int] = msgspec.field(default_factory=lambda: [4, 8])
+    fewshot_draws: int = 3
+    fewshot_items: int = 0
+    calibration: bool = True  # ours: the explainer's confidence, Brier / ECE / AUROC (training/calibration.py)
 
 
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -168,7 +178,16 @@ def load_train_config(path: str, sets: list[str] | None = None, output_dir: str 
         cfg = msgspec.structs.replace(cfg, target_model_path=cfg.target_model_path or paths.organism_model,
                                       model_path=cfg.model_path or paths.base_model)
     validate(cfg, where=str(path))
-    return cfg
+    return first_prompts(cfg, cfg.train.max_prompts) if cfg.train.max_prompts else cfg
+
+
+def first_prompts(cfg: TrainConfig, n: int) -> TrainConfig:
+    """The config with each question type's templates cut to its first `n`."""
+    replace = msgspec.structs.replace
+    tasks = {name: replace(tc, question_types={q: replace(qt, prompts=qt.prompts[:n])
+                                               for q, qt in tc.question_types.items()})
+             for name, tc in cfg.train.tasks.items()}
+    return replace(cfg, train=replace(cfg.train, tasks=tasks))
 
 
 def _number(value):
@@ -181,6 +200,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     """Checks msgspec cannot express: known tasks, question types, slots, positive sizes."""
     p = Problems()
     t = cfg.train
+    if t.max_prompts < 0:
+        p.add(where, f"train.max_prompts must be >= 0, got {t.max_prompts}")
     for name in ("batch_size", "gradient_accumulation", "num_epochs", "eval_steps", "save_steps", "lora_r",
                  "max_length", "debug_steps"):
         if getattr(t, name) < 1:
@@ -230,6 +251,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if name not in slots:
             p.add(where, f"train.trainable_slot_tokens: {name!r} is not a slot of {', '.join(t.tasks)} that may be "
                          f"trained (allowed: {', '.join(sorted(slots)) or 'none'})")
+    if any(k < 1 for k in cfg.test.fewshot_k) or cfg.test.fewshot_draws < 1 or cfg.test.fewshot_items < 0:
+        p.add(where, f"test.fewshot_k must hold numbers >= 1 (got {cfg.test.fewshot_k}), test.fewshot_draws >= 1 "
+                     f"(got {cfg.test.fewshot_draws}) and test.fewshot_items >= 0 (got {cfg.test.fewshot_items})")
     for task in cfg.test.tasks:
         if task not in t.tasks:
             p.add(where, f"test.tasks.{task}: not among train.tasks ({', '.join(t.tasks)})")

@@ -11,7 +11,13 @@ For each split (the test split, then every configured gold_106-derived eval set)
   intervention);
 - tasks that feed vectors: the trained explainer with its vectors zeroed, and shuffled so that each item
   gets the vector of an item of another group (another feature cluster; another vector for steering)
-  (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines).
+  (bug injections: if the vector carries what the explainer says, both fall to the vector-free baselines);
+  and the vector nearest neighbour (the most common answer of the training items with the most similar vector);
+- the peers' baselines and checks (training/peers.py): few-shot in context (the untrained explainer given k
+  solved training examples, test.fewshot_k, over seeded draws), the explainer's calibrated confidence (its
+  probability of its own answer and P(changed): Brier, ECE, AUROC of "changed"; training/calibration.py),
+  and, where a question type has several prompt templates, the explainer's score under each
+  (training/templates.py).
 
 Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
 sentences, first-word matches, MiniLM similarity for feature descriptions, and its LM judge of feature
@@ -45,6 +51,7 @@ from training.dataset import load_data, needs_markers
 from training.examples import Example, causal_target, dataset_dir
 from training.metrics import gaps_by_question, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
+from training.peers import VECTOR_NN, evaluate_peers, vector_nn_predictions, vector_question_types
 from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
 
 log = logging.getLogger(__name__)
@@ -216,6 +223,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     attributes = feature_attributes(cfg)
     splits = {**split_by_direction(data.train, data.test), **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
     answers: dict[tuple[str, str], tuple[list[Example], list[str]]] = {}  # (split, method) -> examples, predictions
+    peers = {}  # split -> the peers' baselines and the explainer's calibration (training/peers.py)
+    seconds: dict[str, float] = {}
     for split, examples in splits.items():
         if limit:
             examples = examples[:limit]
@@ -232,6 +241,13 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
             preds["no_effect"] = no_effect_predictions(examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
+        if vector_question_types(examples):
+            preds[VECTOR_NN] = vector_nn_predictions(data.train, examples)
+        # the few-shot baseline runs with the untrained one; calibration and templates not for a cross arm
+        peers[split] = evaluate_peers(explainer, data.train, examples, preds["explainer"], _groups(examples), cfg,
+                                      embed, fewshot=untrained, explainer_extras=controls)
+        for piece, t in peers[split].seconds.items():
+            seconds[piece] = seconds.get(piece, 0.0) + t
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
     judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
     results: dict = {}
@@ -245,33 +261,71 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         for method, p in preds.items():
             # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
             # scenario has several items (Task 2: one per arm), else items
-            groups = [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
+            groups = _groups(examples)
+            vector_qs = vector_question_types(examples)
             strict = strict_by_question(examples, p, groups)
             gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match"):
+                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, vector_qs):
                     results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
                                                                 **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
-                if method == "no_effect" and ex.question_type == "orig_match":
+                if (method == "no_effect" and ex.question_type == "orig_match") or not _scored(
+                        method, ex.question_type, vector_qs):
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
                                           lm_judge=judged[split, method][i] if judged else None,
                                           attribute_correct=named[method][i] if named else None,
-                                          **score_item(ex, pred)))
+                                          **_confidence(peers[split], method, i), **score_item(ex, pred)))
+        rows += peer_rows(split, examples, peers[split], results[split])
     scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
-                                                        feature_judge=judge_name))
+                                                        feature_judge=judge_name, seconds=seconds))
     write_records_atomic(out / "predictions.jsonl", rows)
     describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
     table = format_table(results, scoring, judge_name if describes else None)
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
     return {"splits": results, "out_dir": str(out), "table": table}
+
+
+def _groups(examples: list[Example]) -> list | None:
+    """The bootstrap's units: whole scenarios where a scenario has several items (Task 2: one per arm), else items."""
+    return [ex.meta["group"] for ex in examples] if all("group" in ex.meta for ex in examples) else None
+
+
+def _scored(method: str, question_type: str, vector_qs: set[str]) -> bool:
+    """The vector nearest neighbour is scored only on question types whose items all read a vector."""
+    return method != VECTOR_NN or question_type in vector_qs
+
+
+def _confidence(peer, method: str, i: int) -> dict:
+    """The explainer's probability of its answer and P(changed), for its prediction rows."""
+    if method != "explainer" or peer.confidence is None:
+        return {}
+    return {"confidence": peer.confidence[i], "p_changed": peer.p_changed[i]}
+
+
+def peer_rows(split: str, examples: list[Example], peer, results: dict) -> list[PredictionRow]:
+    """Put the split's few-shot scores and the explainer's calibration and per-template fields into `results`
+    (question type -> method -> metrics); return the few-shot baselines' prediction rows (one per draw)."""
+    for q, methods in peer.rows.items():
+        results.setdefault(q, {}).update(methods)
+    for q, fields in peer.explainer.items():
+        results.get(q, {}).get("explainer", {}).update(fields)
+    rows = []
+    for method, draws in peer.fewshot.items():
+        for draw, preds in enumerate(draws):
+            for i, pred in zip(peer.positions, preds):
+                ex = examples[i]
+                rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
+                                          sample_id=ex.sample_id, target=ex.target, prediction=pred, draw=draw,
+                                          **score_item(ex, pred)))
+    return rows
 
 
 HELD_OUT_DIRECTION = "test:held_out_direction"
@@ -339,7 +393,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "eval sets), scored per question type against the untrained explainer, the majority class and "
                      "the nearest neighbour; steering records also against the arm-and-context lookup table and "
                      "the no-effect bound, on the held-out scenarios and apart on any held-out direction (steer's "
-                     "test_directions); vector tasks also with the vectors zeroed and shuffled; feature "
+                     "test_directions); vector tasks also with the vectors zeroed and shuffled and against the vector "
+                     "nearest neighbour; every task against the few-shot untrained explainer (test.fewshot_k), with "
+                     "the explainer's calibration (Brier, ECE, AUROC of changed) and, with several prompt templates, "
+                     "its score under each; feature "
                      "descriptions also by the LM judge (test.feature_judge) and, with cluster attributes, per "
                      "attribute beside chance. Writes metrics.json, metrics_table.txt and predictions.jsonl.")
     p.add_argument("--config", required=True, help="the training config (training/config.py)")

@@ -173,18 +173,26 @@ def build_examples(records: list, task: str, task_cfg: TaskConfig, markers: dict
                 continue  # Task 2's orig_match: one unsteered question per scenario and context, not one per arm
             seen.add((task, qname, sid))
             rng = random.Random(f"{seed}:{sid}:{qname}")
-            prompt = q.prompts[rng.randrange(len(q.prompts))]
+            template = rng.randrange(len(q.prompts))
             slots, target, vector, meta, input_text = _task_fields(task, qname, r, markers, vectors, decode)
-            messages = [{"role": m.role, "content": _fill(m.content, slots)} for m in prompt.messages]
-            messages = [m for m in messages if m["content"] or m["role"] != "system"]  # an emptied system turn
+            messages = render_messages(q.prompts[template], slots)
             if vector is not None and not any(markers.get("feature", "\0") in m["content"] for m in messages):
                 vector = None  # this question's prompt shows no vector: none must reach the embedder
-            if messages and messages[-1]["role"] == "assistant":
-                messages = messages[:-1]  # the empty assistant turn receives the answer
+            meta["template"] = template  # which paraphrase asked it (evaluation scores each apart)
             out.append(Example(task=task, question_type=qname, sample_id=sid, messages=messages, target=target,
                                weight=q.weight * task_cfg.weight, vector=vector, input_text=input_text,
                                meta=meta, slots=slots))
     return out
+
+
+def render_messages(prompt, slots: dict[str, str]) -> list[dict]:
+    """A prompt template's turns with the slots filled; an emptied system turn and the final empty assistant
+    turn (which receives the answer) left out."""
+    messages = [{"role": m.role, "content": _fill(m.content, slots)} for m in prompt.messages]
+    messages = [m for m in messages if m["content"] or m["role"] != "system"]  # an emptied system turn
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]  # the empty assistant turn receives the answer
+    return messages
 
 
 def _sample_id(r, question_type: str = "") -> str:

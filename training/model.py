@@ -82,7 +82,8 @@ class Explainer:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], vectors: list[np.ndarray | None], max_new_tokens: int,
                  batch_size: int = 16) -> list[str]:
-        """Greedy answers for token-id prompts (left-padded batches, sorted by length for little padding)."""
+        """Greedy answers for token-id prompts (left-padded batches, sorted by length for little padding).
+        `vectors[i]`: the prompt's vector [dim], or one row per placeholder in prompt order [n, dim], or None."""
         self.model.eval()
         pad = pad_token_id(self.tokenizer)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -91,8 +92,9 @@ class Explainer:
             idx = order[start:start + batch_size]
             ids, mask = left_pad([prompts[i] for i in idx], pad)  # [batch, width] each
             ids, mask = ids.to(self.device), mask.to(self.device)
-            vecs = [vectors[i] for i in idx if vectors[i] is not None]
-            vt = torch.from_numpy(np.stack(vecs)).to(self.device) if vecs else None
+            # a prompt may hold several placeholders (few-shot: one per solved example): [n, dim] rows
+            vecs = [np.atleast_2d(vectors[i]) for i in idx if vectors[i] is not None]
+            vt = torch.from_numpy(np.concatenate(vecs)).to(self.device) if vecs else None
             embeds = self.embed(ids, vt)  # [batch, width, hidden]
             with S.generation_mode(self.causal_lm):
                 out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,

@@ -49,6 +49,9 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     compare2 = read_summary(run / "compare_task2" / "compare.json", CompareResult)
     assert {"self", "cross", "lookup", "no_effect", "zeroed_vectors"} <= set(compare2.scores["generative_explanation"].methods)
     assert "Task 2, self vs cross" in proc.stdout and "held-out direction (never trained on)" in proc.stdout
+    # the peers' baselines (training/peers.py) and the explainer's calibration, in the table
+    assert "few-shot in context" in proc.stdout and "vector_nearest_neighbour" in proc.stdout
+    assert "calibration (the explainer's probability of its own answer" in proc.stdout
     steering = [json.loads(line) for line in (run / "task2" / "train.jsonl").read_text().splitlines()]
     assert {r["direction_name"] for r in steering} == {"file", "-file", "random0"}
 

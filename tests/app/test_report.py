@@ -75,3 +75,28 @@ def test_report_flags_an_sae_layer_the_organism_lacks_and_shows_task1_scores(tmp
 def test_report_is_quiet_when_the_sae_layer_fits(tmp_path):
     report = build_report(_task1_run(tmp_path, layer=20)).read_text()
     assert "WARNING" not in report and "SAE layer 20 is a layer of the organism" in report
+
+
+def test_peer_lines_show_few_shot_draws_calibration_and_templates():
+    from app.report import peer_lines
+
+    methods = {
+        "explainer": {"strict_exact_match": 0.9, "strict_exact_match_lo": 0.8, "strict_exact_match_hi": 1.0,
+                      "confidence_mean": 0.8, "ece_bins": 10, "brier": 0.05, "brier_lo": 0.02, "brier_hi": 0.08,
+                      "ece": 0.1, "ece_lo": 0.08, "ece_hi": 0.14, "auroc_changed": 0.98, "auroc_changed_lo": 0.96,
+                      "auroc_changed_hi": 0.99, "template:0": 0.9, "template:1": 0.7, "template_spread": 0.2},
+        "majority": {"strict_exact_match": 0.47, "strict_exact_match_lo": 0.2, "strict_exact_match_hi": 0.7},
+        "fewshot_k4": {"n": 24, "draws": 3, "strict_exact_match": 0.0, "strict_exact_match_lo": 0.0,
+                       "strict_exact_match_hi": 0.0, "strict_exact_match_draw_min": 0.0,
+                       "strict_exact_match_draw_max": 0.0},
+    }
+    text = "\n".join(peer_lines(methods))
+    assert "fewshot_k4 0.00-0.00 over 3 draws, n 24" in text and "below the majority answer's 0.47" in text
+    assert "Brier 0.050 [0.020, 0.080]" in text and "ECE (10 bins) 0.100" in text and "AUROC of 'changed'" in text
+    assert "0: 0.90, 1: 0.70; spread 0.20" in text
+    # feature descriptions: similarity, no strict score
+    features = {"explainer": {"semantic_similarity": 0.9},
+                "fewshot_k4": {"semantic_similarity": 0.3, "n": 5, "draws": 3},
+                "vector_nearest_neighbour": {"semantic_similarity": 0.8}}
+    assert peer_lines(features) == ["peers' baselines, similarity: fewshot_k4 0.30, vector_nearest_neighbour 0.80; "
+                                    "explainer 0.90"]

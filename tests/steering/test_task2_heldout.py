@@ -83,6 +83,34 @@ def test_toy_steering_explainer_beats_the_lookup_table_and_needs_its_vectors(tmp
     assert test["zeroed_vectors"]["strict_changed_f1"] <= 0.2, test["zeroed_vectors"]
     for broken in ("zeroed_vectors", "shuffled_vectors"):
         assert test[broken]["gap_lo"] > 0, (broken, test[broken])
+    # the vector nearest neighbour (the most common answer of the training items with the most similar vector)
+    # reads the arm, so it predicts changes (measured strict changed F1 0.61, majority 0), but not the scenario's
+    # trigger family: the explainer beats it on the same scenarios (measured 0.93 vs 0.51, gap +0.42 [+0.27, +0.57])
+    nn = test["vector_nearest_neighbour"]
+    assert nn["strict_changed_f1"] >= 0.3 and nn["gap_lo"] > 0, nn
+    # calibration, bug injection on the explainer's own answers: its confidences and P(changed) paired with
+    # the wrong items give a worse Brier score and an AUROC of "changed" near 0.5 (measured: Brier 0.05 -> 0.09,
+    # AUROC 0.99 -> 0.49 over 20 shuffles)
+    assert test["explainer"]["auroc_changed"] >= 0.9, test["explainer"]
+    _shuffled_calibration_is_worse(Path(result["out_dir"]) / "predictions.jsonl")
     # a direction never trained on (random1): the explainer does not invent an effect it cannot know
     new = result["splits"][HELD_OUT_DIRECTION]["generative_explanation"]
     assert new["explainer"]["n"] > 0 and new["explainer"]["strict_exact_match"] >= new["no_effect"]["strict_exact_match"] - 0.05
+
+
+def _shuffled_calibration_is_worse(predictions: Path) -> None:
+    import numpy as np
+
+    from training.calibration import auroc, brier
+    from training.metrics import changed_flag, score_item
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    mine = [r for r in rows if r["split"] == "test" and r["method"] == "explainer"
+            and r["question_type"] == "generative_explanation"]
+    conf, p_changed = np.array([r["confidence"] for r in mine]), np.array([r["p_changed"] for r in mine])
+    right = np.array([score_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine])
+    changed = np.array([changed_flag(r["target"]) for r in mine])
+    rng = np.random.default_rng(0)
+    shuffled = [rng.permutation(len(mine)) for _ in range(20)]
+    assert np.mean([brier(conf[p], right) for p in shuffled]) > brier(conf, right) + 0.02
+    assert abs(np.mean([auroc(p_changed[p], changed) for p in shuffled]) - 0.5) < 0.1

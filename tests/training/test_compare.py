@@ -86,8 +86,11 @@ def compared(twin_dir, organism_dir, tmp_path_factory):
     # longest first), so one builds the twin while the other builds the organism, not both the organism
     root = tmp_path_factory.mktemp("compare")
     records, paths = _planted_dataset(root, 200, 60)
+    # the peers' baselines and calibration are tested elsewhere (tests/training/test_peers.py, test_evaluate.py,
+    # the demo): off here, so the suite's longest file costs what it did
     cc = load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig, {
-        "output_dir": str(root / "out"), "sets": [f"train.dataset={records}", f"train.paths={paths}"]})
+        "output_dir": str(root / "out"), "sets": [f"train.dataset={records}", f"train.paths={paths}",
+                                                  "test.fewshot_k=[]", "test.calibration=false"]})
     return cc, C.run_compare(cc), records
 
 

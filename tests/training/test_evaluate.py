@@ -150,14 +150,32 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     metrics = json.load(open(f"{out}/metrics.json"))
     rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
     assert set(metrics["splits"]["test"]) == {"generative_explanation", "orig_match", "change_match"}
-    assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"}
+    fewshot = {"fewshot_k4", "fewshot_k8"}  # the untrained explainer with solved training examples, 3 draws each
+    assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"} | fewshot
     assert all({"target", "prediction", "exact_match", "sample_id"} <= set(r) for r in rows)
-    assert len(rows) == 4 * 6
+    assert len(rows) == 4 * 6 + 2 * 3 * 6
+    assert {r["draw"] for r in rows if r["method"] in fewshot} == {0, 1, 2}
     # the paper's strict scores ride along, each with its interval
     gen = metrics["splits"]["test"]["generative_explanation"]["explainer"]
     assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
     assert {"strict_changed_f1", "strict_unchanged_f1"} <= set(gen)
     assert "strict_unchanged_f1" not in metrics["splits"]["test"]["orig_match"]["explainer"]
+    # calibration: the explainer's probability of each answer and P(changed) ride on its rows, and the metrics
+    # are those of these rows (strict correctness, ECE_BINS bins)
+    from training.calibration import brier, ece
+    from training.metrics import score_item as strict_item
+
+    mine = [r for r in rows if r["method"] == "explainer" and r["question_type"] == "generative_explanation"]
+    assert all(0 <= r["confidence"] <= 1 and 0 <= r["p_changed"] <= 1 for r in mine)
+    correct = [strict_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine]
+    assert gen["brier"] == pytest.approx(brier([r["confidence"] for r in mine], correct))
+    assert gen["ece"] == pytest.approx(ece([r["confidence"] for r in mine], correct)) and gen["ece_bins"] == 10
+    assert {"brier", "ece"} <= set(metrics["splits"]["test"]["orig_match"]["explainer"])
+    # the few-shot rows carry their draws' spread and the paired gap to the explainer
+    few = metrics["splits"]["test"]["generative_explanation"]["fewshot_k4"]
+    assert few["n"] == gen["n"] and few["draws"] == 3 and "gap_lo" in few
+    assert few["strict_exact_match_draw_min"] <= few["strict_exact_match"] <= few["strict_exact_match_draw_max"]
+    assert set(metrics["seconds"]) >= {"fewshot", "calibration"}
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
@@ -272,7 +290,8 @@ def test_feature_descriptions_get_the_lm_judge_and_attribute_accuracy(task1_fold
     import training.evaluate as ev
     from records.schema import EvalMetrics
 
-    cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf")
+    cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf",
+                        "test.fewshot_k=[]", "test.calibration=false")  # both read the (stubbed) model itself
     # the trained explainer answers each feature's description, the untrained one nothing
     monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs, adapter=True: [ex.target if adapter else ""
                                                                                     for ex in exs])
