@@ -179,7 +179,7 @@ class CoherenceCheck(msgspec.Struct, forbid_unknown_fields=True):
     compression_ratio: float | None  # zlib / raw bytes; None for short texts
     median_loss: float | None  # nats per token under the unsteered model; None for an empty output
     degenerate: bool
-    reasons: list[str] = []  # "repeated" | "compression" | "loss" | the text's own: "shape" | "stutter" | "loop" | "words"
+    reasons: list[str] = []  # "repeated" | "compression" | "loss" | "shape" | "stutter" | "loop" | "words"
 
 
 class SteeringRecord(msgspec.Struct, forbid_unknown_fields=True):
