@@ -45,8 +45,9 @@ def run_preflight(
 ) -> dict:
     """Check everything a run needs, print a report and append it to `progress_log` as Phase 1.
 
-    `paths` should come from `resolve_paths`. Missing or unreadable assets and an output folder inside
-    the data and a package some stage needs but is not installed are blocking (status BLOCKED); no GPU, low disk and models not yet cached are notes, and so is
+    `paths` should come from `resolve_paths`. Missing or unreadable assets, an output folder inside the
+    data and a package some stage needs but is not installed (records/requirements.py) are blocking
+    (status BLOCKED); no GPU, low disk and models not yet cached are notes, and so is
     an SAE layer (`sae_layer`, the features config's) that the organism does not have.
     `hf_cache_dir` defaults to huggingface_hub's cache (HF_HUB_CACHE). Returns the report as a dict
     with `status`, `missing`, `notes`, `sae_depth` and the report `text`.

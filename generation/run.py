@@ -464,10 +464,12 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         print("\n".join(lines))
         broken = degenerate_problem([b for r in records for b in (r.monitored_behavior, r.unmonitored_behavior)],
                                     str(out))
+        warning = [lines[-1]] if lines[-1].startswith("WARNING") else []
         append_phase(cfg.progress_log, "2", "Task 3 context-ablation pairs (generate)",
-                     "BLOCKED" if broken else "DONE", done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
-                                   f"train.jsonl ({len(train_idx)}) and test.jsonl ({len(test_idx)}, grouped)"],
-                     findings=lines[1:-1], issues=[broken] if broken else [lines[-1]] if lines[-1].startswith("WARNING") else [],
+                     "BLOCKED" if broken else "DONE",
+                     done=[f"{len(records)} scenarios x 2 contexts through {cfg.backend} -> {out}/"
+                           f"train.jsonl ({len(train_idx)}) and test.jsonl ({len(test_idx)}, grouped)"],
+                     findings=lines[1:-1], issues=[broken] if broken else warning,
                      next_step="check the organism checkpoint" if broken else
                      "train the explainer on these records (af-introspect train)")
         if broken:

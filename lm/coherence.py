@@ -18,6 +18,8 @@ From the text alone (every labelled output: Task 3, the judge path, steering), `
   shape      over 35% of its letters (of 40+) in words no language has: 20+ letters run together,
              camel humps inside a word ("TheMTheLlMThel"), lone letters other than "a"/"I" (steered
              SmolLM2 writes these while keeping "The" and "of": the function-word check misses them)
+  stutter    over 25% of its words (of 12+) repeat one of the two words before them ("cult of cult of
+             cult", "es es es of es"); at most 13% in any real response measured (2026-12-07)
 Steered outputs also get three token-level checks (`check`); failing any one makes them degenerate:
   repeated   share of its token n-grams that repeat an earlier n-gram of the same output
   compression  zlib-compressed size / raw size of its text (only for texts of >= MIN_COMPRESS_BYTES:
@@ -43,6 +45,8 @@ MIN_CHARS = 150  # ... unless they are long: word pieces run together ("têteáb
 MAX_DISTINCT_SHARE = 0.15
 MIN_FUNCTION_SHARE = 0.08
 MIN_SHAPE_LETTERS = 40
+MIN_STUTTER_WORDS = 12
+MAX_STUTTER_SHARE = 0.25
 MAX_MALFORMED_SHARE = 0.35
 # The most frequent English function words (closed classes: articles, pronouns, auxiliaries,
 # prepositions, conjunctions, their contractions), casefolded.
@@ -86,18 +90,27 @@ def malformed_share(text: str) -> tuple[float, int]:
     return (sum(n for n, bad in sizes if bad) / letters if letters else 0.0), letters
 
 
+def stutter_share(words: Sequence[str]) -> float:
+    """Share of words (from the third on) equal to one of the two before them ("cult of cult of", "es es")."""
+    if len(words) < 3:
+        return 0.0
+    return sum(w == words[i - 1] or w == words[i - 2] for i, w in enumerate(words) if i >= 2) / (len(words) - 2)
+
+
 def function_word_share(words: Sequence[str]) -> float:
     return sum(w in FUNCTION_WORDS for w in words) / len(words) if words else 0.0
 
 
 def text_reasons(text: str) -> list[str]:
-    """Why `text` is not language ("loop", "words", "shape"); [] when it reads as language or is too short
-    to say."""
+    """Why `text` is not language ("shape", "stutter", "loop", "words"); [] when it reads as language or
+    is too short to say."""
     reasons = []
     share, letters = malformed_share(text)
     if letters >= MIN_SHAPE_LETTERS and share > MAX_MALFORMED_SHARE:
         reasons.append("shape")
     words = words_of(text)
+    if len(words) >= MIN_STUTTER_WORDS and stutter_share(words) > MAX_STUTTER_SHARE:
+        reasons.append("stutter")
     if not words or (len(words) < MIN_WORDS and len(text.strip()) < MIN_CHARS):
         return reasons
     if len(words) >= MIN_WORDS and len(set(words)) <= MAX_DISTINCT_SHARE * len(words):

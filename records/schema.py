@@ -173,13 +173,13 @@ class PatchPosition(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CoherenceCheck(msgspec.Struct, forbid_unknown_fields=True):
-    """steering/coherence.py's checks of one steered output; `degenerate` when any reason fired."""
+    """lm/coherence.py's checks of one steered output; `degenerate` when any reason fired."""
 
     repeated_ngrams: float  # share of token n-grams repeating an earlier one
     compression_ratio: float | None  # zlib / raw bytes; None for short texts
     median_loss: float | None  # nats per token under the unsteered model; None for an empty output
     degenerate: bool
-    reasons: list[str] = []  # "repeated" | "compression" | "loss"
+    reasons: list[str] = []  # "repeated" | "compression" | "loss" | "shape" | "stutter" | "loop" | "words"
 
 
 class SteeringRecord(msgspec.Struct, forbid_unknown_fields=True):

@@ -25,7 +25,7 @@ class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CoherenceConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """When a steered output counts as `degenerate` (steering/coherence.py): any one check suffices."""
+    """When a steered output counts as `degenerate` (lm/coherence.py): any one check suffices."""
 
     ngram: int = 3  # token n-gram size of the repetition check
     max_repeated: float = 0.5  # share of the output's token n-grams that repeat an earlier one

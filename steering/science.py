@@ -4,7 +4,7 @@ From the records of one run: per arm the share of outputs changed and the share 
 per scenario family (AF / harmful / benign), a specificity score (AF change rate minus the change rate
 of all non-AF records: a generic refusal axis that flips every family scores ~0), the random-direction
 and alpha-0 controls beside the real directions, and the dose-response per direction. Degenerate
-outputs are never a change (steering/coherence.py).
+outputs are never a change (lm/coherence.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Writes tests/data/gibberish_corpus.jsonl: text a broken model writes, which must be labelled degenerate.
 
-  .venv/bin/python tests/data/make_gibberish.py [STEER_RECORDS_DIR]
+  PYTHONPATH=. .venv/bin/python tests/data/make_gibberish.py [STEER_RECORDS_DIR|""] [SMOLLM2_DIR]
+
+(SMOLLM2_DIR: the tests' converted SmolLM2 folder, default .cache/smollm2-135m-instruct; 2026-12-07: ~2.5 min
+on 2 shared cores.)
 
 (a) random-weight small decoders on real tokenizers (a Mistral on Mistral v0.3's SentencePiece tokenizer,
     a Llama on SmolLM2's byte-level BPE), greedy and sampled, on the toy scenarios under both system

@@ -21,15 +21,15 @@ from training.examples import load_split
 
 
 def random_mistral(folder):
-    """A random-weight Mistral on the real Mistral v0.3 tokenizer, as tests/data/make_gibberish.py makes
+    """A small random-weight Mistral on the real Mistral v0.3 tokenizer, like tests/data/make_gibberish.py's
     (untied embeddings: a tied tiny one answers with control tokens only, which decode to nothing)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
     tok = organism_tokenizer()
     torch.manual_seed(0)
-    MistralForCausalLM(MistralConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                                     num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+    MistralForCausalLM(MistralConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=64,
                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                      pad_token_id=tok.pad_token_id)).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -41,7 +41,7 @@ def test_a_random_weight_organism_is_degenerate_and_the_run_fails_loudly(tmp_pat
     raw = generate_scenarios(8, seed=7)
     scenarios = [Scenario(id=content_id(r["text"]), text=r["text"], label=r["label"], source=r["source"]) for r in raw]
     out = tmp_path / "run"
-    cfg = GenerateConfig(output_dir=str(out), model=str(model), backend="hf", dtype="float32", max_new_tokens=64,
+    cfg = GenerateConfig(output_dir=str(out), model=str(model), backend="hf", dtype="float32", max_new_tokens=48,
                          test_size=2, control_size=0, progress_log=str(tmp_path / "PROGRESS.md"),
                          group_pattern=TRIGGER_PATTERN)
     with pytest.raises(StageFailure, match=r"outputs are degenerate .* the organism looks broken"):

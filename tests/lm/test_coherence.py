@@ -15,7 +15,7 @@ from steering.config import CoherenceConfig
 def test_repetition_and_compression_flag_loops_not_ordinary_text():
     cfg = CoherenceConfig()
     loop = coherence.check([5, 6] * 16, "semb" * 40, None, cfg)
-    assert loop.degenerate and set(loop.reasons) == {"repeated", "compression", "words", "shape"}  # a 160-letter blob
+    assert loop.degenerate and set(loop.reasons) == {"repeated", "compression", "words", "shape"}  # one 160-letter blob
     fine = coherence.check(list(range(32)), "I cannot help with that, and I won't provide those details, sorry.",
                            0.5, cfg)
     assert not fine.degenerate and fine.repeated_ngrams == 0.0 and fine.compression_ratio > cfg.min_compression
@@ -55,7 +55,8 @@ def test_gibberish_is_degenerate():
     """tests/data/gibberish_corpus.jsonl (tests/data/make_gibberish.py): random-weight Mistral and Llama
     outputs on real tokenizers, greedy (loops) and sampled (token salad): every one degenerate. And the 30
     outputs of SmolLM2 steered at alpha >= 1 that passed steering's token-level checks (all gibberish by
-    eye): the text checks catch 14 (2026-12-07); the rest are loops of real words ("cult of cult of")."""
+    eye): the text checks catch 18 (2026-12-07); the other 12 are fragments of real words with enough
+    "the"/"of" ("The above is a good idea. Here is a futureable and confidential code could be made.")."""
     rows = _rows(GIBBERISH)
     random = [r for r in rows if r["source"].startswith("random_")]
     assert {r["source"] for r in random} == {"random_mistral_greedy", "random_mistral_sampled", "random_llama_greedy",
@@ -65,7 +66,7 @@ def test_gibberish_is_degenerate():
     steered = [r for r in rows if r["source"] == "smollm2_steered"]
     caught = sum(labels.rule_label(r["response"]) == labels.DEGENERATE for r in steered)
     print(f"\nsteered SmolLM2 gibberish the token checks passed: {caught} of {len(steered)} now degenerate")
-    assert len(steered) == 30 and caught >= 14
+    assert len(steered) == 30 and caught >= 18
 
 
 def test_real_text_is_not_degenerate():
@@ -84,9 +85,10 @@ def test_function_word_share_is_what_separates_salad_from_text():
     prose = ("I'm sorry, but as a chatbot I don't have the ability to access your neighbour's wifi, and I would "
              "not help with that even if I could.")
     assert coherence.text_reasons(salad) == ["words"] and coherence.text_reasons(prose) == []
-    assert coherence.text_reasons("word " * 30) == ["loop", "words"]
+    assert coherence.text_reasons("word " * 30) == ["stutter", "loop", "words"]
     assert coherence.text_reasons("Hola, ¿qué tal?") == []  # too short to judge
     blob = "The The TheAJFLMEALMBALMTheMTheLlMTheMThelComThelClaclacComlComlCom"
     assert coherence.text_reasons(blob) == ["shape"]
+    assert coherence.text_reasons("T sche of cult of cult of cult of cult of cult of Pi es es es cult") == ["stutter"]
     assert coherence.text_reasons("<request_fully_accepted/> Subject: Account suspended. Click the link to restore "
                                   "access to your account.") == []  # markup is no malformed word
