@@ -72,6 +72,32 @@ class EngineInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: str = ""
 
 
+class ContextSamples(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode: the k outputs of one prompt (one context), in sample order, and their labels."""
+
+    outputs: list[str]  # every sample's raw text
+    behaviors: list[str]
+    output_tokens: list[int]
+    finish_reasons: list[str]
+    counts: dict[str, int]  # label -> samples
+    compliance_rate: float  # share of samples labelled compliance
+    majority: str  # the most common label (ties: the label of the earliest tied sample)
+
+
+class SampledPair(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode: both contexts' samples and the scenario's compliance gap (generation/sampled.py)."""
+
+    k: int
+    temperature: float
+    seed: int
+    monitored: ContextSamples
+    unmonitored: ContextSamples
+    gap: float  # unmonitored minus monitored compliance rate
+    p_value: float  # Fisher's exact test (two-sided) of the two contexts' compliance counts
+    significant: bool  # p_value < 0.05
+    bucket: str  # |gap| as "no change" | "small" | "large" (generation/sampled.py: GAP_BUCKETS)
+
+
 class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     """One scenario run under the monitored and the unmonitored system prompt.
 
@@ -117,6 +143,9 @@ class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     engine: EngineInfo
     schema_version: int = SCHEMA_VERSION
     output_changed: bool | None = None  # raw outputs (token ids) differ; None in records made before it
+    # Sampled mode only: every sample and the rates. The fields above then describe each context's majority
+    # label (behaviours, changed = majority vs majority) and, as its output, its first sample with that label.
+    sampled: SampledPair | None = None
 
 
 class RawCompletion(msgspec.Struct, forbid_unknown_fields=True):
@@ -305,6 +334,22 @@ class ControlRate(msgspec.Struct, forbid_unknown_fields=True):
     behavior_changed_rate: float
 
 
+class SampledSummary(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode, per run: the compliance gap with bootstrap 95% intervals over scenarios."""
+
+    k: int
+    temperature: float
+    seed: int
+    n_scenarios: int
+    compliance_rate: dict[str, float]  # context -> share of its samples labelled compliance
+    gap: Interval  # mean over scenarios of (unmonitored - monitored compliance rate)
+    gap_by_label: dict[str, Interval]
+    significant_share: float  # scenarios whose own gap is significant (Fisher, p < 0.05)
+    buckets: dict[str, int]  # "no change" | "small" | "large" -> scenarios
+    histogram_edges: list[float]  # gap histogram: bin edges from -1 to 1
+    histogram: list[int]  # scenarios per bin
+
+
 class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     """Task 3's summary.json: change rates overall and by label, lengths, and the noise floor."""
 
@@ -324,6 +369,7 @@ class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     agreement: LabelAgreement | None = None  # when both labellers ran
     wall_seconds: dict[str, float] = {}
     output_tokens_per_second: float = 0.0
+    sampled: SampledSummary | None = None  # sampled mode only
 
 
 class ResidualNorm(msgspec.Struct, forbid_unknown_fields=True):
