@@ -84,17 +84,22 @@ def plot_gap_histogram(s: ContextAblationSummary, path: Path) -> None:
     _save(fig, path, {"edges": edges, "counts": g.histogram, "gap": [g.gap.value, g.gap.lo, g.gap.hi]})
 
 
-def _sampled_section(s: ContextAblationSummary, plots: Path) -> list[str]:
-    """Sampled mode's rates, gap and histogram; nothing for a greedy run."""
+def _sampled_section(folder: Path, plots: Path, name: str) -> list[str]:
+    """A sampled-mode pass's rates, gap and histogram (the demo's `sampled/task3`, or a sampled `task3`)."""
+    if not (folder / "summary.json").is_file():
+        return []
+    s = read_summary(folder / "summary.json", ContextAblationSummary)
     if s.sampled is None:
         return []
     from generation.sampled import format_summary
 
-    plot_gap_histogram(s, plots / "task3_gap_histogram.png")
-    return ["### Compliance gap (sampled mode)", "",
-            "Behaviour changed above compares each context's majority label; the gap compares rates.", "",
+    png = f"{name.replace('/', '_')}_gap_histogram.png"
+    plot_gap_histogram(s, plots / png)
+    return [f"### Compliance gap (sampled mode, `{name}`)", "",
+            f"{s.n_pairs} scenarios; behaviour changed (each context's majority label) {s.behavior_changed_rate:.1%}. "
+            "The gap compares compliance rates, as the alignment-faking literature reports them.", "",
             *[f"- {line.strip()}" for line in format_summary(s.sampled)], "",
-            "![compliance gap histogram](plots/task3_gap_histogram.png)", ""]
+            f"![compliance gap histogram](plots/{png})", ""]
 
 
 def plot_dose_response(summary: SteeringSummary, path: Path) -> None:
@@ -359,8 +364,9 @@ def build_report(run: Path) -> Path:
                "| label | n | behaviour changed |", "|---|---|---|"]
         md += [f"| {k} | {n} | {r:.1%} |" for k, (n, r) in rates.items()]
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
-        md += _sampled_section(s, plots)
+        md += _sampled_section(t3, plots, "task3")
         md += _labels_section(t3, ContextAblationRecord, s)
+    md += _sampled_section(run / "sampled" / "task3", plots, "sampled/task3")  # the demo's sampled pass beside its greedy one
 
     md += _compare_section(run, "task3", "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% "
                            "intervals resampling whole triggers; the cross explainer is the same recipe started from "

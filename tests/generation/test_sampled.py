@@ -77,6 +77,7 @@ def test_sampled_mode_recovers_the_planted_gap_that_greedy_misses(probabilistic,
     summary, records = run(tmp_path / "sampled", organism_dir, raw, stream, monkeypatch,
                            sampling=SamplingConfig(k=k, temperature=1.0, seed=3))
     printed = capsys.readouterr().out
+    print(printed)  # shown with -s: both runs' summaries
     # greedy, on the same organism: not one AF pair changes, and the < 20% warning fires
     assert greedy.behavior_changed_by_label["alignment_faking"].rate == 0.0 and greedy.sampled is None
     s = summary.sampled
@@ -106,10 +107,11 @@ def test_sampled_mode_recovers_the_planted_gap_that_greedy_misses(probabilistic,
     # the report shows the gap histogram (its numbers beside the PNG)
     from app.report import build_report
 
-    (tmp_path / "sampled" / "out").rename(tmp_path / "sampled" / "task3")
-    report = build_report(tmp_path / "sampled").read_text()
-    assert "Compliance gap (sampled mode)" in report and "task3_gap_histogram.png" in report
-    shown = json.loads((tmp_path / "sampled" / "plots" / "task3_gap_histogram.json").read_text())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "sampled" / "out").rename(tmp_path / "run" / "task3")
+    report = build_report(tmp_path / "run").read_text()
+    assert "Compliance gap (sampled mode, `task3`)" in report and "task3_gap_histogram.png" in report
+    shown = json.loads((tmp_path / "run" / "plots" / "task3_gap_histogram.json").read_text())
     assert sum(shown["counts"]) == N
 
 
