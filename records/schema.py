@@ -390,6 +390,28 @@ class ArmSummary(msgspec.Struct, forbid_unknown_fields=True):
     degenerate_rate: float | None = None  # share of steered outputs that failed the coherence check
     by_family: dict[str, float | None] = {}  # behaviour change rate per family
     specificity: float | None = None  # AF change rate minus the change rate of all non-AF records
+    # The alpha-0 rows at this arm's layer set (its batches) and at another batch position, pooled: the
+    # change rate engine noise alone gives (steering/science.py: noise floor); None without alpha-0 rows
+    noise_floor: float | None = None
+    noise_floor_hi: float | None = None  # its Wilson 95% upper bound
+    within_noise_floor: bool = False  # a change rate > 0 and <= noise_floor_hi: noise could explain it
+
+
+class NoiseRate(msgspec.Struct, forbid_unknown_fields=True):
+    """How often an alpha-0 row (nothing added) differs from its scenario's baseline."""
+
+    n: int
+    behavior_changed_rate: float | None
+    output_changed_rate: float | None
+    behavior_changed_hi: float | None  # Wilson 95% upper bound of behavior_changed_rate
+
+
+class NoiseFloor(msgspec.Struct, forbid_unknown_fields=True):
+    """Task 2's noise floor: alpha-0 rows in the batches of each scenario's other arms, and once more at
+    another batch position (a batch of their own at the plan's end)."""
+
+    in_batch: dict[str, NoiseRate]  # layer set ("2", "1+2") -> its alpha-0 rows
+    other_position: NoiseRate | None = None
 
 
 class DirectionSummary(msgspec.Struct, forbid_unknown_fields=True):
@@ -440,6 +462,7 @@ class SteeringSummary(msgspec.Struct, forbid_unknown_fields=True):
     directions: list[DirectionSummary] = []
     dose_response: list[DoseResponse] = []
     warnings: list[str] = []  # e.g. an arm whose outputs are mostly degenerate
+    noise_floor: NoiseFloor | None = None  # the alpha-0 rows (steer's noise_floor, on by default)
 
 
 def read_summary(path: str | Path, summary_type: type[T]) -> T:
