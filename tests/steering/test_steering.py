@@ -516,7 +516,8 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     records = read_records(out / "train.jsonl", SteeringRecord) + read_records(out / "test.jsonl", SteeringRecord)
     assert len(records) == 3 and {r.labeller for r in records} == {"both"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["agreement"]["n"] == 3 * 2 and -1.0 <= summary["agreement"]["kappa"] <= 1.0
+    # every output labelled: baseline and arm, and the noise floor's two alpha-0 rows, of 3 scenarios
+    assert summary["agreement"]["n"] == 3 * (2 + 2) and -1.0 <= summary["agreement"]["kappa"] <= 1.0
     # the labels are the judge's: asking it again about the steered outputs gives the same ones
     from lm.judge import JudgeConfig
 
