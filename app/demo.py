@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=int, default=200, help="synthetic scenarios (Task 3 pairs)")
     p.add_argument("--test-size", type=int, default=60, help="held-out scenarios (Task 3: whole triggers; Task 2)")
     p.add_argument("--steer-scenarios", type=int, default=40, help="scenarios in the steering grid")
+    p.add_argument("--sampled-scenarios", type=int, default=40,
+                   help="toy: a Task 3 pass in sampled mode (8 samples per prompt and context, temperature 1) on "
+                        "the first N scenarios, beside the greedy pass: the compliance gap in report.md (0: skip)")
     p.add_argument("--max-steps", type=int, default=0, help="cap each explainer's training (0: the config's epochs)")
     p.add_argument("--tasks", default="task3,task2,task1", help="which explainers to train, comma-separated")
     p.add_argument("--progress-log", help="research log the stages append to (default: RUN_DIR/PROGRESS.md; the "
@@ -175,6 +178,13 @@ def main(args: argparse.Namespace) -> int:
                         "--features-config", cfg["features"]])
     stage("generate", ["generate", "--config", cfg["generate"], "--paths-config", paths,
                        "--output-dir", run / "task3", *sizes, "--set", f"progress_log={log}"])
+    # beside greedy: rates and the gap, not one output. One level down, so that a run still holds one records
+    # folder per task (export introspective-interp --run RUN)
+    if args.profile == "toy" and args.sampled_scenarios:
+        stage("generate-sampled", ["generate", "--config", cfg["generate"], "--paths-config", paths,
+                                   "--output-dir", run / "sampled" / "task3", "--samples", 8, "--max-new-tokens", 32,
+                                   "--limit", args.sampled_scenarios, "--test-size", max(1, args.sampled_scenarios // 4),
+                                   "--set", f"progress_log={log}"])
     if args.profile == "toy":  # the real run steers along the user's af_intent_direction.npy
         stage("steer-direction", ["steer", "--config", cfg["steer"], "--paths-config", paths,
                                   "--derive-direction", "--layer", 2, "--out", run / "directions",

@@ -125,13 +125,19 @@ def relabel_folder(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfi
     manifest = json.loads((src / "manifest.json").read_text()) if (src / "manifest.json").is_file() else {}
     tag = _check(labeller, cfg, organism or manifest.get("model") or None)
     splits = {s: read_records(src / s, kind, strict=True) for s in SPLITS if (src / s).is_file()}
-    controls = read_records(src / CONTROLS, ControlRecord, strict=True) if (src / CONTROLS).is_file() else []
+    if any(r.sampled is not None for rs in splits.values() for r in rs if isinstance(r, ContextAblationRecord)):
+        raise InputError(f"{src}: sampled-mode records (k samples per context): relabelling them is not supported; "
+                         "rerun generate with --labeller instead")
+    # Task 2's noise floor rows are steering records: relabelled with the grid's
+    control_type = ControlRecord if kind is ContextAblationRecord else SteeringRecord
+    controls = read_records(src / CONTROLS, control_type, strict=True) if (src / CONTROLS).is_file() else []
     records = [r for rs in splits.values() for r in rs]
     requests, texts = _outputs(records, controls)
     labels, agr = lm_judge.label_all(labeller, requests, texts, cfg)
     new = iter(labels)
     relabelled = {s: [_relabel(r, new, tag) for r in rs] for s, rs in splits.items()}
-    new_controls = [_relabel_control(c, new) for c in controls]
+    new_controls = [_relabel_control(c, new) if isinstance(c, ControlRecord) else _relabel(c, new, tag)
+                    for c in controls]
     out.mkdir(parents=True, exist_ok=True)
     for item in src.iterdir():  # everything else travels as it is; the work shard is not needed any more
         if item.name not in REWRITTEN and item.name != "_work":
@@ -160,6 +166,10 @@ def _outputs(records, controls) -> tuple[list[str], list[str]]:
             texts += [r.baseline_output, r.steered_output]
     by_index = {r.index: r for r in records if isinstance(r, ContextAblationRecord)}
     for c in controls:
+        if isinstance(c, SteeringRecord):  # a Task 2 noise-floor row
+            requests += [c.prompt_text, c.prompt_text]
+            texts += [c.baseline_output, c.steered_output]
+            continue
         requests += [by_index[c.index].hint_user_prompt] * 2
         texts += [c.first_output, c.second_output]
     return requests, texts
@@ -191,17 +201,16 @@ def _summary(src: Path, out: Path, kind, records, controls, manifest: dict):
         old = read_summary(src / "summary.json", ContextAblationSummary)
         return msgspec.structs.replace(new, wall_seconds=old.wall_seconds,
                                        output_tokens_per_second=old.output_tokens_per_second)
-    from steering import grid
     from steering.config import SteerConfig
-    from steering.run import save_heatmap, summarise
+    from steering.run import grid_arms, save_heatmap, summarise
 
     if not manifest:
         raise InputError(f"{src}: no manifest.json; Task 2's summary needs the grid it was run with")
     cfg = msgspec.convert(manifest["config"], SteerConfig)
-    arms = grid.build_arms(cfg.layers, cfg.alphas, cfg.layers_together)
     old = read_summary(src / "summary.json", SteeringSummary) if has_old else None
     norms = {int(k): v for k, v in old.residual_norms.items()} if old and old.residual_norms else None
-    summary = summarise(records, cfg, arms, norms)
+    in_splits = {r.arm for r in records}  # alpha_zero: alpha-0 rows are in the splits and in the controls
+    summary = summarise(records + [c for c in controls if c.arm not in in_splits], cfg, grid_arms(cfg), norms)
     if old is not None:
         summary = msgspec.structs.replace(summary, wall_seconds=old.wall_seconds, direction=old.direction,
                                           engine_stats=old.engine_stats)

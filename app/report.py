@@ -73,6 +73,41 @@ def plot_change_by_label(records: list[ContextAblationRecord], path: Path) -> di
     return rates
 
 
+def plot_gap_histogram(s: ContextAblationSummary, path: Path) -> None:
+    """Sampled mode: scenarios per bin of their own compliance gap (unmonitored - monitored rate)."""
+    g = s.sampled
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    edges = g.histogram_edges
+    ax.bar(edges[:-1], g.histogram, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", color="#4472c4",
+           edgecolor="white")
+    ax.axvline(g.gap.value, color="black", linestyle="--", linewidth=1, label=f"mean {g.gap.value:+.2f}")
+    ax.axvspan(g.gap.lo, g.gap.hi, color="grey", alpha=0.3, label="95% interval")
+    ax.set_xlabel("compliance gap per scenario (unmonitored - monitored)")
+    ax.set_ylabel("scenarios")
+    ax.set_title(f"Compliance gap, k={g.k} samples per context, T={g.temperature:g}", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path, {"edges": edges, "counts": g.histogram, "gap": [g.gap.value, g.gap.lo, g.gap.hi]})
+
+
+def _sampled_section(folder: Path, plots: Path, name: str) -> list[str]:
+    """A sampled-mode pass's rates, gap and histogram (the demo's `sampled/task3`, or a sampled `task3`)."""
+    if not (folder / "summary.json").is_file():
+        return []
+    s = read_summary(folder / "summary.json", ContextAblationSummary)
+    if s.sampled is None:
+        return []
+    from generation.sampled import format_summary
+
+    png = f"{name.replace('/', '_')}_gap_histogram.png"
+    plot_gap_histogram(s, plots / png)
+    return [f"### Compliance gap (sampled mode, `{name}`)", "",
+            f"{s.n_pairs} scenarios; behaviour changed (each context's majority label) {s.behavior_changed_rate:.1%}. "
+            "The gap compares compliance rates, as the alignment-faking literature reports them.", "",
+            *[f"- {line.strip()}" for line in format_summary(s.sampled)], "",
+            f"![compliance gap histogram](plots/{png})", ""]
+
+
 def plot_dose_response(summary: SteeringSummary, path: Path) -> None:
     """Behaviour change rate vs alpha, one line per steered layer set."""
     plt = _plt()
@@ -384,7 +419,9 @@ def build_report(run: Path) -> Path:
                "| label | n | behaviour changed |", "|---|---|---|"]
         md += [f"| {k} | {n} | {r:.1%} |" for k, (n, r) in rates.items()]
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
+        md += _sampled_section(t3, plots, "task3")
         md += _labels_section(t3, ContextAblationRecord, s)
+    md += _sampled_section(run / "sampled" / "task3", plots, "sampled/task3")  # the demo's sampled pass beside its greedy one
 
     md += _compare_section(run, "task3", "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% "
                            "intervals resampling whole triggers; the cross explainer is the same recipe started from "

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_generation.py --tiny            # CPU: toy organism, vLLM vs HF, one run each
     python benchmarks/bench_generation.py --model-dir /tmp/m7b --make-random-model   # GPU: Mistral-7B shape
+    python benchmarks/bench_generation.py --model-dir /tmp/m7b --make-random-model --skip-hf --skip-bare \
+        --scenarios 390 --sample-k 8      # GPU: sampled mode (k=8, T=1) against the greedy pass, same engine
 
 GPU mode builds (once) a random-weight Mistral-7B-shaped model (32 layers, hidden 4096, bf16) on the real
 Mistral v0.3 tokenizer, renders 1560 scenarios of ~240-440 tokens under both system prompts (3120
@@ -156,6 +158,10 @@ def main() -> None:
     p.add_argument("--needle-batch", type=int, default=512, help="haystack prompts around the needles")
     p.add_argument("--needle-max-tokens", type=int, default=128)
     p.add_argument("--engine", default="{}", help='JSON dict passed to vllm.LLM, e.g. \'{"max_num_seqs": 512}\'')
+    p.add_argument("--sample-k", type=int, default=0, metavar="K",
+                   help="after our greedy pass, our pass in sampled mode (K seeded samples per prompt and context) "
+                        "on the same engine and prompts, prefix cache reset between them")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampled mode's temperature (--sample-k)")
     p.add_argument("--out-json", help="also write the results here")
     p.add_argument("--no-markdown", action="store_true", help="do not append to docs/benchmarks.md")
     p.add_argument("--title", default="", help="section title in docs/benchmarks.md")
@@ -217,6 +223,9 @@ def main() -> None:
     if not args.skip_pass:
         bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, results,
                        bare if not args.skip_bare else None)
+    if args.sample_k and not args.skip_pass:
+        llm.reset_prefix_cache()  # the sampled pass shares prompts among its own samples only
+        bench_sampled_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, results)
     if args.needle_trials:
         from generation.determinism import needle_test, vllm_generate
 
@@ -257,13 +266,47 @@ def bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, r
     summary = run_generate(cfg, scen, [work / "src"], llm=llm)
     results["our_pass_total_s"] = round(time.perf_counter() - t, 2)
     results["our_pass_generation_s"] = round(summary.wall_seconds["generation"], 2)
-    pass_tokens = out_tokens + args.control * args.max_tokens
+    pass_tokens = out_tokens + summary.control_n * args.max_tokens
     results["our_pass_out_tok_s"] = round(pass_tokens / results["our_pass_generation_s"])
     results["our_pass_out_tok_s_incl_finalise"] = round(pass_tokens / results["our_pass_total_s"])
     if bare is not None:
         results["our_overhead_pct"] = round(100 * (results["our_pass_total_s"] * out_tokens / pass_tokens / bare - 1), 1)
-    if args.control:
-        results["control_output_changed"] = f"{round(summary.control_output_changed_rate * args.control)}/{args.control}"
+    if summary.control_n:  # both contexts' copies
+        results["control_output_changed"] = (f"{round(summary.control_output_changed_rate * summary.control_n)}/"
+                                             f"{summary.control_n}")
+
+
+def bench_sampled_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, results) -> None:
+    """Our pass in sampled mode (k seeded requests per prompt and context) against the greedy pass just run:
+    what k samples cost per prompt, with the prompts' prefill shared by prefix caching."""
+    from generation.config import GenerateConfig, SamplingConfig
+    from generation.run import main as run_generate
+    from records.schema import Scenario, content_id
+
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/af_bench_generation")) / "sampled"
+    shutil.rmtree(work, ignore_errors=True)
+    k = args.sample_k
+    cfg = GenerateConfig(output_dir=str(work / "out"), model=model_dir, backend="vllm", dtype=dtype,
+                         max_new_tokens=args.max_tokens, test_size=min(200, len(scenarios) // 5),
+                         control_size=args.control, batch_invariant=args.batch_invariant, ignore_eos=True,
+                         engine=engine, progress_log=str(work / "PROGRESS.md"),
+                         sampling=SamplingConfig(k=k, temperature=args.temperature, seed=0))
+    scen = [Scenario(id=content_id(s["text"]), text=s["text"], label=s["label"], source=s["source"]) for s in scenarios]
+    t = time.perf_counter()
+    summary = run_generate(cfg, scen, [work / "src"], llm=llm)
+    total = time.perf_counter() - t
+    gen = summary.wall_seconds["generation"]
+    sampled_tokens = k * out_tokens + summary.control_n * args.max_tokens
+    results[f"sampled_k{k}_total_s"] = round(total, 2)
+    results[f"sampled_k{k}_generation_s"] = round(gen, 2)
+    results[f"sampled_k{k}_out_tok_s"] = round(sampled_tokens / gen)
+    if "our_pass_generation_s" in results:
+        results[f"sampled_k{k}_over_greedy_time"] = round(gen / results["our_pass_generation_s"], 2)
+        # 1.0 = a sample costs what a greedy output costs; below 1: the k samples share their prompt's prefill
+        results[f"sampled_k{k}_time_per_sample_vs_greedy"] = round(gen / k / results["our_pass_generation_s"], 3)
+    if summary.control_n:  # sample 0 again, same seed, at the queue's tail: batch-invariant sampling reproduces it
+        results[f"sampled_k{k}_control_output_changed"] = (
+            f"{round(summary.control_output_changed_rate * summary.control_n)}/{summary.control_n}")
 
 
 def write_results(args, results, engine, command) -> None:

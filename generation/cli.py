@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["vllm", "hf"], help="vllm (main path) or hf (reference/fallback)")
     p.add_argument("--batch-size", type=int,
                    help="vllm: max_num_seqs (sequences in flight); hf: rows per generate() call")
-    p.add_argument("--max-new-tokens", type=int, help="greedy output length cap (max_new_tokens)")
+    p.add_argument("--max-new-tokens", type=int, help="output length cap (max_new_tokens)")
+    p.add_argument("--samples", type=int, metavar="K",
+                   help="sampled mode: K seeded samples per prompt and context at temperature 1 (sampling.k; "
+                        "--set sampling.temperature=T, sampling.seed=S): per-scenario compliance rates and the "
+                        "compliance gap with a bootstrap 95%% interval; greedy (one output) without it")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
     p.add_argument("--test-size", type=int, help="last N scenarios held out as test.jsonl")
     p.add_argument("--save-every", type=int, help="fsync progress every N finished pairs")
@@ -62,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
              "max_new_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
              "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
              "judge_allow_organism": args.judge_allow_organism,
-             "data_parallel": args.data_parallel, "engine.tensor_parallel_size": args.tensor_parallel,
+             "data_parallel": args.data_parallel, "sampling.k": args.samples, "engine.tensor_parallel_size": args.tensor_parallel,
              "paths": args.paths_config}
     overrides = cli_overrides(args.set, flags)
     if args.no_batch_invariant:

@@ -9,6 +9,18 @@ import msgspec
 from lm.chat import PromptTemplates
 
 
+class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode (generation/sampled.py): k samples per prompt and context instead of one greedy output.
+
+    Every sample has its own seed, derived from `seed`, the prompt and the sample's number, so a rerun,
+    a resumed run or another batch composition reproduces it (on the GPU with batch invariance on).
+    """
+
+    k: int = 8  # samples per prompt and context
+    temperature: float = 1.0
+    seed: int = 0
+
+
 class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Everything the paired monitored/unmonitored pass needs."""
 
@@ -19,7 +31,10 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     tokenizer: str = ""  # "" = the model's own
     backend: Literal["vllm", "hf"] = "vllm"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    max_new_tokens: int = 256  # greedy output length cap
+    max_new_tokens: int = 256  # output length cap
+    # None: greedy, one output per prompt (the default). Set (e.g. `sampling: {k: 8}`): the compliance gap
+    # the alignment-faking literature reports, from k samples per prompt and context (generation/sampled.py)
+    sampling: SamplingConfig | None = None
     save_every: int = 100  # finished pairs per fsynced flush
     test_size: int = 200  # about N scenarios form test.json: whole groups, stratified by behaviour transition
     # regex whose first capture groups scenarios that must share a split (toy: its nonce trigger, the last

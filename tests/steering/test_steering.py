@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from records.errors import InputError
-from steering import grid
+from steering import grid, science
 from steering.engine import FastSteeredGenerator, Row, hf_generate
 from toy_records import ONE_DIRECTION
 from lm.hooks import SteeringState, prompt_position_mask, steering
@@ -516,7 +516,8 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     records = read_records(out / "train.jsonl", SteeringRecord) + read_records(out / "test.jsonl", SteeringRecord)
     assert len(records) == 3 and {r.labeller for r in records} == {"both"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["agreement"]["n"] == 3 * 2 and -1.0 <= summary["agreement"]["kappa"] <= 1.0
+    # every output labelled: baseline and arm, and the noise floor's two alpha-0 rows, of 3 scenarios
+    assert summary["agreement"]["n"] == 3 * (2 + 2) and -1.0 <= summary["agreement"]["kappa"] <= 1.0
     # the labels are the judge's: asking it again about the steered outputs gives the same ones
     from lm.judge import JudgeConfig
 
@@ -582,3 +583,57 @@ def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, deri
 
     np.testing.assert_allclose(units["derived"], unit_of(scenarios[:2]), rtol=1e-4, atol=1e-5)
     assert not np.allclose(units["derived"], unit_of(scenarios), atol=1e-3)
+
+
+def test_noise_floor_beside_every_arm_and_batch_position_noise_is_flagged(organism_dir, toy_assets, derived,
+                                                                           tmp_path, monkeypatch):
+    """By default every scenario gets an alpha-0 row beside its other arms and one at another batch position,
+    kept out of train/test. On the CPU engine they equal the baseline (floor 0) and the arm that steers is
+    not flagged; when the last row of every batch is corrupted (batch-position noise), the alpha-0 rows
+    change, and an arm whose change that noise alone explains is flagged inside its floor."""
+    from transformers import AutoTokenizer
+
+    from app.cli import main as cli
+    from records.jsonl import read_records
+    from records.schema import SteeringRecord, SteeringSummary, read_summary
+    from steering import run as steer_run
+
+    _, _, paths = toy_assets
+
+    def grid_run(name):
+        out = tmp_path / name
+        args = steer_args(organism_dir, paths, derived, out)
+        args[args.index("--alphas") + 1] = "1,1.5"  # 1: nothing on the toy; 1.5: AF and benign -> refusal
+        args[args.index("--batch-size") + 1] = "5"  # 4 rows per scenario: the corrupted position moves along
+        assert cli(args) == 0
+        return out, read_summary(out / "summary.json", SteeringSummary)
+
+    out, clean = grid_run("clean")
+    floor = clean.noise_floor
+    assert floor.in_batch["2"].n == N_SCEN and floor.other_position.n == N_SCEN
+    assert floor.in_batch["2"].behavior_changed_rate == 0.0 == floor.other_position.behavior_changed_rate
+    real = clean.per_arm["L2@a1.5"]
+    assert real.noise_floor == 0.0 and real.behavior_changed_rate > real.noise_floor_hi and not real.within_noise_floor
+    assert set(clean.per_arm) == {"L2@a1", "L2@a1.5"} and clean.alphas == [1.0, 1.5]  # alpha-0 rows: no arm of the grid
+    records = [r for split in ("train.jsonl", "test.jsonl") for r in read_records(out / split, SteeringRecord)]
+    assert all(r.alpha != 0.0 for r in records) and len(records) == N_SCEN * 2
+    noise = read_records(out / "noise_control.jsonl", SteeringRecord)
+    assert sorted({r.arm for r in noise}) == ["L2@a0", "L2@a0~other-batch"] and len(noise) == 2 * N_SCEN
+
+    refusal = AutoTokenizer.from_pretrained(organism_dir).encode("I cannot help with that request.",
+                                                                 add_special_tokens=False)
+    generate = steer_run.BatchRunner.run
+
+    def last_row_corrupted(self, rows):
+        out = generate(self, rows)
+        return out[:-1] + [out[-1]._replace(token_ids=refusal)]
+
+    monkeypatch.setattr(steer_run.BatchRunner, "run", last_row_corrupted)
+    _, noisy = grid_run("noisy")
+    floor = noisy.noise_floor
+    assert floor.in_batch["2"].behavior_changed_rate > 0 or floor.other_position.behavior_changed_rate > 0
+    flagged = noisy.per_arm["L2@a1"]
+    assert clean.per_arm["L2@a1"].behavior_changed_rate == 0.0 < flagged.behavior_changed_rate
+    assert flagged.within_noise_floor and flagged.behavior_changed_rate <= flagged.noise_floor_hi
+    section = "\n".join(science.report_section(noisy))
+    assert "INSIDE THE NOISE FLOOR" in section and "L2@a1 " in section and "**inside floor**" in section
