@@ -23,11 +23,8 @@ from tqdm import tqdm
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
-<<<<<<< HEAD
-from lm.labels import degenerate_problem
-=======
 from generation import sampled
->>>>>>> issue-27a
+from lm.labels import degenerate_problem
 from generation.config import GenerateConfig
 from records.config import config_hash
 from records.errors import InputError, StageFailure
