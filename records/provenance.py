@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import subprocess
 from pathlib import Path
 
+import msgspec
+
 from records.config import encode_config
+from records.errors import InputError
 from records.schema import RunManifest
 
 
@@ -36,3 +40,67 @@ def installed_version(name: str) -> str:
         except importlib.metadata.PackageNotFoundError:
             continue
     return ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fingerprints: what an artifact was made from, so a rerun can tell "the same inputs" from "other ones"
+
+_EDGE = 1 << 20  # bytes read from each end of a weight file
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """16 hex chars identifying a model folder's weights without reading all of them: config.json, and
+    each weight file's name, size and first and last MiB. Two copies of one model agree; a model of the
+    same shape with other weights (the toy and its twin) does not, since its first MiB of tensors differs."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name == "config.json" or path.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
+            size = path.stat().st_size
+            h.update(f"{path.name}:{size}\n".encode())
+            with open(path, "rb") as f:
+                h.update(f.read(_EDGE))
+                if size > 2 * _EDGE:
+                    f.seek(size - _EDGE)
+                    h.update(f.read(_EDGE))
+    return h.hexdigest()[:16]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """16 hex chars over the names and bytes of the files directly in a records folder (splits, vectors,
+    summary), skipping hidden files (the lock) and subfolders (the work shards); "missing" when absent."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "missing"
+    h = hashlib.sha256()
+    files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if p.is_file()
+                                                      and not p.name.startswith("."))
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_manifest(folder: str | Path) -> RunManifest | None:
+    """A folder's manifest.json, None when it has none; a torn or foreign file is refused in one line."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=RunManifest)
+    except msgspec.DecodeError as e:
+        raise InputError(f"{path}: not a readable stage manifest ({e}); a run was cut while writing it, or "
+                         "the file is not ours: move the folder aside or choose another output folder") from None
+
+
+def check_stage_folder(out: str | Path, stage: str) -> RunManifest | None:
+    """Refuse to write into a folder another stage made (its manifest.json names another stage); return
+    the folder's own manifest (None for a new folder). `stage` matches by its first word, so
+    `features extract` may continue a `features all` folder."""
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.stage.split()[0] != stage.split()[0]:
+        raise InputError(f"{out}: holds the output of the `{manifest.stage}` stage (manifest.json); `{stage}` "
+                         "never writes into another stage's folder: choose another output folder")
+    return manifest
