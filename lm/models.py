@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from records.errors import InputError
-from records.provenance import model_fingerprint
+from records.provenance import model_weights_id
 
 TOY = "toy"
 TOY_TWIN = "toy-twin"  # the toy organism's twin: same triggers, another secret assignment (cross control)
@@ -58,7 +58,7 @@ def model_identity(name: str) -> str:
     """What tells two models apart: the weights' fingerprint of the folder `name` resolves to
     (records/provenance.py), or `name` as given when it is not at hand here."""
     try:
-        return model_fingerprint(resolve_model(name))
+        return model_weights_id(resolve_model(name))
     except InputError:
         return name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.metadata
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -48,10 +49,11 @@ def installed_version(name: str) -> str:
 _EDGE = 1 << 20  # bytes read from each end of a weight file
 
 
-def model_fingerprint(folder: str | Path) -> str:
-    """16 hex chars identifying a model folder's weights without reading all of them: config.json, and
-    each weight file's name, size and first and last MiB. Two copies of one model agree; a model of the
-    same shape with other weights (the toy and its twin) does not, since its first MiB of tensors differs."""
+def model_weights_id(folder: str | Path) -> str:
+    """16 hex chars identifying a model's weights wherever they lie, without reading all of them:
+    config.json, and each weight file's name, size and first and last MiB. Two copies of one model agree;
+    a model of the same shape with other weights (the toy and its twin) does not. (The resume key's
+    records/resume.model_fingerprint instead keys one folder's files by modification time.)"""
     folder = Path(folder)
     h = hashlib.sha256()
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -104,3 +106,39 @@ def check_stage_folder(out: str | Path, stage: str) -> RunManifest | None:
         raise InputError(f"{out}: holds the output of the `{manifest.stage}` stage (manifest.json); `{stage}` "
                          "never writes into another stage's folder: choose another output folder")
     return manifest
+
+
+PREVIOUS = ".previous"  # <out>/.previous/: a finished run set aside by --overwrite until the new one completes
+
+
+def check_finished_folder(out: str | Path, stage: str, overwrite: bool) -> bool:
+    """Refuse to run into a finished folder of `stage` that holds nothing to resume (its manifest.json is
+    there, its _work/ is not: a relabelled copy, or a run whose work shards were removed), unless
+    `overwrite`; then return True: `set_aside` keeps the old files until the new run completes."""
+    manifest = check_stage_folder(out, stage)
+    if manifest is None or (Path(out) / "_work").is_dir():
+        return False
+    if not overwrite:
+        raise InputError(f"{out}: holds a finished `{manifest.stage}` run (manifest.json, {manifest.created}) with no "
+                         "_work/ to resume from; a new run would replace its records: pass --overwrite to replace "
+                         "it (the old files are kept in .previous/ until the new run completes), or choose another "
+                         "output folder")
+    return True
+
+
+def set_aside(out: str | Path) -> Path:
+    """Move a finished run's files into <out>/.previous/ (the lock stays); `drop_set_aside` removes them
+    once the new run has completed, so a kill in between loses nothing."""
+    out = Path(out)
+    previous = out / PREVIOUS
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for item in out.iterdir():
+        if item.name not in (PREVIOUS, ".lock"):
+            item.rename(previous / item.name)
+    return previous
+
+
+def drop_set_aside(out: str | Path) -> None:
+    """Remove what `set_aside` kept, now that the new run has completed."""
+    shutil.rmtree(Path(out) / PREVIOUS, ignore_errors=True)

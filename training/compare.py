@@ -76,10 +76,10 @@ def arm_fingerprint(cfg, max_steps: int) -> dict[str, str]:
     step cap. A finished arm is reused only when all of them are unchanged."""
     from lm.models import resolve_model
     from records.config import config_hash
-    from records.provenance import folder_fingerprint, model_fingerprint
+    from records.provenance import folder_fingerprint, model_weights_id
     from training.examples import dataset_dir
 
-    fp = {"model": cfg.model_path, "model_weights": model_fingerprint(resolve_model(cfg.model_path, "model_path")),
+    fp = {"model": cfg.model_path, "model_weights": model_weights_id(resolve_model(cfg.model_path, "model_path")),
           "recipe": config_hash(msgspec.structs.replace(cfg, output_dir="")), "max_steps": str(max_steps)}
     fp.update({f"records {task}": folder_fingerprint(dataset_dir(cfg, task)) for task in cfg.train.tasks})
     fp.update({f"eval set {path}": folder_fingerprint(path) for path in cfg.train.eval_sets})
