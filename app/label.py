@@ -140,8 +140,7 @@ def relabel_folder(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfi
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--output {out}: exists and is not empty; relabelled records go to a new folder")
     kind = _kind(src)
-    read = read_manifest(src)  # a torn manifest.json is refused in one line
-    manifest = msgspec.to_builtins(read) if read is not None else {}
+    manifest = read_manifest(src) or {}  # a torn manifest.json is refused in one line
     tag = _check(labeller, cfg, organism or manifest.get("model") or None)
     splits = {s: read_records(src / s, kind, strict=True) for s in SPLITS if (src / s).is_file()}
     controls = read_records(src / CONTROLS, ControlRecord, strict=True) if (src / CONTROLS).is_file() else []

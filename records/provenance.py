@@ -85,25 +85,30 @@ def folder_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_manifest(folder: str | Path) -> RunManifest | None:
-    """A folder's manifest.json, None when it has none; a torn or foreign file is refused in one line."""
+def read_manifest(folder: str | Path) -> dict | None:
+    """A folder's manifest.json as a dict with at least its `stage`, None when it has none; a torn or
+    foreign file is refused in one line."""
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         return None
     try:
-        return msgspec.json.decode(path.read_bytes(), type=RunManifest)
+        manifest = msgspec.json.decode(path.read_bytes())
     except msgspec.DecodeError as e:
         raise InputError(f"{path}: not a readable stage manifest ({e}); a run was cut while writing it, or "
                          "the file is not ours: move the folder aside or choose another output folder") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stage"), str):
+        raise InputError(f"{path}: not a stage manifest (no `stage`); the file is not ours: move the folder aside "
+                         "or choose another output folder")
+    return manifest
 
 
-def check_stage_folder(out: str | Path, stage: str) -> RunManifest | None:
+def check_stage_folder(out: str | Path, stage: str) -> dict | None:
     """Refuse to write into a folder another stage made (its manifest.json names another stage); return
     the folder's own manifest (None for a new folder). `stage` matches by its first word, so
     `features extract` may continue a `features all` folder."""
     manifest = read_manifest(out)
-    if manifest is not None and manifest.stage.split()[0] != stage.split()[0]:
-        raise InputError(f"{out}: holds the output of the `{manifest.stage}` stage (manifest.json); `{stage}` "
+    if manifest is not None and manifest["stage"].split()[0] != stage.split()[0]:
+        raise InputError(f"{out}: holds the output of the `{manifest['stage']}` stage (manifest.json); `{stage}` "
                          "never writes into another stage's folder: choose another output folder")
     return manifest
 
@@ -119,10 +124,10 @@ def check_finished_folder(out: str | Path, stage: str, overwrite: bool) -> bool:
     if manifest is None or (Path(out) / "_work").is_dir():
         return False
     if not overwrite:
-        raise InputError(f"{out}: holds a finished `{manifest.stage}` run (manifest.json, {manifest.created}) with no "
-                         "_work/ to resume from; a new run would replace its records: pass --overwrite to replace "
-                         "it (the old files are kept in .previous/ until the new run completes), or choose another "
-                         "output folder")
+        raise InputError(f"{out}: holds a finished `{manifest['stage']}` run (manifest.json, made "
+                         f"{manifest.get('created', '?')}) with no _work/ to resume from; a new run would replace "
+                         "its records: pass --overwrite to replace it (the old files are kept in .previous/ until the "
+                         "new run completes), or choose another output folder")
     return True
 
 
