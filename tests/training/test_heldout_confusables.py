@@ -77,7 +77,8 @@ def test_every_disguised_held_out_text_is_refused(template, pair):
 @pytest.mark.parametrize("name,disguise", [
     ("cyrillic a throughout", lambda t: t.replace("a", "\u0430")),
     ("variation selector after every letter", lambda t: "".join(c + "\ufe0f" if c.isalpha() else c for c in t)),
-    ("greek and cyrillic capitals", lambda t: t.upper().replace("A", "\u0391").replace("E", "\u0415").replace("O", "\u039f")),
+    ("greek and cyrillic capitals",
+     lambda t: t.upper().replace("A", "\u0391").replace("E", "\u0415").replace("O", "\u039f")),
 ])
 def test_the_reported_disguises_are_refused(template, name, disguise):
     held = HeldOut()
