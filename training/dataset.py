@@ -81,7 +81,7 @@ def check_records_model(cfg: TrainConfig, splits: dict[Path, list]) -> None:
     for path, records in splits.items():
         made_by = sorted({r.engine.model for r in records if getattr(r, "engine", None) and r.engine.model})
         problems += [f"{path}: records made by model {m!r} (engine.model), but this config explains target_model_path "
-                     f"{cfg.target_model_path!r} (other weights); train on that model's records, or set "
+                     f"{cfg.target_model_path!r} (another model); train on that model's records, or set "
                      "target_model_path to the model that made them" for m in made_by
                      if not same_model(m, cfg.target_model_path)]
     if problems:
