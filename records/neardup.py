@@ -62,8 +62,11 @@ def _fold_table() -> dict[int, str | None]:
 def skeleton(text: str) -> str:
     """The held-out guard's comparison key: look-alike letters, combining marks, variation selectors and
     invisible characters folded away, case and whitespace too (see the module docstring)."""
-    t = unicodedata.normalize("NFKD", text).translate(_fold_table())
-    t = unicodedata.normalize("NFKD", t.casefold()).translate(_fold_table())  # casefold can decompose again
+    table = _fold_table()
+    # the map goes first too: NFKD turns some look-alikes into letters that look like nothing Latin (the
+    # lunate sigma "ϲ" into a final sigma); casefold can decompose again
+    t = unicodedata.normalize("NFKD", text.translate(table)).translate(table)
+    t = unicodedata.normalize("NFKD", t.casefold()).translate(table)
     return _WS.sub(" ", t).strip().replace("rn", "m")
 
 

@@ -63,7 +63,7 @@ def disguised(draw):
     return text, "".join(out)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pair=disguised())
 def test_every_disguised_held_out_text_is_refused(template, pair):
     original, text = pair
@@ -72,6 +72,14 @@ def test_every_disguised_held_out_text_is_refused(template, pair):
     assert skeleton(text) == skeleton(original)
     with pytest.raises(InputError, match="held-out evaluation scenarios"):
         check_no_heldout([_as_training_record(template, text)], held, where="train.jsonl")
+
+
+def test_every_look_alike_of_the_map_folds_to_its_letter():
+    """Exhaustive over the map, each character alone and inside a word: NFKD must not carry one away
+    (the lunate sigma decomposes to a final sigma: hypothesis found it, so the map also runs before NFKD)."""
+    for latin, chars in _LOOKALIKES.items():
+        for ch in chars:
+            assert skeleton(ch) == skeleton(latin) and skeleton(f"x{ch}y") == skeleton(f"x{latin}y"), (latin, ch)
 
 
 @pytest.mark.parametrize("name,disguise", [
