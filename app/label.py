@@ -21,6 +21,7 @@ import msgspec
 from lm import agreement, judge as lm_judge
 from records.errors import InputError
 from records.jsonl import read_records, write_json_atomic, write_records_atomic
+from records.provenance import read_manifest
 from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRecord, SteeringRecord, SteeringSummary,
                             read_summary)
 
@@ -42,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "(for a records folder: read from its manifest)")
     p.add_argument("--judge-allow-organism", action="store_true",
                    help="let the organism judge its own outputs (records then say self-judged)")
+    p.add_argument("--paths-config", default="configs/paths.yaml",
+                   help="asset locations (PathsConfig): --output may not be or lie inside any of them")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,6 +53,11 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"{src}: no such file or folder")
     if out.resolve() == src.resolve() or (src.is_dir() and out.resolve().is_relative_to(src.resolve())):
         raise InputError(f"--output {out}: must not be the input or inside it (relabelling never writes the source)")
+    from records.assets import check_output_dir, check_output_file
+    from records.paths import guarded_sources
+
+    sources = guarded_sources(args.paths_config)  # the one source guard: the paths config's files and folders
+    (check_output_dir if src.is_dir() else check_output_file)(out, sources)
     from lm.models import resolve_model
     from records.requirements import require_packages
 
@@ -82,7 +90,11 @@ def _print_result(labels: list[str], agr: dict | None) -> None:
 def label_rows(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfig, organism: str | None) -> list[dict]:
     """Label a JSONL of {prompt, response} rows; every other field of a row is kept as it was."""
     rows = []
-    for n, line in enumerate(src.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = src.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{src}: not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -92,6 +104,8 @@ def label_rows(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfig, o
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
             raise InputError(f"{src}: line {n}: needs string fields `prompt` and `response`")
         rows.append(row)
+    if not rows:
+        raise InputError(f"{src}: holds no rows to label (one JSON object a line, with `prompt` and `response`)")
     _check(labeller, cfg, organism)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     labels, agr = lm_judge.label_all(labeller, prompts, responses, cfg)
@@ -109,11 +123,18 @@ def label_rows(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfig, o
 
 
 def _kind(folder: Path):
+    missing = [s for s in SPLITS if not (folder / s).is_file()]
+    if missing:
+        raise InputError(f"{folder}: no {' / '.join(missing)}; relabelling takes a finished records folder with "
+                         "both splits")
     for split in SPLITS:
         path = folder / split
-        if path.is_file() and path.stat().st_size:
-            first = json.loads(path.open(encoding="utf-8").readline())
-            return SteeringRecord if "steered_output" in first else ContextAblationRecord
+        if path.stat().st_size:
+            try:
+                first = json.loads(path.open(encoding="utf-8").readline())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InputError(f"{path}: line 1: not a JSON record ({type(e).__name__})") from None
+            return SteeringRecord if isinstance(first, dict) and "steered_output" in first else ContextAblationRecord
     raise InputError(f"{folder}: no train.jsonl / test.jsonl records to relabel")
 
 
@@ -122,7 +143,7 @@ def relabel_folder(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfi
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--output {out}: exists and is not empty; relabelled records go to a new folder")
     kind = _kind(src)
-    manifest = json.loads((src / "manifest.json").read_text()) if (src / "manifest.json").is_file() else {}
+    manifest = read_manifest(src) or {}  # a torn manifest.json is refused in one line
     tag = _check(labeller, cfg, organism or manifest.get("model") or None)
     splits = {s: read_records(src / s, kind, strict=True) for s in SPLITS if (src / s).is_file()}
     if any(r.sampled is not None for rs in splits.values() for r in rs if isinstance(r, ContextAblationRecord)):

@@ -477,6 +477,23 @@ def build_report(run: Path) -> Path:
     return path
 
 
+def check_inputs(run: Path) -> None:
+    """Read every file build_report reads, strictly, before it writes anything: a corrupt summary or a cut
+    split is one InputError line and plots/ stays as it was."""
+    t3, t2 = run / "task3", run / "task2"
+    if (t3 / "train.jsonl").is_file():
+        for split in ("train.jsonl", "test.jsonl"):
+            read_records(t3 / split, ContextAblationRecord, strict=True)
+        read_summary(t3 / "summary.json", ContextAblationSummary)
+    if (t2 / "summary.json").is_file():
+        read_summary(t2 / "summary.json", SteeringSummary)
+    for task in TASKS:
+        eval_dir = explainer_dir(run, task) / "final" / "eval"
+        if (eval_dir / "metrics.json").is_file():
+            read_summary(eval_dir / "metrics.json", EvalMetrics)
+            read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of the report command."""
     p.description = ("Write RUN/report.md with PNG plots under RUN/plots/: behaviour change by label (Task 3), "
@@ -494,6 +511,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"{run}: run directory not found")
     from records.progress import append_phase
 
+    check_inputs(run)
     path = build_report(run)
     print(f"report: {path}")
     append_phase(args.progress_log, "7", "report", "DONE", done=[f"{path} with {len(list((run / 'plots').glob('*.png')))} "

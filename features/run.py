@@ -23,10 +23,12 @@ from features.describe import (DescribeSummary, check_descriptions, describe, de
 from features.extract import VECTORS, extract, read_extract_output, select, selection_lines
 from features.splits import load_cluster_attributes, make_splits, split_counts, to_records
 from records.assets import check_output_dir
+from records.errors import InputError
+from records.lock import output_lock
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
 from records.paths import PathsConfig
 from records.progress import append_phase
-from records.provenance import make_manifest
+from records.provenance import check_stage_folder, make_manifest
 from records.schema import CLUSTER_ATTRIBUTES, FeaturesIndex
 
 MODES = ("extract", "describe", "all")
@@ -50,17 +52,36 @@ def source_dirs(cfg: FeaturesConfig, paths: PathsConfig) -> list[Path]:
 def run(cfg: FeaturesConfig, paths: PathsConfig, mode: str = "all") -> FeaturesResult:
     """Run `mode` (extract | describe | all) on a validated config, print what it found, log it."""
     out = check_output_dir(cfg.output_dir, source_dirs(cfg, paths))
+    check_stage_folder(out, f"features {mode}")  # another stage's folder is never written into
     describing = mode in ("describe", "all")
     clusters = load_cluster_files(paths) if describing else None
     # a missing or bad attributes file stops the run before any write
     attributes = load_cluster_attributes(cfg, paths) if describing else None
+    selection = None
     if mode in ("extract", "all"):
-        selectivity, selected = select(cfg, paths)
+        selection = select(cfg, paths)
         if clusters is not None:  # bad cluster files or (strict) gaps stop the run before anything is written
-            check_descriptions(cfg, paths, [int(f) for f in selected], len(selectivity), clusters)
-        index = extract(cfg, paths, out, (selectivity, selected))
-    else:
-        index, _ = read_extract_output(out)
+            selectivity, selected = selection
+            cluster_of = check_descriptions(cfg, paths, [int(f) for f in selected], len(selectivity), clusters)[0]
+            check_splittable(cluster_of)
+    with output_lock(out):  # one writer per output folder, from the first write on
+        return _write(cfg, paths, mode, out, clusters, attributes, selection)
+
+
+def check_splittable(cluster_of: dict[int, int]) -> None:
+    """The splits need two described features in two clusters: refused here, before extract writes."""
+    n_clusters = len(set(cluster_of.values()))
+    if cluster_of and (len(cluster_of) < 2 or n_clusters < 2):
+        raise InputError(f"the selected features fall into {n_clusters} cluster(s) ({len(cluster_of)} described "
+                         "feature(s)); the by-cluster split needs >= 2 clusters: select more features (--top-k) or "
+                         "check cluster_assignments")
+
+
+def _write(cfg: FeaturesConfig, paths: PathsConfig, mode: str, out: Path, clusters, attributes,
+           selection) -> FeaturesResult:
+    """Everything `run` writes, under the folder's lock: extract (or read its output), describe, splits."""
+    describing = mode in ("describe", "all")
+    index = extract(cfg, paths, out, selection) if selection is not None else read_extract_output(out)[0]
     result = FeaturesResult(index=index)
     lines = selection_lines(index)
     depth = depth_warning(index.layer, paths.organism_model)  # None (depth unknown offline): no guess

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", help="lm_judge/both: an instruct model of its own (required)")
     p.add_argument("--judge-allow-organism", action="store_true", default=None,
                    help="let the organism judge its own outputs (not independent; records say self-judged)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished output folder that has nothing to resume (no _work/, e.g. a relabelled "
+                        "copy); its old files stay in .previous/ until the new run completes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set engine.max_num_batched_tokens=16384")
     p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")
@@ -90,5 +93,5 @@ def main(args: argparse.Namespace) -> int:
     input_path = Path(cfg.input or paths.gold_1560)
     scenarios = load_scenarios(input_path, paths.known_labels)
     source_dirs = [Path(paths.data_root), input_path]
-    run(cfg, scenarios, source_dirs)
+    run(cfg, scenarios, source_dirs, overwrite=args.overwrite)
     return 0

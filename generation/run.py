@@ -32,7 +32,7 @@ from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
-from records.provenance import installed_version, make_manifest
+from records.provenance import check_finished_folder, drop_set_aside, installed_version, make_manifest, set_aside
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
 from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRate, ControlRecord, EngineInfo,
                             LabelChange, RawCompletion, Scenario)
@@ -399,10 +399,12 @@ def format_summary(s: ContextAblationSummary, engine: EngineInfo, wall: dict) ->
     return lines
 
 
-def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path], llm=None) -> ContextAblationSummary:
+def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path], llm=None,
+         overwrite: bool = False) -> ContextAblationSummary:
     """Run the paired pass on already-validated scenarios; returns the summary.
 
     `llm`: an engine already started for this model (benchmarks, the demo); built from `cfg` if None.
+    `overwrite`: replace a finished folder that has nothing to resume (kept aside until this run completes).
     """
     from records.assets import check_output_dir
     from lm.models import resolve_model
@@ -414,6 +416,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     scenarios = select_scenarios(scenarios, cfg.limit, cfg.test_size, cfg.input)
     out = Path(cfg.output_dir)
     check_output_dir(out, source_dirs)
+    replacing = check_finished_folder(out, "generate", overwrite)  # refused before any model is touched
     model_dir = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
@@ -436,6 +439,8 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     if cfg.backend == "vllm":
         check_engine_keys(cfg.engine)
     with output_lock(out):  # one writer per output folder, from the first write on
+        if replacing and check_finished_folder(out, "generate", overwrite):  # still finished, now under the lock
+            set_aside(out)
         work = out / "_work"
         check_resume_key(work, resume_key(cfg, model_dir, batch_invariant),
                          "model or its weights, dtype, backend, batch invariance or length")
@@ -494,6 +499,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         summary.output_tokens_per_second = produced / max(wall["generation"], 1e-9)
         write_json_atomic(out / "summary.json", summary)
         write_json_atomic(out / "manifest.json", make_manifest("generate", cfg, model_dir, {"scenarios": cfg.input}))
+        drop_set_aside(out)
         lines = format_summary(summary, engine, wall)
         print("\n".join(lines))
         broken = degenerate_problem([b for r in records for b in (r.monitored_behavior, r.unmonitored_behavior)],

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model_path of the configs: the explainer introspective-interp trains (Llama-3, Gemma, Qwen)")
     p.add_argument("--tokenizer",
                    help="explainer tokenizer for the 500-token counts and Task 2's input tokens (default: --explainer)")
+    p.add_argument("--paths-config", default="configs/paths.yaml",
+                   help="asset locations (PathsConfig): --to may not be or lie inside any of them")
     p.add_argument("--target", help="target_model_path of the configs; its tokenizer renders Task 2's patched "
                                     "token (default: the model recorded in the records)")
 
@@ -49,7 +51,10 @@ def _load_tokenizer(name: str, what: str):
 
 def main(args: argparse.Namespace) -> int:
     from interop import ii_export
+    from records.assets import check_output_dir
+    from records.paths import guarded_sources
 
+    check_output_dir(args.to, guarded_sources(args.paths_config))  # the one source guard, before anything loads
     tasks = ii_export.find_tasks(args.run)
     target = args.target or ii_export.recorded_target(tasks)
     tokenizer = target_tokenizer = None

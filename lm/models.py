@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from records.errors import InputError
+from records.provenance import model_weights_id
 
 TOY = "toy"
 TOY_TWIN = "toy-twin"  # the toy organism's twin: same triggers, another secret assignment (cross control)
@@ -51,6 +52,20 @@ def resolve_model(name: str, what: str = "model") -> str:
             raise InputError(f"{what} {name}: not a local folder and not in the local HF cache; "
                              "run `af-introspect preflight --fetch-models` or pass a local path") from None
     raise InputError(f"{what} {name}: path does not exist")
+
+
+def model_identity(name: str) -> str:
+    """What tells two models apart: the weights' fingerprint of the folder `name` resolves to
+    (records/provenance.py), or `name` as given when it is not at hand here."""
+    try:
+        return model_weights_id(resolve_model(name))
+    except InputError:
+        return name
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model arguments (ids, folders, "toy") name the same weights."""
+    return a == b or model_identity(a) == model_identity(b)
 
 
 def model_layers(name: str) -> int | None:

@@ -452,6 +452,21 @@ def check_output_dir(out_dir: str | Path, source_dirs: list[str | Path]) -> Path
     return out
 
 
+def check_output_file(out_file: str | Path, sources: list[str | Path]) -> Path:
+    """Refuse an output file that is a source file or lies inside a source folder (the source guard of
+    check_output_dir, for writers of one file); return it resolved."""
+    out = Path(out_file).expanduser().resolve()
+    if out.is_dir():
+        raise InputError(f"{out_file}: is a folder; give the path of a file to write")
+    for src in sources:
+        src_path = Path(src).expanduser().resolve()
+        if out == src_path or src_path in out.parents:
+            what = "a source data file" if out == src_path else f"inside source data folder {src_path}"
+            raise InputError(f"{out_file}: resolves to {out}, {what}; write it outside the inputs so they are "
+                             "never overwritten")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Small helpers
 

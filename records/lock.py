@@ -27,10 +27,14 @@ def remove_stale_temp_files(out: Path) -> None:
 
 @contextlib.contextmanager
 def output_lock(out_dir: str | Path) -> Iterator[None]:
-    """Hold `out_dir`'s lock (creating the folder) or refuse at once with one line naming the holder."""
+    """Hold `out_dir`'s lock (creating the folder) or refuse at once with one line naming the holder.
+
+    A run refused under the lock (InputError) in a folder the lock created, before writing anything else,
+    leaves no folder behind: a refusal writes nothing."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: output folder is a file")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -43,6 +47,12 @@ def output_lock(out_dir: str | Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_stale_temp_files(out)
-        yield
+        try:
+            yield
+        except InputError:
+            if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
+            raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -23,6 +23,7 @@ import msgspec
 from records.errors import InputError
 
 ENV_PREFIX = "AF_"
+DEFAULT_PATHS = "configs/paths.yaml"
 
 
 class PathsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -149,6 +150,23 @@ def load_stage_paths(paths_file: str, args: argparse.Namespace | None = None,
     from records.config import load_config
 
     return resolve_paths(load_config(paths_file, PathsConfig), env, overrides_from_args(args) if args else None)
+
+
+def source_paths(paths: PathsConfig) -> list[Path]:
+    """The user's source data a writer must never touch: data_root and every file field (globs expanded)."""
+    found = [Path(paths.data_root)]
+    for field in FILE_FIELDS:
+        value = getattr(paths, field)
+        found += expand(value) if glob.has_magic(value) else [Path(value)]
+    return found
+
+
+def guarded_sources(paths_file: str | None, args: argparse.Namespace | None = None) -> list[Path]:
+    """source_paths of a paths config (env vars and flags applied) for stages that take no stage config
+    (label, export); the default configs/paths.yaml may be absent (then PathsConfig's defaults)."""
+    if paths_file and (Path(paths_file).is_file() or paths_file != DEFAULT_PATHS):
+        return source_paths(load_stage_paths(paths_file, args))
+    return source_paths(resolve_paths(PathsConfig(), overrides=overrides_from_args(args) if args else None))
 
 
 def expand(pattern: str | Path) -> list[Path]:

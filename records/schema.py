@@ -613,6 +613,8 @@ class CompareResult(msgspec.Struct, forbid_unknown_fields=True):
     group_pattern: str
     scores: dict[str, QuestionComparison]
     verdict: CompareVerdict
+    # arm -> what it was trained from and on (training/compare.py arm_fingerprint); {} before they were kept
+    arms: dict[str, dict[str, str]] = {}
 
 
 class PredictionRow(msgspec.Struct, forbid_unknown_fields=True):

@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "same records as one process (and a run resumes with any N)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
     p.add_argument("--test-size", type=int, help="last N scenarios held out as test.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished output folder that has nothing to resume (no _work/, e.g. a relabelled "
+                        "copy); its old files stay in .previous/ until the new run completes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set norm_prompts=128")
     p.add_argument("--paths-config", help="asset locations (PathsConfig); sets the config's `paths`")
@@ -124,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
 
     scenarios = load_scenarios(input_path, paths.known_labels)
     direction = cfg.direction or paths.af_intent_direction
-    run(cfg, scenarios, [Path(paths.data_root), input_path, Path(direction)], direction, paths.af_labels)
+    run(cfg, scenarios, [Path(paths.data_root), input_path, Path(direction)], direction, paths.af_labels,
+        overwrite=args.overwrite)
     return 0
 

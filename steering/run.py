@@ -499,12 +499,13 @@ def _load_norms(work: Path) -> dict[int, ResidualNorm] | None:
 
 
 def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], direction_path: str,
-         af_labels: list[str] = ()) -> SteeringSummary:
-    """Run the grid on already-validated scenarios; returns the summary dict."""
+         af_labels: list[str] = (), overwrite: bool = False) -> SteeringSummary:
+    """Run the grid on already-validated scenarios; returns the summary dict. `overwrite`: replace a
+    finished folder that has nothing to resume (kept aside until this run completes)."""
     from records.assets import check_output_dir, select_scenarios
     from lm.models import resolve_model
     from records.progress import append_phase
-    from records.provenance import make_manifest
+    from records.provenance import check_finished_folder, drop_set_aside, make_manifest, set_aside
     from steering.direction import load_direction
     from transformers import AutoTokenizer
 
@@ -513,6 +514,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     scenarios = select_scenarios(scenarios, cfg.limit, cfg.test_size, cfg.input)
     out = Path(cfg.output_dir)
     check_output_dir(out, source_dirs)
+    replacing = check_finished_folder(out, "steer", overwrite)  # refused before any model is touched
     model_dir = resolve_model(cfg.model)
     depth, hidden = grid.model_depth(model_dir)
     grid.validate_grid(cfg.layers, cfg.alphas, depth, cfg.model)
@@ -532,6 +534,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                 for i, s in enumerate(scenarios) for c in cfg.contexts}
     check_world(cfg.data_parallel)
     with output_lock(out):  # one writer per output folder, from the first write on
+        if replacing and check_finished_folder(out, "steer", overwrite):  # still finished, now under the lock
+            set_aside(out)
         work = out / "_work"
         groups = [(i, c, rendered[(i, c)].token_ids) for i in range(len(scenarios)) for c in cfg.contexts]
         job = DeriveJob(scenarios[:n_train_scen], list(af_labels), rendering) if cfg.derived else None
@@ -596,6 +600,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         write_json_atomic(out / "summary.json", summary)
         write_json_atomic(out / "manifest.json", make_manifest("steer", cfg, model_dir,
                                                               {"scenarios": cfg.input, "direction": str(direction_path)}))
+        drop_set_aside(out)
         title = f"{Path(cfg.model).name}: behaviour change vs baseline ({', '.join(cfg.contexts)}, {cfg.positions})"
         if cfg.heatmap:
             save_heatmap(summary, out / "heatmap.png", title)

@@ -199,6 +199,25 @@ def load_checkpoint(folder: Path, explainer: Explainer, optimizer) -> Progress:
     return progress_from_state(state)
 
 
+def check_adapter_base(folder: Path, model_path: str) -> None:
+    """Refuse to load an adapter onto a model other than the one it was trained from: its
+    adapter_config.json names the base folder, compared by weights (lm.models.same_model)."""
+    from lm.models import same_model
+
+    path = Path(folder) / "adapter" / "adapter_config.json"
+    try:
+        base = json.loads(path.read_text()).get("base_model_name_or_path") or ""
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable adapter config ({type(e).__name__})") from None
+    if not base or same_model(base, model_path):
+        return
+    if not Path(base).exists():
+        raise InputError(f"{path}: adapter trained from {base}, which is not on this machine, so nothing shows it is "
+                         f"model_path {model_path}; evaluate where that model is, or point model_path at it")
+    raise InputError(f"{path}: adapter trained from {base}, but model_path is {model_path} (other weights): an "
+                     "adapter loaded onto another base scores nonsense; set model_path to the model it was trained from")
+
+
 def saved_token_indices(folder: Path) -> list[int] | None:
     """The trainable token rows recorded in a saved adapter's config (None when it has none)."""
     path = Path(folder) / "adapter" / "adapter_config.json"

@@ -67,6 +67,44 @@ def arm_config(cc: CompareConfig, arm: str):
     return load_train_config(cc.train_config, [*cc.sets, f"model_path={model}"], str(Path(cc.output_dir) / arm))
 
 
+ARM_FINGERPRINT = "arm.json"  # <output_dir>/<arm>/arm.json: what the arm was trained from and on
+
+
+def arm_fingerprint(cfg, max_steps: int) -> dict[str, str]:
+    """What one arm's training depends on: the model it starts from (by its weights), the content of every
+    records folder and eval set it reads, the recipe (config hash, its own output folder aside) and the
+    step cap. A finished arm is reused only when all of them are unchanged."""
+    from lm.models import resolve_model
+    from records.config import config_hash
+    from records.provenance import folder_fingerprint, model_weights_id
+    from training.examples import dataset_dir
+
+    fp = {"model": cfg.model_path, "model_weights": model_weights_id(resolve_model(cfg.model_path, "model_path")),
+          "recipe": config_hash(msgspec.structs.replace(cfg, output_dir="")), "max_steps": str(max_steps)}
+    fp.update({f"records {task}": folder_fingerprint(dataset_dir(cfg, task)) for task in cfg.train.tasks})
+    fp.update({f"eval set {path}": folder_fingerprint(path) for path in cfg.train.eval_sets})
+    return fp
+
+
+def check_arm_reuse(arm_dir: Path, arm: str, fp: dict[str, str]) -> None:
+    """Refuse an arm folder whose earlier run started from another model, read other records or ran
+    another recipe (its arm.json differs), or that holds training without an arm.json to tell."""
+    saved_path = arm_dir / ARM_FINGERPRINT
+    if saved_path.is_file():
+        try:
+            saved = msgspec.json.decode(saved_path.read_bytes(), type=dict[str, str])
+        except msgspec.DecodeError as e:
+            raise InputError(f"{saved_path}: unreadable arm fingerprint ({e})") from None
+        changed = [f"{arm_dir}: the {arm} arm there was trained with {k} {saved.get(k, '(none)')!r}; this run asks "
+                   f"for {v!r}" for k, v in fp.items() if saved.get(k) != v]
+        if changed:
+            raise InputError(changed + [f"{arm_dir}: refusing to reuse or continue it (its scores would be reported "
+                                        "under this run's settings): choose another --output-dir, or remove it"])
+    elif (arm_dir / "final").exists() or (arm_dir / "checkpoints").exists():
+        raise InputError(f"{arm_dir}: holds a {arm} arm trained without {ARM_FINGERPRINT}, so nothing tells what "
+                         "model and records it was trained on: choose another --output-dir, or remove it")
+
+
 def train_arm(cfg, max_steps: int) -> Path:
     """Train one arm (debug run first, as `af-introspect train` insists), or reuse its finished run."""
     from training import distributed
@@ -188,6 +226,12 @@ def run_compare(cc: CompareConfig) -> CompareResult:
     cfgs = {arm: arm_config(cc, arm) for arm in ARMS}
     for arm in ARMS:  # both models must be at hand before either arm spends hours training
         resolve_model(cfgs[arm].model_path, f"{arm} model")
+    # every arm folder checked before any is trained: a reused arm must be what this run asks for
+    fingerprints = {arm: arm_fingerprint(cfgs[arm], cc.max_steps) for arm in ARMS}
+    for arm in ARMS:
+        check_arm_reuse(Path(cfgs[arm].output_dir), arm, fingerprints[arm])
+    for arm in ARMS:
+        write_json_atomic(Path(cfgs[arm].output_dir) / ARM_FINGERPRINT, fingerprints[arm])
     if cfgs["self"].model_path == cfgs["cross"].model_path:
         log.warning("self and cross both start from %s: the gap is 0 by construction (a control, not a comparison)",
                     cfgs["self"].model_path)
@@ -211,7 +255,8 @@ def run_compare(cc: CompareConfig) -> CompareResult:
               else group_keys([ex.input_text for ex in test], cc.group_pattern))
     scores = score_methods(test, preds, groups, cc)
     result = CompareResult(train_config=cc.train_config, models={a: cfgs[a].model_path for a in ARMS},
-                           group_pattern=cc.group_pattern, scores=scores, verdict=verdict(scores, cc.min_gap))
+                           group_pattern=cc.group_pattern, scores=scores, verdict=verdict(scores, cc.min_gap),
+                           arms=fingerprints)
     out = Path(cc.output_dir)
     write_json_atomic(out / "compare.json", result)
     table = format_table(result)

@@ -49,7 +49,8 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
         records[task] = tr
         n_test = cfg.test.tasks[task].num_samples if task in cfg.test.tasks else 0
         te = te[:n_test] if n_test else te
-        E.check_split_overlap(tr, te)
+        E.check_split_overlap(tr, te, str(folder / "test.jsonl"))
+        check_records_model(cfg, {folder / "train.jsonl": tr, folder / "test.jsonl": te})
         train += E.build_examples(tr, task, tc, slot_markers, cfg.train.seed, vectors, decode)
         test += E.build_examples(te, task, tc, slot_markers, cfg.train.seed, vectors, decode)
         for path in cfg.train.eval_sets:
@@ -66,6 +67,25 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
     if len(dims) > 1:
         raise InputError(f"vectors of different sizes in one run: {sorted(dims)}")
     return Data(train, test, eval_sets, records, dims.pop() if dims else None)
+
+
+def check_records_model(cfg: TrainConfig, splits: dict[Path, list]) -> None:
+    """Refuse records made by another model than the one this config explains (`target_model_path`):
+    the explainer would learn another model's behaviour under this one's name. A cross explainer says
+    so in its config (model_path != target_model_path); its records are still the target's."""
+    from lm.models import same_model
+
+    if not cfg.target_model_path:
+        return
+    problems = []
+    for path, records in splits.items():
+        made_by = sorted({r.engine.model for r in records if getattr(r, "engine", None) and r.engine.model})
+        problems += [f"{path}: records made by model {m!r} (engine.model), but this config explains target_model_path "
+                     f"{cfg.target_model_path!r} (another model); train on that model's records, or set "
+                     "target_model_path to the model that made them" for m in made_by
+                     if not same_model(m, cfg.target_model_path)]
+    if problems:
+        raise InputError(problems)
 
 
 def _target_decoder(cfg: TrainConfig, explainer_tokenizer):

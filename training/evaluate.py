@@ -45,7 +45,7 @@ from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
 from records.schema import CLUSTER_ATTRIBUTES, AttributeScoring, EvalMetrics, PredictionRow
 from training.attributes import attribute_scores
-from training.checkpoint import COMPLETE, load_weights, saved_token_indices
+from training.checkpoint import COMPLETE, check_adapter_base, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
 from training.examples import Example, causal_target, dataset_dir
@@ -202,6 +202,8 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     checkpoint = Path(checkpoint) if checkpoint else Path(cfg.output_dir) / "final"
     if explainer is None and not (checkpoint / COMPLETE).is_file():
         raise InputError(f"{checkpoint}: not a complete checkpoint (no COMPLETE marker); train first or pass --checkpoint")
+    if explainer is None:
+        check_adapter_base(checkpoint, cfg.model_path)
     judge_cfg, judge_name = feature_judge_config(cfg)  # a refused judge stops here, before any model loads
     out = Path(out_dir) if out_dir else checkpoint / "eval"
     device, dtype = pick_device(cfg)

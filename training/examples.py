@@ -7,7 +7,8 @@ Targets (introspective-interp's CausalBaseDataset format, so exact match is pars
 - orig_match: " " + X;  change_match: " " + Y.
 
 Also the held-out guard: no training record may carry a scenario of gold_106 or of a configured eval
-set, compared by normalised content (whitespace and case do not hide a copy).
+set, compared by skeleton (records/neardup.py: whitespace, case, look-alike letters, combining marks,
+variation selectors and invisible characters do not hide a copy).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import numpy as np
 from lm.labels import BEHAVIOURS, degenerate_problem
 from records.errors import InputError, Problems
 from records.jsonl import read_records
-from records.neardup import near_copies
-from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id, normalise_text
+from records.neardup import near_copies, skeleton, skeleton_id
+from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id
 from training.config import SLOT, TaskConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -298,20 +299,31 @@ def record_ids(r) -> set[str]:
     return set()
 
 
+def guard_ids(r) -> set[str]:
+    """A record's ids as the held-out guard matches them: record_ids plus its scenario's skeleton id."""
+    if isinstance(r, ContextAblationRecord):
+        return record_ids(r) | {skeleton_id(scenario_text(r))}
+    return record_ids(r)
+
+
 class HeldOut:
-    """Held-out scenarios by content id and normalised text, each remembering which set it came from."""
+    """Held-out scenarios by id (theirs and their skeleton's) and by skeleton text, each remembering which
+    set it came from."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, str] = {}
-        self.texts: dict[str, tuple[str, str]] = {}  # normalised text -> (set name, content id)
+        self.texts: dict[str, tuple[str, str]] = {}  # skeleton text -> (set name, content id)
+        self.n = 0
 
     def add(self, set_name: str, sid: str, text: str | None = None) -> None:
+        self.n += sid not in self.by_id
         self.by_id.setdefault(sid, set_name)
         if text:
-            self.texts.setdefault(normalise_text(text), (set_name, sid))
+            self.by_id.setdefault(skeleton_id(text), set_name)
+            self.texts.setdefault(skeleton(text), (set_name, sid))
 
     def __len__(self) -> int:
-        return len(self.by_id)
+        return self.n
 
 
 def heldout_from_config(cfg: TrainConfig, tasks: list[str], decode=None) -> HeldOut:
@@ -348,15 +360,15 @@ _ID_ONLY_MIN_CHARS = 20  # shorter held-out texts are matched by id only (a subs
 def check_no_heldout(train_records: list, held: HeldOut, decode=None, where: str = "training data") -> None:
     """Refuse to train when any training record carries a held-out scenario; list every offender.
 
-    A record matches by content id (its sample_id, or the id recomputed from its scenario text) or when
-    a held-out scenario's normalised text occurs inside the record's normalised prompt text.
+    A record matches by id (its sample_id, the content id of its scenario text, or its skeleton's) or
+    when a held-out scenario's skeleton occurs inside the skeleton of the record's prompt text.
     """
     offenders = []
     long_texts = [(t, v) for t, v in held.texts.items() if len(t) >= _ID_ONLY_MIN_CHARS]
     for r in train_records:
-        hit = next((held.by_id[i] + f" (id {i})" for i in record_ids(r) if i in held.by_id), None)
+        hit = next((held.by_id[i] + f" (id {i})" for i in guard_ids(r) if i in held.by_id), None)
         if hit is None and long_texts:
-            hay = " ".join(normalise_text(t) for t in record_texts(r, decode))
+            hay = " ".join(skeleton(t) for t in record_texts(r, decode))
             hit = next((f"{name} (id {sid}, by text)" for t, (name, sid) in long_texts if t in hay), None)
         if hit:
             offenders.append(f"training record index {getattr(r, 'index', '?')} (sample_id "
@@ -384,11 +396,15 @@ def warn_near_heldout(train_records: list, held: HeldOut, decode=None, where: st
         log.warning("%s: %d more near-copy pairs", where, len(pairs) - 20)
 
 
-def check_split_overlap(train_records: list, test_records: list) -> int:
-    """Training records whose scenario id also occurs in the test split (logged; returns the count)."""
+def check_split_overlap(train_records: list, test_records: list, where: str = "test split") -> int:
+    """Refuse a test split that holds a training record's scenario (by id or content id): it would be
+    trained on and then scored as held out. Returns 0 (kept for callers that counted)."""
     test_ids = set().union(*(record_ids(r) for r in test_records)) if test_records else set()
-    n = sum(bool(record_ids(r) & test_ids) for r in train_records)
-    if n:
-        log.warning("%d training record(s) share a scenario with the test split: the test metric is not fully held out", n)
-    return n
-
+    shared = [r for r in train_records if record_ids(r) & test_ids]
+    if shared:
+        raise InputError([f"{where}: refusing to train: {len(shared)} training record(s) also in the test split, so "
+                          "the test metric would score what was trained on; remove them from one split:"]
+                         + [f"{where}: training record index {getattr(r, 'index', '?')} (sample_id "
+                            f"{getattr(r, 'sample_id', '?')}) is also a test record" for r in shared[:10]]
+                         + ([f"{where}: {len(shared) - 10} more"] if len(shared) > 10 else []))
+    return 0

@@ -31,6 +31,7 @@ from records.assets import check_output_dir
 from records.config import config_hash
 from records.errors import InputError, StageFailure
 from records.lock import output_lock
+from records.provenance import check_stage_folder
 from records.jsonl import write_json_atomic
 from training import data as D
 from training import distributed as dist
@@ -118,6 +119,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
     warn_toy_settings(cfg)
     out = Path(cfg.output_dir) / "debug" if debug else Path(cfg.output_dir)
     check_output_dir(out, [E.dataset_dir(cfg, task) for task in cfg.train.tasks])
+    check_stage_folder(out, "train")
     ckpt_root = out / "checkpoints"
     if debug and main_process:
         shutil.rmtree(out, ignore_errors=True)

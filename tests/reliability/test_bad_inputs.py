@@ -148,14 +148,42 @@ def _append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def _other_model(ws: Workspace) -> Path:
+    """A model folder other than the toy (its own config.json and weights), outside the source folder."""
+    other = ws.out.parent / "other-model"
+    other.mkdir(exist_ok=True)
+    (other / "config.json").write_text('{"model_type": "mistral", "hidden_size": 64}')
+    (other / "model.safetensors").write_bytes(b"other weights")
+    return other
+
+
+def _records_copy(ws: Workspace, edit: Callable[[Path], None]) -> Path:
+    """A copy of the Task 3 records folder outside the sources, with `edit` applied."""
+    copy = ws.out.parent / "records-copy"
+    shutil.copytree(ws.records, copy)
+    edit(copy)
+    return copy
+
+
+def _rows_file(ws: Workspace, data: bytes) -> Path:
+    path = ws.out.parent / "rows.jsonl"
+    path.write_bytes(data)
+    return path
+
+
+def _one_cluster(ws: Workspace) -> None:
+    assignments = ws.json("cluster_assignments.json")
+    ws.write_json("cluster_assignments.json", {k: 0 for k in assignments})
+
+
 def _prepend(path: Path, data: bytes) -> None:
     path.write_bytes(data + path.read_bytes())
 
 
-def _hide_gold_in_train(ws: Workspace) -> None:
-    """A held-out gold_106 text, re-cased and re-spaced, as a training row's scenario."""
+def _hide_gold_in_train(ws: Workspace, disguise: Callable[[str], str] | None = None) -> None:
+    """A held-out gold_106 text, re-cased and re-spaced (or disguised otherwise), as a training row's scenario."""
     held = json.loads((ws.src / "task3" / "assets" / "gold_106.json").read_text())[0]["text"]
-    disguised = "  " + held.upper().replace(" ", "   ") + "\n"
+    disguised = disguise(held) if disguise else "  " + held.upper().replace(" ", "   ") + "\n"
 
     def edit(rows):
         old = rows[2]["original_user_prompt"]
@@ -335,6 +363,53 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      lambda ws: ((ws.src / _CACHE_NAME).write_bytes((ws.src / _CACHE_NAME).read_bytes()[:-4096]), features(ws))[1],
      [_CACHE_NAME, "truncated"]),
     ("scenarios-path-is-a-folder", lambda ws: generate(ws, "--input", str(ws.src)), ["src: is a folder"]),
+    # ---- Reliability III
+    ("heldout-hidden-with-cyrillic-lookalikes",
+     lambda ws: (_hide_gold_in_train(ws, lambda t: t.replace("a", "\u0430").replace("e", "\u0435")), train(ws))[1],
+     ["held-out", "train.jsonl", "index 2", "gold_106"]),
+    ("heldout-hidden-with-a-variation-selector-after-every-letter",
+     lambda ws: (_hide_gold_in_train(ws, lambda t: "".join(c + "\ufe0f" if c.isalpha() else c for c in t)),
+                 train(ws))[1],
+     ["held-out", "train.jsonl", "index 2", "gold_106"]),
+    ("train-record-copied-into-the-test-split",
+     lambda ws: (edit_records(ws, "test", lambda rows: [json.loads((ws.records / "train.jsonl").read_text()
+                                                                   .splitlines()[5]), *rows]), train(ws))[1],
+     ["test.jsonl", "training record index 5", "also a test record"]),
+    ("records-made-by-another-model",
+     lambda ws: (edit_records(ws, "train", lambda rows: [{**r, "engine": {**r["engine"], "model": str(_other_model(ws))}}
+                                                         for r in rows]), train(ws))[1],
+     ["train.jsonl", "engine.model", "other-model", "target_model_path 'toy'"]),
+    ("export-into-the-data-root",
+     lambda ws: ["export", "introspective-interp", "--run", str(ws.records), "--to", str(ws.src),
+                 "--paths-config", str(ws.paths)],
+     ["inside source data folder"]),
+    ("export-to-a-regular-file",
+     lambda ws: ((ws.out.parent / "a_file").write_text("x"),
+                 ["export", "introspective-interp", "--run", str(ws.records), "--to", str(ws.out.parent / "a_file"),
+                  "--paths-config", str(ws.paths)])[1],
+     ["a_file", "output folder is a file"]),
+    ("label-output-onto-the-held-out-set",
+     lambda ws: ["label", str(_rows_file(ws, b'{"prompt": "p", "response": "r"}\n')), "--output",
+                 str(ws.src / "gold_106.json"), "--paths-config", str(ws.paths)],
+     ["gold_106.json", "source data"]),
+    ("label-not-utf8",
+     lambda ws: ["label", str(_rows_file(ws, b'{"prompt": "\xff\xfe", "response": "r"}\n')), "--output",
+                 str(ws.out / "labelled.jsonl"), "--paths-config", str(ws.paths)],
+     ["rows.jsonl", "not UTF-8", "byte 12"]),
+    ("label-empty-file",
+     lambda ws: ["label", str(_rows_file(ws, b"")), "--output", str(ws.out / "labelled.jsonl"),
+                 "--paths-config", str(ws.paths)],
+     ["rows.jsonl", "holds no rows"]),
+    ("relabel-a-folder-without-its-test-split",
+     lambda ws: ["label", str(_records_copy(ws, lambda d: (d / "test.jsonl").unlink())), "--output", str(ws.out),
+                 "--paths-config", str(ws.paths)],
+     ["records-copy", "no test.jsonl"]),
+    ("relabel-a-torn-manifest",
+     lambda ws: ["label", str(_records_copy(ws, lambda d: (d / "manifest.json").write_text('{"stage": "gener'))),
+                 "--output", str(ws.out), "--paths-config", str(ws.paths)],
+     ["manifest.json", "not a readable stage manifest"]),
+    ("features-every-feature-in-one-cluster", lambda ws: (_one_cluster(ws), features(ws))[1],
+     ["1 cluster(s)", ">= 2 clusters"]),
     ("cluster-assignments-feature-twice",
      lambda ws: ((ws.src / "cluster_assignments.json").write_text('{"3": 0, "3": 1}'), features(ws))[1],
      ["cluster_assignments.json", "key 3 twice"]),

@@ -41,7 +41,7 @@ def toy(tmp_path_factory):
 
 def config_sets(toy, extra: list[str] | None = None) -> list[str]:
     # accumulation 2 (a kill can land between micro-batches), dropout (the RNG must be restored), two epochs
-    return (extra or []) + [f"model_path={toy['model']}", f"target_model_path={toy['model']}", f"train.dataset={toy['records']}",
+    return (extra or []) + [f"model_path={toy['model']}", "target_model_path=toy", f"train.dataset={toy['records']}",
             f"train.paths={toy['paths']}", "train.num_epochs=2", "train.batch_size=4",
             "train.gradient_accumulation=2", "train.save_steps=2", "train.save_total_limit=2",
             "train.lora_dropout=0.1", "train.eval_steps=1000", "train.eval_samples=2", "test.max_new_tokens=4"]

@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     info = write_toy_task3(root, n_train=24, n_test=6, n_gold=5)
     model = tiny_random_explainer(root / "model", info["tokenizer"])
     cfg = load_train_config(str(Path(__file__).resolve().parents[2] / "configs" / "af_context_ablation_cpu.yaml"), [
-        f"model_path={model}", f"target_model_path={model}", f"train.dataset={info['records']}",
+        f"model_path={model}", "target_model_path=toy", f"train.dataset={info['records']}",
         f"train.paths={info['paths']}", "train.num_epochs=1", "train.batch_size=8",
         "train.eval_samples=4", "test.max_new_tokens=8"], str(root / "out"))
     return cfg, train(cfg, force=True, max_steps=2)

@@ -32,7 +32,7 @@ TOTAL = 18  # 24 records x 3 question types = 72 examples, batch 4, one epoch
 
 def make_cfg(toy, out: Path, *sets: str):
     return load_train_config(str(CPU_CONFIG), [
-        f"model_path={toy['model']}", f"target_model_path={toy['model']}", f"train.dataset={toy['records']}",
+        f"model_path={toy['model']}", "target_model_path=toy", f"train.dataset={toy['records']}",
         f"train.paths={toy['paths']}", "train.num_epochs=1", "train.batch_size=4", f"train.learning_rate={LR}",
         f"train.warmup_steps={WARMUP}", "train.lr_scheduler_type=linear", f"train.loraplus_lr_ratio={RATIO}",
         "train.trainable_answer_tokens=true", "train.save_steps=3", "train.eval_steps=1000", "train.eval_samples=2",

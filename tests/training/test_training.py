@@ -41,8 +41,10 @@ def toy(tmp_path_factory):
 
 
 def tiny_cfg(toy, out: Path, *sets: str) -> TrainConfig:
+    # the records are the toy organism's (engine.model "toy"): the tiny random model explains them as a cross
+    # explainer, so target_model_path names the toy (records of another model are refused)
     return load_train_config(str(CPU_CONFIG), [
-        f"model_path={toy['model']}", f"target_model_path={toy['model']}", f"train.dataset={toy['records']}",
+        f"model_path={toy['model']}", "target_model_path=toy", f"train.dataset={toy['records']}",
         f"train.paths={toy['paths']}", "train.num_epochs=1", "train.batch_size=8", "train.eval_samples=4",
         "test.max_new_tokens=8", "train.debug_steps=2", *sets], str(out))
 
