@@ -38,6 +38,7 @@ from records.assets import load_cluster_attributes
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
 from records.schema import CLUSTER_ATTRIBUTES, AttributeScoring, EvalMetrics, PredictionRow
+from training import collapse
 from training.attributes import attribute_scores
 from training.checkpoint import COMPLETE, load_weights, saved_token_indices
 from training.continuous import resolve_markers
@@ -125,6 +126,16 @@ def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[
             shuffled[i] = dataclasses.replace(examples[i], vector=examples[idx[d]].vector)
     n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
     return {"zeroed_vectors": predict(explainer, zeroed, n, bs), "shuffled_vectors": predict(explainer, shuffled, n, bs)}
+
+
+VECTOR_CONTROLS = ("zeroed_vectors", "shuffled_vectors")
+
+
+def skip_control(method: str, question_type: str, examples: list[Example]) -> bool:
+    """A vector control on a question type whose prompt carries no vector (Task 2's orig_match) repeats the
+    explainer's answers: it is not scored there, so no NOTE says a broken vector 'reaches' it."""
+    return method in VECTOR_CONTROLS and not any(ex.vector is not None for ex in examples
+                                                 if ex.question_type == question_type)
 
 
 def _vector_group(ex: Example):
@@ -250,12 +261,13 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
             gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match"):
+                if not (method == "no_effect" and q == "orig_match") and not skip_control(method, q, examples):
                     results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
                                                                 **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
-                if method == "no_effect" and ex.question_type == "orig_match":
+                if method == "no_effect" and ex.question_type == "orig_match" or skip_control(method, ex.question_type,
+                                                                                               examples):
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
@@ -263,15 +275,16 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                           attribute_correct=named[method][i] if named else None,
                                           **score_item(ex, pred)))
     scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
+    collapsed = collapse.evaluation_flags(answers, results)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
-                                                        feature_judge=judge_name))
+                                                        feature_judge=judge_name, collapse=collapsed))
     write_records_atomic(out / "predictions.jsonl", rows)
     describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
-    table = format_table(results, scoring, judge_name if describes else None)
+    table = "\n".join([format_table(results, scoring, judge_name if describes else None), *collapse.lines(collapsed)])
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
-    return {"splits": results, "out_dir": str(out), "table": table}
+    return {"splits": results, "out_dir": str(out), "table": table, "collapse": collapsed}
 
 
 HELD_OUT_DIRECTION = "test:held_out_direction"
