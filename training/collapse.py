@@ -85,17 +85,17 @@ def lines(flags: dict[str, dict[str, str]]) -> list[str]:
     return [f"COLLAPSE: {split} {q}: {reason}" for split, qs in flags.items() for q, reason in qs.items()]
 
 
-def training_flags(pairs: list, train: list) -> dict[str, str]:
-    """{question type: reason} for one of training's evals: `pairs` its (example, answer) pairs, `train`
-    the training examples (their most common answer per question type is the majority answer; compared
-    by exact match, so not for feature descriptions, which rarely match word for word)."""
-    from training.evaluate import majority_predictions
+def training_flags(pairs: list, majority: list[str]) -> dict[str, str]:
+    """{question type: reason} for one of training's evals: `pairs` its (example, answer) pairs, `majority`
+    the most common training answer for each of those examples (compared by exact match, so not for
+    feature descriptions, which rarely match word for word)."""
     from training.scoring import score
 
     if not pairs:
         return {}
     examples, preds = [ex for ex, _ in pairs], [p for _, p in pairs]
-    ours, theirs = score(examples, preds), score(examples, majority_predictions(train, examples))
+    ours, theirs = score(examples, preds), score(examples, majority)
     worded = {ex.question_type for ex in examples if ex.task == "features_explain"}
-    majority = {q: ("exact_match", ours[q]["exact_match"], theirs[q]["exact_match"]) for q in ours if q not in worded}
-    return collapse_flags(examples, preds, majority)
+    by_majority = {q: ("exact_match", ours[q]["exact_match"], theirs[q]["exact_match"]) for q in ours
+                   if q not in worded}
+    return collapse_flags(examples, preds, by_majority)

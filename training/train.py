@@ -42,6 +42,7 @@ from training import packing as P
 from training.config import TrainConfig
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
+from training.evaluate import majority_predictions
 from training.model import Explainer, build_explainer, load_tokenizer, pick_device, trainable_tokens
 from training.runlog import MetricsLog, check_debug_gate, print_debug_data, write_debug_marker, write_run_files
 from training.scoring import eval_generation, eval_loss
@@ -74,7 +75,7 @@ def evaluate(explainer: Explainer, test_enc: list[D.Encoded], test: list[E.Examp
     entry = {"step": step, "eval_loss": eval_loss(explainer, test_enc[:n_loss], cfg.test.batch_size)}
     gen, pairs = eval_generation(explainer, test, cfg, n_generate)
     entry.update({f"{q}/{k}": v for q, m in gen.items() for k, v in m.items() if isinstance(v, (int, float))})
-    flags = collapse.training_flags(pairs, train)
+    flags = collapse.training_flags(pairs, majority_predictions(train, [ex for ex, _ in pairs]))
     if flags:
         entry["collapse"] = flags
         collapse.warn(f"at step {step}", flags)
