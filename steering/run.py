@@ -39,6 +39,7 @@ from records.parallel import check_world, owns, read_all_shards, run_workers, sh
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
 from records.schema import (ArmSummary, DirectionInfo, DirectionSummary, EngineInfo, PatchPosition, RawCompletion,
                             ResidualNorm, Scenario, SteeringRecord, SteeringSummary, read_summary)
+from records.split import train_first_order
 from steering import coherence, grid, science
 from steering import direction as dirmod
 from steering.config import SteerConfig
@@ -284,7 +285,8 @@ def build_records(cfg: SteerConfig, scenarios: list[Scenario], rendered, arms, c
 
 
 def in_training(r: SteeringRecord, n_train_scenarios: int) -> bool:
-    """Training split: the first scenarios (input order); the test scenarios follow."""
+    """Training split: the first scenarios; the test scenarios follow (main orders them so: whole groups per
+    side, records/split.py)."""
     return r.index < n_train_scenarios
 
 
@@ -487,6 +489,10 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     t0 = time.perf_counter()
     validate_early(cfg)
     scenarios = select_scenarios(scenarios, cfg.limit, cfg.test_size, cfg.input)
+    # whole groups (the toy's trigger: group_pattern; else near-duplicate texts) on one side, training first
+    order, n_train_scen = train_first_order([s.text for s in scenarios], [s.label for s in scenarios],
+                                            cfg.test_size, cfg.seed, cfg.group_pattern)
+    scenarios = [scenarios[i] for i in order]
     out = Path(cfg.output_dir)
     check_output_dir(out, source_dirs)
     model_dir = resolve_model(cfg.model)
@@ -498,7 +504,6 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     arms = grid.build_direction_arms(direction_names(cfg), cfg.layers, cfg.alphas, cfg.layers_together,
                                      cfg.alpha_zero)
     fixed = fixed_directions(cfg, unit, dir_info)
-    n_train_scen = len(scenarios) - cfg.test_size
     judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
                                      dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism, seed=cfg.seed)
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
@@ -584,7 +589,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
                      done=[f"{len(records)} steered records -> {out}/train.jsonl ({len(train)}) and test.jsonl "
-                           f"({len(records) - len(train)}: the last {cfg.test_size} scenarios"
+                           f"({len(records) - len(train)}: {len(scenarios) - n_train_scen} scenarios of held-out "
+                           f"groups"
                            f"{', and every row of ' + ', '.join(cfg.test_directions) if cfg.test_directions else ''})"
                            f"; heatmap {out}/heatmap.png"],
                      findings=lines, next_step="train the explainer on these records (af-introspect train)")

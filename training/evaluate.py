@@ -47,6 +47,7 @@ from training.examples import Example, causal_target, dataset_dir
 from training.metrics import gaps_by_question, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
+from training.task1_evidence import task1_gaps, vector_probe_predictions
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
             preds["no_effect"] = no_effect_predictions(examples)
         preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
+        probe = vector_probe_predictions(data.train, examples, attributes, cfg.train.seed) if attributes else None
+        if probe is not None:  # Task 1 with cluster attributes: the vectors read by linear probes, no LM
+            preds["vector_probe"] = probe
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
     judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
     results: dict = {}
@@ -274,6 +278,10 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                           lm_judge=judged[split, method][i] if judged else None,
                                           attribute_correct=named[method][i] if named else None,
                                           **score_item(ex, pred)))
+        # Task 1: explainer - each method, paired over held-out clusters (training/task1_evidence.py)
+        for q, per_method in task1_gaps(examples, preds, embed, named).items():
+            for method, g in per_method.items():
+                results[split].get(q, {}).get(method, {}).update(g)
     scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
     collapsed = collapse.evaluation_flags(answers, results)
     out.mkdir(parents=True, exist_ok=True)
