@@ -130,7 +130,7 @@ def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
     """Task 1's other judges of the held-out descriptions: the paper's LM judge (or that none is configured:
     no judge model ships for CPU) and the mean per-attribute accuracy of every method beside its chance."""
     methods = evaluation.splits["test"][q]
-    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "zeroed_vectors",
+    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "vector_probe", "zeroed_vectors",
                          "shuffled_vectors") if m in methods]
 
     def row(key: str) -> str:
@@ -143,7 +143,9 @@ def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
         chance = sum(scoring.chance.values()) / len(scoring.chance)
         lines.append(f"         attribute accuracy (mean of {', '.join(sorted(scoring.chance))}): "
                      f"{row('attribute_mean')}; chance {chance:.2f}")
-    return lines
+    from training.task1_evidence import gap_lines
+
+    return lines + gap_lines(methods, indent="         ")
 
 
 def main(args: argparse.Namespace) -> int:

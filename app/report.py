@@ -248,6 +248,7 @@ def held_out_direction_lines(splits: dict, indent: str = "") -> list[str]:
 def evidence_lines(run: Path) -> list[str]:
     """Summary lines of issue #28: any collapse flag of a task's evaluation, and Task 2's held-out direction."""
     from training import collapse
+    from training.task1_evidence import gap_lines
 
     lines = []
     for task, title in TASKS.items():
@@ -256,6 +257,10 @@ def evidence_lines(run: Path) -> list[str]:
             continue
         evaluation = read_summary(metrics, EvalMetrics)
         lines += [f"- {title}: **{line}**" for line in collapse.lines(evaluation.collapse)]
+        gaps = gap_lines(evaluation.splits.get("test", {}).get("generative_explanation", {}), indent="  - ")
+        if task == "task1" and gaps:
+            lines += [f"- {title}, explainer - each method, paired over held-out clusters (MiniLM similarity; "
+                      "attribute accuracy), 95% interval and sign-flip p:", *gaps]
         held = held_out_direction_lines(evaluation.splits, indent="  - ")
         if held:
             lines += [f"- {title}, held-out direction (generative explanation):", *held]
@@ -278,6 +283,9 @@ def _task1_scores(metrics: EvalMetrics) -> list[str]:
             lines.append(f"| {method} | {int(m['n'])} | {cell('semantic_similarity')} | {cell('lm_judge')} | "
                          + "".join(f"{cell('attribute:' + a)} | " for a in attrs)
                          + (f"{cell('attribute_mean')} |" if attrs else ""))
+        from training.task1_evidence import gap_lines
+
+        lines += ["", *gap_lines(methods)]
         if scoring:
             chance = [scoring.chance[a] for a in attrs]
             lines.append(f"| chance | {scoring.n} | - | - | " + "".join(f"{c:.3f} | " for c in chance)

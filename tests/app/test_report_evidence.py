@@ -36,3 +36,20 @@ def test_the_report_summary_says_collapse_and_the_held_out_direction(tmp_path):
     summary = build_report(run).read_text().split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "**COLLAPSE: test orig_match: all 8 answers are one: 'x'**" in summary
     assert "NOTE: on the held-out direction the explainer falls below the no-effect bound" in summary
+
+
+def test_the_report_summary_gives_task1_paired_gaps_over_clusters_and_a_note(tmp_path):
+    run = tmp_path / "run"
+    gap = {"n_clusters": 5.0, "similarity_gap": 0.048, "similarity_gap_lo": -0.07, "similarity_gap_hi": 0.16,
+           "similarity_sign_p": 0.25}
+    methods = {"explainer": {"n": 20.0, "semantic_similarity": 0.8},
+               "nearest_neighbour": {"n": 20.0, "semantic_similarity": 0.75, **gap},
+               "vector_probe": {"n": 20.0, "semantic_similarity": 0.8, **gap}}
+    write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json",
+                      EvalMetrics(checkpoint="x", splits={"test": {"generative_explanation": methods}}))
+    (run / "explainer_task1" / "final" / "eval" / "predictions.jsonl").write_text("")
+    text = build_report(run).read_text()
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "explainer - vector_probe over 5 held-out clusters: similarity +0.048 [-0.070, +0.160] p=0.250" in summary
+    assert "NOTE: the nearest_neighbour baseline reaches the explainer on similarity" in summary
+    assert "| vector_probe | 20 |" in text  # beside the explainer in Task 1's table
