@@ -24,6 +24,7 @@ from training.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP
 
 EXACT_SIGN_FLIP_MAX_GROUPS = 16  # 2^16 sign patterns enumerated; more groups: a seeded Monte Carlo draw
 SIGN_FLIP_DRAWS = 100_000
+MIN_HELD_OUT_CLUSTERS = 15  # below this one held-out cluster can move a mean by more than 0.07
 GAP_METRICS = {"similarity": "semantic_similarity", "attribute": "attribute_mean"}
 
 
@@ -155,6 +156,11 @@ def gap_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[st
     """Each method's paired gap to the explainer with its interval and sign-flip p, and a NOTE for every
     method that reaches the explainer (the interval of explainer - method reaches 0) on a metric."""
     lines = []
+    counts = {int(m["n_clusters"]) for m in methods.values() if "n_clusters" in m}
+    if counts and min(counts) < MIN_HELD_OUT_CLUSTERS:
+        n = min(counts)
+        lines.append(f"{indent}NOTE: only {n} held-out clusters (fewer than {MIN_HELD_OUT_CLUSTERS}): one cluster moves "
+                     f"a mean by up to {1 / n:.2f}, so these gaps rest on very few independent items")
     for method, m in methods.items():
         shown = [f"{name} {m[f'{name}_gap']:+.3f} [{m[f'{name}_gap_lo']:+.3f}, {m[f'{name}_gap_hi']:+.3f}] "
                  f"p={m[f'{name}_sign_p']:.3f}" for name in GAP_METRICS if f"{name}_gap" in m]
