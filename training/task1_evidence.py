@@ -76,8 +76,10 @@ def vector_probe_predictions(train: list[Example], test: list[Example], attribut
         return None
     x = np.stack([np.asarray(ex.vector, np.float32).ravel() for ex in pool])
     x_test = np.stack([np.asarray(test[i].vector, np.float32).ravel() for i in asked])
-    scale = np.linalg.norm(x, axis=1, keepdims=True) + 1e-12  # unit rows: the probes read direction
-    x, x_test = x / scale, x_test / (np.linalg.norm(x_test, axis=1, keepdims=True) + 1e-12)
+    # each dimension standardised on the training vectors: the toy's cache segments differ 10x in scale, and
+    # unscaled probes missed every held-out modifier (0.0) that standardised ones named (0.7; 2026-12-07)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, x_test = (x - mean) / std, (x_test - mean) / std
     predicted: list[dict[str, str]] = [{} for _ in asked]
     for attr in sorted({a for ex in pool for a in attrs(ex)}):
         y = [attrs(ex).get(attr, "") for ex in pool]
