@@ -26,9 +26,9 @@ _PLACEHOLDER = re.compile(r"reserved|unused|_pad\|?>$")
 def marker_ok(tokenizer, token: str) -> bool:
     """True when `token` is one id of this tokenizer, not the unknown one, alone and between words."""
     tid = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(tid, int) or tid == tokenizer.unk_token_id and token != tokenizer.unk_token:
+    if token == tokenizer.unk_token or not isinstance(tid, int) or tid == tokenizer.unk_token_id:
         return False
-    if token == tokenizer.unk_token or tokenizer.encode(token, add_special_tokens=False) != [tid]:
+    if tokenizer.encode(token, add_special_tokens=False) != [tid]:
         return False
     return tokenizer.encode(f"word{token}word", add_special_tokens=False).count(tid) == 1
 
