@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from app.report import explainer_dir, peer_lines, strict_lines
+from training.collapse import lines as collapse_lines
 from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
 from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_summary
 
@@ -108,6 +109,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         lines += strict_lines(methods, indent="         ")
         lines += peer_lines(methods, indent="         ")
         lines += _held_out_direction_line(evaluation.splits)
+        lines += [f"         {line}" for line in collapse_lines(evaluation.collapse)]
     from training.compare import change_rate_lines, format_table, read_result
 
     for task, what in (("task3", "held-out scenarios (whole triggers)"), ("task2", "held-out scenarios")):
@@ -123,20 +125,16 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
 
 def _held_out_direction_line(splits: dict) -> list[str]:
     """Task 2: the explainer on a steering direction it never saw in training, beside its bounds."""
-    from training.evaluate import HELD_OUT_DIRECTION
+    from app.report import held_out_direction_lines
 
-    methods = splits.get(HELD_OUT_DIRECTION, {}).get("generative_explanation", {})
-    if "explainer" not in methods:
-        return []
-    return ["         held-out direction (never trained on), strict exact match: " + "; ".join(
-        f"{m} {v['strict_exact_match']:.2f}" for m, v in methods.items() if "strict_exact_match" in v)]
+    return held_out_direction_lines(splits, indent="         ")
 
 
 def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
     """Task 1's other judges of the held-out descriptions: the paper's LM judge (or that none is configured:
     no judge model ships for CPU) and the mean per-attribute accuracy of every method beside its chance."""
     methods = evaluation.splits["test"][q]
-    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "zeroed_vectors",
+    order = [m for m in ("explainer", "untrained", "majority", "nearest_neighbour", "vector_probe", "zeroed_vectors",
                          "shuffled_vectors") if m in methods]
 
     def row(key: str) -> str:
@@ -149,7 +147,9 @@ def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
         chance = sum(scoring.chance.values()) / len(scoring.chance)
         lines.append(f"         attribute accuracy (mean of {', '.join(sorted(scoring.chance))}): "
                      f"{row('attribute_mean')}; chance {chance:.2f}")
-    return lines
+    from training.task1_evidence import gap_lines
+
+    return lines + gap_lines(methods, indent="         ")
 
 
 def main(args: argparse.Namespace) -> int:

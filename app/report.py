@@ -309,7 +309,52 @@ def _summary(run: Path) -> list[str]:
             v = read_result(compare).verdict
             lines.append(f"- {TASKS[task]}, self - cross: {v.gap.value:+.2f} [{v.gap.lo:+.2f}, {v.gap.hi:+.2f}]: "
                          + ("privileged access shown" if v.privileged_access else "NO privileged access shown"))
+    lines += evidence_lines(run)
     return ["## Summary", "", *lines, ""] if lines else []
+
+
+def held_out_direction_lines(splits: dict, indent: str = "") -> list[str]:
+    """Task 2 on a steering direction no training item added: every method's strict score with its interval,
+    the paired gap explainer - no-effect bound (along a direction that moves nothing, every target is
+    "unchanged", so the bound is the score to reach), and a NOTE when the explainer falls below it."""
+    from training.evaluate import HELD_OUT_DIRECTION
+
+    methods = splits.get(HELD_OUT_DIRECTION, {}).get("generative_explanation", {})
+    if "strict_exact_match" not in methods.get("explainer", {}):
+        return []
+    lines = [indent + "held-out direction (never trained on), strict exact match [95% CI]: " + "; ".join(
+        f"{m} {v['strict_exact_match']:.2f} [{v['strict_exact_match_lo']:.2f}, {v['strict_exact_match_hi']:.2f}]"
+        for m, v in methods.items() if "strict_exact_match_lo" in v)]
+    bound = methods.get("no_effect", {})
+    if "gap_lo" in bound:
+        gap = f"{bound['gap']:+.2f} [{bound['gap_lo']:+.2f}, {bound['gap_hi']:+.2f}]"
+        lines.append(f"{indent}held-out direction: explainer - no-effect bound = {gap} (paired, whole scenarios)")
+        if bound["gap"] < 0:
+            lines.append(f"{indent}NOTE: on the held-out direction the explainer falls below the no-effect bound "
+                         f"({gap}): it predicts effects this direction does not have")
+    return lines
+
+
+def evidence_lines(run: Path) -> list[str]:
+    """Summary lines of issue #28: any collapse flag of a task's evaluation, and Task 2's held-out direction."""
+    from training import collapse
+    from training.task1_evidence import gap_lines
+
+    lines = []
+    for task, title in TASKS.items():
+        metrics = explainer_dir(run, task) / "final" / "eval" / "metrics.json"
+        if not metrics.is_file():
+            continue
+        evaluation = read_summary(metrics, EvalMetrics)
+        lines += [f"- {title}: **{line}**" for line in collapse.lines(evaluation.collapse)]
+        gaps = gap_lines(evaluation.splits.get("test", {}).get("generative_explanation", {}), indent="  - ")
+        if task == "task1" and gaps:
+            lines += [f"- {title}, explainer - each method, paired over held-out clusters (MiniLM similarity; "
+                      "attribute accuracy), 95% interval and sign-flip p:", *gaps]
+        held = held_out_direction_lines(evaluation.splits, indent="  - ")
+        if held:
+            lines += [f"- {title}, held-out direction (generative explanation):", *held]
+    return lines
 
 
 def _task1_scores(metrics: EvalMetrics) -> list[str]:
@@ -328,6 +373,9 @@ def _task1_scores(metrics: EvalMetrics) -> list[str]:
             lines.append(f"| {method} | {int(m['n'])} | {cell('semantic_similarity')} | {cell('lm_judge')} | "
                          + "".join(f"{cell('attribute:' + a)} | " for a in attrs)
                          + (f"{cell('attribute_mean')} |" if attrs else ""))
+        from training.task1_evidence import gap_lines
+
+        lines += ["", *gap_lines(methods)]
         if scoring:
             chance = [scoring.chance[a] for a in attrs]
             lines.append(f"| chance | {scoring.n} | - | - | " + "".join(f"{c:.3f} | " for c in chance)

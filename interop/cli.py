@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explainer", default=DEFAULT_EXPLAINER,
                    help="model_path of the configs: the explainer introspective-interp trains (Llama-3, Gemma, Qwen)")
     p.add_argument("--tokenizer",
-                   help="explainer tokenizer for the 500-token counts and Task 2's input tokens (default: --explainer)")
+                   help="explainer tokenizer for the 500-token counts, Task 2's input tokens and the continuous-token "
+                        "markers (three spare special tokens of its own; refused if it has none) (default: --explainer)")
     p.add_argument("--paths-config", default="configs/paths.yaml",
                    help="asset locations (PathsConfig): --to may not be or lie inside any of them")
     p.add_argument("--target", help="target_model_path of the configs; its tokenizer renders Task 2's patched "
@@ -57,10 +58,10 @@ def main(args: argparse.Namespace) -> int:
     check_output_dir(args.to, guarded_sources(args.paths_config))  # the one source guard, before anything loads
     tasks = ii_export.find_tasks(args.run)
     target = args.target or ii_export.recorded_target(tasks)
-    tokenizer = target_tokenizer = None
+    target_tokenizer = None
     tokenizer_name = args.tokenizer or args.explainer
+    tokenizer = _load_tokenizer(tokenizer_name, "explainer")  # every task: the continuous-token markers come from it
     if "hint_attribution" in tasks or "act_patch" in tasks:
-        tokenizer = _load_tokenizer(tokenizer_name, "explainer")
         if not getattr(tokenizer, "chat_template", None):
             raise InputError(f"explainer tokenizer {tokenizer_name}: no chat template; the configs' prompts are "
                              "chats (use an instruct model's tokenizer)")
@@ -68,8 +69,7 @@ def main(args: argparse.Namespace) -> int:
         if not target:
             raise InputError("Task 2 records name no model; pass --target")
         target_tokenizer = _load_tokenizer(target, "target")
-    summary = ii_export.export(args.run, args.to, tokenizer, target_tokenizer, args.explainer, target,
-                               tokenizer_name if tokenizer is not None else "")
+    summary = ii_export.export(args.run, args.to, tokenizer, target_tokenizer, args.explainer, target, tokenizer_name)
     print("\n".join(summary["summary"]))
     print(f"wrote {args.to}: commands in {args.to}/README.md")
     return 0

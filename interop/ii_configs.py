@@ -12,10 +12,6 @@ from pathlib import Path
 
 import yaml
 
-# Llama-3's reserved tokens, as the reference's own configs use them for the continuous-vector slot.
-LLAMA3_MARKERS = {"begin_continuous": "<|reserved_special_token_10|>",
-                  "end_continuous": "<|reserved_special_token_11|>",
-                  "continuous_rep": "<|reserved_special_token_12|>"}
 DEFAULT_EXPLAINER = "meta-llama/Llama-3.1-8B-Instruct"
 ALL_SAMPLES = 100_000_000  # the reference's "no cap" value
 WEIGHTS = {"generative_explanation": 1.0, "orig_match": 0.5, "change_match": 0.5}
@@ -59,8 +55,10 @@ def question_types(task: str) -> dict:
             for q in PROMPTS[task]}
 
 
-def train_config(task: str, data: dict, explainer: str, target: str, checkpoints: Path, n_test: int) -> dict:
-    """One config/af/<stem>.yaml as a mapping. `data`: the task's data keys (paths, dataset names, layers)."""
+def train_config(task: str, data: dict, explainer: str, target: str, checkpoints: Path, n_test: int,
+                 markers: dict[str, str]) -> dict:
+    """One config/af/<stem>.yaml as a mapping. `data`: the task's data keys (paths, dataset names, layers);
+    `markers`: the continuous tokens picked from the explainer's tokenizer (interop/ii_markers.py)."""
     task_block = {"num_samples": ALL_SAMPLES, "weight": 1.0,
                   "evaluation_type": "semantic_similarity" if task == "features_explain" else "mixed",
                   "question_types": question_types(task)}
@@ -69,7 +67,7 @@ def train_config(task: str, data: dict, explainer: str, target: str, checkpoints
     return {
         "target_model_path": target,
         "model_path": explainer,
-        "continuous_tokens": dict(LLAMA3_MARKERS),
+        "continuous_tokens": dict(markers),
         "output_dir": str(checkpoints / STEMS[task]),
         "use_embed_proj": False,
         "train": {

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from interop import ii_configs, ii_rows
+from interop import ii_configs, ii_markers, ii_rows
 from records.errors import InputError
 from records.jsonl import read_records, write_atomic
 from records.schema import ContextAblationRecord, FeatureRecord, RunManifest, SteeringRecord
@@ -125,11 +125,10 @@ def plan_hint(folder: Path, tokenizer, plan: Plan) -> None:
     plan.summary["hint_attribution"] = info
 
 
-def plan_act_patch(folder: Path, tokenizer, target_tokenizer, plan: Plan) -> None:
+def plan_act_patch(folder: Path, tokenizer, target_tokenizer, plan: Plan, chosen: dict[str, str]) -> None:
     """Task 2 rows with inline vectors; arms with differing per-layer alphas split into per-layer rows."""
-    markers = {"begin_continuous": ii_configs.LLAMA3_MARKERS["begin_continuous"],
-               "end_continuous": ii_configs.LLAMA3_MARKERS["end_continuous"],
-               "feature": ii_configs.LLAMA3_MARKERS["continuous_rep"]}
+    markers = {"begin_continuous": chosen["begin_continuous"], "end_continuous": chosen["end_continuous"],
+               "feature": chosen["continuous_rep"]}
     info = {"records": folder.as_posix(), "over_token_limit": [], "split_records": 0}
     units: dict[str, np.ndarray] = {}
 
@@ -206,7 +205,7 @@ def plan_features(folder: Path, plan: Plan) -> None:
     plan.summary["features_explain"] = info
 
 
-def plan_configs(out: Path, plan: Plan, explainer: str, target: str) -> list[Path]:
+def plan_configs(out: Path, plan: Plan, explainer: str, target: str, markers: dict[str, str], how: str) -> list[Path]:
     """config/af/<stem>.yaml for each exported task; returns their absolute paths."""
     written = []
     for task, info in plan.summary.items():
@@ -223,12 +222,12 @@ def plan_configs(out: Path, plan: Plan, explainer: str, target: str) -> list[Pat
                     "split_explanations_data": f"explanations/by_{mode}/{{split}}_explanations.pkl",
                     "layers": info["layers"]}
             n_test = info[f"{mode}_test_features"]
-        config = ii_configs.train_config(task, data, explainer, target, out / "checkpoints", n_test)
+        config = ii_configs.train_config(task, data, explainer, target, out / "checkpoints", n_test, markers)
         rel = f"config/af/{ii_configs.STEMS[task]}.yaml"
         plan.files[rel] = ii_configs.dump_yaml(config, f"introspective-interp config written by af-introspect export "
                                                        f"({task}); commands: {out / 'README.md'}\n"
-                                                       "continuous_tokens are Llama-3's reserved tokens: change them "
-                                                       "for an explainer of another family")
+                                                       "continuous_tokens: picked from the explainer tokenizer "
+                                                       f"({how})")
         written.append(out / rel)
     return written
 
@@ -255,7 +254,10 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"{task}: {info['train_rows']} train / {info['test_rows']} test rows{extra}; "
                      f"{len(info['over_token_limit'])} examples over {ii_rows.REFERENCE_TOKEN_LIMIT} tokens "
                      "(the reference skips them)")
-    return lines + [f"token counts: {summary['tokenizer']}"]
+    marks = summary["continuous_tokens"]
+    return lines + [f"token counts: {summary['tokenizer']}",
+                    f"continuous tokens (begin, rep, end): {marks['begin_continuous']} {marks['continuous_rep']} "
+                    f"{marks['end_continuous']}, from the explainer tokenizer: {marks['chosen_by']}"]
 
 
 def export(run: Path, out: Path, tokenizer=None, target_tokenizer=None, explainer: str = ii_configs.DEFAULT_EXPLAINER,
@@ -267,16 +269,20 @@ def export(run: Path, out: Path, tokenizer=None, target_tokenizer=None, explaine
     """
     out = Path(out).expanduser().resolve()
     tasks = find_tasks(run)
+    if tokenizer is None:
+        raise InputError("the export needs the explainer's tokenizer: its continuous-token markers come from it")
+    markers, how = ii_markers.continuous_markers(tokenizer)
     plan = Plan()
     if "hint_attribution" in tasks:
         plan_hint(tasks["hint_attribution"], tokenizer, plan)
     if "act_patch" in tasks:
-        plan_act_patch(tasks["act_patch"], tokenizer, target_tokenizer, plan)
+        plan_act_patch(tasks["act_patch"], tokenizer, target_tokenizer, plan, markers)
     if "features_explain" in tasks:
         plan_features(tasks["features_explain"], plan)
-    configs = plan_configs(out, plan, explainer, target)
+    configs = plan_configs(out, plan, explainer, target, markers, how)
     summary = {"run": str(Path(run).resolve()), "explainer": explainer, "target": target,
-               "tokenizer": tokenizer_name or "none (no text task)", "token_limit": ii_rows.REFERENCE_TOKEN_LIMIT,
+               "tokenizer": tokenizer_name, "token_limit": ii_rows.REFERENCE_TOKEN_LIMIT,
+               "continuous_tokens": {**markers, "chosen_by": how},
                "tasks": plan.summary, "configs": [str(c) for c in configs]}
     lines = summary_lines(summary)
     summary["summary"] = lines

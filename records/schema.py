@@ -578,6 +578,9 @@ class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
     attributes: dict[str, dict[str, AttributeScoring]] = {}  # split -> question type -> how it was scored
     feature_judge: str = ""  # the LM judge of feature descriptions; "" = not configured
     seconds: dict[str, float] = {}  # wall time of evaluate's pieces (few-shot, calibration, templates, ...)
+    # split -> question type -> why the explainer counts as collapsed (one answer for all; on the test
+    # split also no better than the majority answer): training/collapse.py
+    collapse: dict[str, dict[str, str]] = {}
 
 
 class Interval(msgspec.Struct, forbid_unknown_fields=True):

@@ -97,3 +97,19 @@ def grouped_split(groups: Sequence[str], strata: Sequence[str], test_size: int, 
             taken += len(members[g])
     test_set = set(test)
     return [i for i in range(n) if i not in test_set], sorted(test_set)
+
+
+def train_first_order(texts: Sequence[str], strata: Sequence[str], test_size: int, seed: int,
+                      pattern: str = "") -> tuple[list[int], int]:
+    """(an order of the items with the training items first, the number of training items): the grouped
+    split of `texts` (`group_keys` with `pattern`, then `grouped_split`), for a stage that holds out "the
+    items after the first n". Each side keeps its input order."""
+    train, test = grouped_split(group_keys(texts, pattern), strata, test_size, seed)
+    return train + test, len(train)
+
+
+def spanning_groups(train_texts: Sequence[str], test_texts: Sequence[str], pattern: str = "") -> set[str]:
+    """The groups (pattern captures, or near-duplicate components over both sides) with items on both sides:
+    empty for a split that keeps every group on one side."""
+    keys = group_keys([*train_texts, *test_texts], pattern)
+    return set(keys[:len(train_texts)]) & set(keys[len(train_texts):])

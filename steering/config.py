@@ -59,7 +59,9 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     data_parallel: int = 1  # processes, one per GPU, each on its own shard of the scenarios
     engine: Literal["fast", "hf"] = "fast"  # fast: static cache + CUDA-graph decode; hf: transformers generate
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on with a CUDA GPU
-    test_size: int = 200  # the last N scenarios (input order) form test.jsonl
+    test_size: int = 200  # about N scenarios form test.jsonl: whole groups, drawn per label (records/split.py)
+    # regex whose capture groups scenarios (the toy's nonce trigger); "" = near-duplicate texts
+    group_pattern: str = ""
     limit: int = 0  # 0 = all scenarios; N = the first N
     inline_vectors: bool = False  # write each record's intervention vector (hidden_size floats) inline
     # lm_judge/both: the judge (lm/judge.py, on vLLM) labels; both adds Cohen's kappa against the rules

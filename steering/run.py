@@ -40,6 +40,7 @@ from records.resume import check_resume_key, model_fingerprint, prompt_digest, r
 from records.schema import (ArmSummary, DirectionInfo, DirectionSummary, EngineInfo, PatchPosition, RawCompletion,
                             ResidualNorm, Scenario, SteeringRecord, SteeringSummary, read_summary)
 from lm import coherence
+from records.split import train_first_order
 from steering import grid, science
 from steering import direction as dirmod
 from steering.config import SteerConfig
@@ -301,7 +302,8 @@ def control_only(cfg: SteerConfig, arm: grid.Arm) -> bool:
 
 
 def in_training(r: SteeringRecord, n_train_scenarios: int) -> bool:
-    """Training split: the first scenarios (input order); the test scenarios follow."""
+    """Training split: the first scenarios; the test scenarios follow (main orders them so: whole groups per
+    side, records/split.py)."""
     return r.index < n_train_scenarios
 
 
@@ -512,6 +514,10 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     t0 = time.perf_counter()
     validate_early(cfg)
     scenarios = select_scenarios(scenarios, cfg.limit, cfg.test_size, cfg.input)
+    # whole groups (the toy's trigger: group_pattern; else near-duplicate texts) on one side, training first
+    order, n_train_scen = train_first_order([s.text for s in scenarios], [s.label for s in scenarios],
+                                            cfg.test_size, cfg.seed, cfg.group_pattern)
+    scenarios = [scenarios[i] for i in order]
     out = Path(cfg.output_dir)
     check_output_dir(out, source_dirs)
     replacing = check_finished_folder(out, "steer", overwrite)  # refused before any model is touched
@@ -523,7 +529,6 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         raise InputError(f"random_directions {cfg.random_directions}: must be 0 or a positive count")
     arms = grid_arms(cfg)
     fixed = fixed_directions(cfg, unit, dir_info)
-    n_train_scen = len(scenarios) - cfg.test_size
     judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
                                      dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism, seed=cfg.seed)
     self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
@@ -619,7 +624,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         print("\n".join(lines))
         append_phase(cfg.progress_log, "3", "Task 2 steering grid", "DONE",
                      done=[f"{len(records)} steered records -> {out}/train.jsonl ({len(train)}) and test.jsonl "
-                           f"({len(records) - len(train)}: the last {cfg.test_size} scenarios"
+                           f"({len(records) - len(train)}: {len(scenarios) - n_train_scen} scenarios of held-out "
+                           f"groups"
                            f"{', and every row of ' + ', '.join(cfg.test_directions) if cfg.test_directions else ''})"
                            f"; heatmap {out}/heatmap.png"],
                      findings=lines, next_step="train the explainer on these records (af-introspect train)")

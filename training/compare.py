@@ -172,13 +172,16 @@ def _interval(d: dict) -> Interval:
 def score_methods(test_ex: list, preds: dict[str, list[str]], groups: list, cc: CompareConfig
                   ) -> dict[str, QuestionComparison]:
     """Per question type: every method's strict scores with intervals, and self's paired gaps."""
+    from training.evaluate import skip_control
+
     out = {}
     for q in dict.fromkeys(ex.question_type for ex in test_ex):
         idx = [i for i, ex in enumerate(test_ex) if ex.question_type == q]
         targets = [test_ex[i].target for i in idx]
         g = [groups[i] for i in idx]
         items = {m: metrics.score_items(q, [p[i] for i in idx], targets) for m, p in preds.items()
-                 if not (m == "no_effect" and q == "orig_match")}  # its answer there is the truth
+                 if not (m == "no_effect" and q == "orig_match")  # its answer there is the truth
+                 and not skip_control(m, q, test_ex)}  # a prompt without a vector: the control repeats self
         methods = {m: {k: _interval(v) for k, v in metrics.metrics_with_intervals(s, g, cc.n_bootstrap, cc.seed).items()}
                    for m, s in items.items()}
         gaps = {f"self-{other}": _interval(metrics.paired_gap(items["self"], items[other], groups=g,

@@ -44,6 +44,7 @@ from records.assets import load_cluster_attributes
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
 from records.schema import CLUSTER_ATTRIBUTES, AttributeScoring, EvalMetrics, PredictionRow
+from training import collapse
 from training.attributes import attribute_scores
 from training.checkpoint import COMPLETE, check_adapter_base, load_weights, saved_token_indices
 from training.continuous import resolve_markers
@@ -53,6 +54,7 @@ from training.metrics import gaps_by_question, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.peers import VECTOR_NN, evaluate_peers, vector_nn_predictions, vector_question_types
 from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
+from training.task1_evidence import task1_gaps, vector_probe_predictions
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,16 @@ def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[
             shuffled[i] = dataclasses.replace(examples[i], vector=examples[idx[d]].vector)
     n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
     return {"zeroed_vectors": predict(explainer, zeroed, n, bs), "shuffled_vectors": predict(explainer, shuffled, n, bs)}
+
+
+VECTOR_CONTROLS = ("zeroed_vectors", "shuffled_vectors")
+
+
+def skip_control(method: str, question_type: str, examples: list[Example]) -> bool:
+    """A vector control on a question type whose prompt carries no vector (Task 2's orig_match) repeats the
+    explainer's answers: it is not scored there, so no NOTE says a broken vector 'reaches' it."""
+    return method in VECTOR_CONTROLS and not any(ex.vector is not None for ex in examples
+                                                 if ex.question_type == question_type)
 
 
 def _vector_group(ex: Example):
@@ -250,6 +262,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                       embed, fewshot=untrained, explainer_extras=controls)
         for piece, t in peers[split].seconds.items():
             seconds[piece] = seconds.get(piece, 0.0) + t
+        probe = vector_probe_predictions(data.train, examples, attributes, cfg.train.seed) if attributes else None
+        if probe is not None:  # Task 1 with cluster attributes: the vectors read by linear probes, no LM
+            preds["vector_probe"] = probe
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
     judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
     results: dict = {}
@@ -269,13 +284,14 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
             gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
             judge = judge_means(examples, judged.get((split, method)))
             for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, vector_qs):
+                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, vector_qs) \
+                        and not skip_control(method, q, examples):
                     results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
                                                                 **judge.get(q, {}),
                                                                 **by_attribute.get(q, {}).get(method, {})}
             for i, (ex, pred) in enumerate(zip(examples, p)):
                 if (method == "no_effect" and ex.question_type == "orig_match") or not _scored(
-                        method, ex.question_type, vector_qs):
+                        method, ex.question_type, vector_qs) or skip_control(method, ex.question_type, examples):
                     continue
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred,
@@ -283,16 +299,22 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
                                           attribute_correct=named[method][i] if named else None,
                                           **_confidence(peers[split], method, i), **score_item(ex, pred)))
         rows += peer_rows(split, examples, peers[split], results[split])
+        # Task 1: explainer - each method, paired over held-out clusters (training/task1_evidence.py)
+        for q, per_method in task1_gaps(examples, preds, embed, named).items():
+            for method, g in per_method.items():
+                results[split].get(q, {}).get(method, {}).update(g)
     scoring = {split: {q: AttributeScoring(**info) for q, info in qs.items()} for split, qs in scoring.items() if qs}
+    collapsed = collapse.evaluation_flags(answers, results)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
-                                                        feature_judge=judge_name, seconds=seconds))
+                                                        feature_judge=judge_name, seconds=seconds,
+                                                        collapse=collapsed))
     write_records_atomic(out / "predictions.jsonl", rows)
     describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
-    table = format_table(results, scoring, judge_name if describes else None)
+    table = "\n".join([format_table(results, scoring, judge_name if describes else None), *collapse.lines(collapsed)])
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
-    return {"splits": results, "out_dir": str(out), "table": table}
+    return {"splits": results, "out_dir": str(out), "table": table, "collapse": collapsed}
 
 
 def _groups(examples: list[Example]) -> list | None:

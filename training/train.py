@@ -34,6 +34,7 @@ from records.lock import output_lock
 from records.provenance import check_stage_folder
 from records.jsonl import write_json_atomic
 from training import data as D
+from training import collapse
 from training import distributed as dist
 from training import examples as E
 from training.checkpoint import (Progress, check_resume, complete_checkpoints, load_checkpoint, remove_partial_saves,
@@ -42,6 +43,7 @@ from training import packing as P
 from training.config import TrainConfig
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
+from training.evaluate import majority_predictions
 from training.model import Explainer, build_explainer, load_tokenizer, pick_device, trainable_tokens
 from training.runlog import MetricsLog, check_debug_gate, print_debug_data, write_debug_marker, write_run_files
 from training.scoring import eval_generation, eval_loss
@@ -68,11 +70,16 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def evaluate(explainer: Explainer, test_enc: list[D.Encoded], test: list[E.Example], cfg: TrainConfig, step: int,
-             metrics: MetricsLog, n_loss: int, n_generate: int, show_answers: bool) -> dict:
-    """Loss on the first `n_loss` test examples, exact match on `n_generate` generated answers; logged."""
+             metrics: MetricsLog, n_loss: int, n_generate: int, show_answers: bool, train: list[E.Example]) -> dict:
+    """Loss on the first `n_loss` test examples, exact match on `n_generate` generated answers, and any
+    collapse (training/collapse.py); logged."""
     entry = {"step": step, "eval_loss": eval_loss(explainer, test_enc[:n_loss], cfg.test.batch_size)}
     gen, pairs = eval_generation(explainer, test, cfg, n_generate)
     entry.update({f"{q}/{k}": v for q, m in gen.items() for k, v in m.items() if isinstance(v, (int, float))})
+    flags = collapse.training_flags(pairs, majority_predictions(train, [ex for ex, _ in pairs]))
+    if flags:
+        entry["collapse"] = flags
+        collapse.warn(f"at step {step}", flags)
     metrics.write(entry, "eval")
     print(f"eval @ step {step} on {min(n_loss, len(test_enc))} test examples: loss {entry['eval_loss']:.4f}"
           + "".join(f", {k} {v:.3f}" for k, v in entry.items() if k.endswith("exact_match")))
@@ -274,7 +281,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                           f"lr {lr:.2e} ({rate:,.0f} tok/s)")
                 if step % t.eval_steps == 0 and main_process:
                     last_eval, answers = evaluate(explainer, test_enc, data.test, cfg, step, metrics, n_loss, n_generate,
-                                                  debug)
+                                                  debug, data.train)
                 if step % t.save_steps == 0 or step == limit:
                     save()
                     last_saved = step
@@ -283,7 +290,7 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
             if main_process:
                 if prog.step % t.eval_steps != 0:
                     last_eval, answers = evaluate(explainer, test_enc, data.test, cfg, prog.step, metrics, n_loss,
-                                                  n_generate, debug)
+                                                  n_generate, debug, data.train)
                 if debug:
                     check_debug_answers(answers, before, losses)
                 save_final(out, explainer, prog.step, total_steps, config_hash(cfg))
@@ -293,7 +300,8 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
         summary = {"steps": prog.step, "total_steps": total_steps, "first_loss": losses[0] if losses else None,
                    "last_loss": losses[-1] if losses else None, "eval": last_eval, "output_dir": str(out),
                    "final": str(out / "final"), "resumed_from": resumed_from,
-                   "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen), "wall_s": time.perf_counter() - t0}
+                   "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen), "wall_s": time.perf_counter() - t0,
+                   "collapse": last_eval.get("collapse", {})}
         if not main_process:
             return summary
         if debug:

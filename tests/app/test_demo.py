@@ -45,7 +45,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
                 "noise floor, monitored twice", "noise floor, unmonitored twice", "verdict"):
         assert row in table, row
 
-    # Task 2: the steering explainer is the self arm of its own comparison; random1 is held out of training
+    # Task 2: the steering explainer is the self arm of its own comparison; random3 is held out of training
     compare2 = read_summary(run / "compare_task2" / "compare.json", CompareResult)
     assert {"self", "cross", "lookup", "no_effect", "zeroed_vectors"} <= set(compare2.scores["generative_explanation"].methods)
     assert "Task 2, self vs cross" in proc.stdout and "held-out direction (never trained on)" in proc.stdout
@@ -53,7 +53,7 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
     assert "few-shot in context" in proc.stdout and "vector_nearest_neighbour" in proc.stdout
     assert "calibration (the explainer's probability of its own answer" in proc.stdout
     steering = [json.loads(line) for line in (run / "task2" / "train.jsonl").read_text().splitlines()]
-    assert {r["direction_name"] for r in steering} == {"file", "-file", "random0"}
+    assert {r["direction_name"] for r in steering} == {"file", "-file", "random0", "random1", "random2"}
 
     # report, plots and the research log
     report = (run / "report.md").read_text()

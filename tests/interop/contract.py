@@ -158,3 +158,13 @@ def feature_examples(config: dict, split: str) -> list[dict]:
         out.append({"layer": layer, "feature_idx": feature_idx, "vector": weights[layer][:, feature_idx],
                     "target": label["chosen_label"]})
     return out
+
+
+def vector_positions(tokenizer, chat: list[dict], markers: dict[str, str]) -> int:
+    """Positions of `chat` where the reference writes a vector: its tokenized prompt (chat template, default
+    special tokens) holding the id `convert_tokens_to_ids(continuous_rep)` (its train.py's lookup)."""
+    rep = tokenizer.convert_tokens_to_ids(markers["continuous_rep"])
+    if rep is None or rep == tokenizer.unk_token_id:
+        return 0  # the reference matches the unknown id, which no marker text in the prompt produced
+    ids = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False))["input_ids"]
+    return ids.count(rep)

@@ -393,8 +393,9 @@ def test_resume_after_kill_gives_the_same_records_as_a_clean_run(organism_dir, t
 
     train = read_records(clean / "train.jsonl", SteeringRecord)
     test = read_records(clean / "test.jsonl", SteeringRecord)
-    assert {r.index for r in train} == set(range(N_SCEN - TEST)) and {r.index for r in test} == set(
-        range(N_SCEN - TEST, N_SCEN))
+    n_train = len({r.index for r in train})  # whole trigger groups per side: about TEST held out
+    assert {r.index for r in train} == set(range(n_train)) and {r.index for r in test} == set(range(n_train, N_SCEN))
+    assert 0 < N_SCEN - n_train <= N_SCEN - 1
     assert len(train) + len(test) == N_SCEN * 2  # two steered arms per scenario; the baseline is no record
     r = train[0]
     assert r.layer == [2] and r.input_tokens[-1] == "[/INST]" and r.patch_position.orig_pos == len(r.input_tokens) - 1
