@@ -552,7 +552,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         check_resume_key(work, resume_key(cfg, model_dir, dir_info["id"], norm_sample(cfg, groups), derive_sample,
                                           derive_sides),
                          "model or its weights, direction, grid, scale and the prompts its norms come from, "
-                         "positions, length or batch size, the scenarios and labels a derived direction comes from")
+                         "positions, length or batch size, the scenarios and labels a derived direction comes from, "
+                         "or the train/test split that labels and groups decide")
         if not (work / "direction.npy").exists():  # the records point at this copy, not at the user's file
             shutil.copyfile(direction_path, work / "direction.npy")
 

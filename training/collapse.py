@@ -21,8 +21,10 @@ def one_answer(targets: list[str], preds: list[str]) -> str:
 
 
 def no_better_than_majority(metric: str, explainer: float, majority: float) -> str:
-    """The reason, when the explainer's score is at or below the majority answer's; else ""."""
-    if explainer == explainer and majority == majority and explainer <= majority:
+    """The reason, when the explainer's score is at or below the majority answer's; else "". A perfect score
+    is never a collapse: where one answer is right for every item (Task 2's orig_match on a test split of
+    one behaviour) the majority is perfect too, and there is nothing to beat."""
+    if explainer == explainer and majority == majority and explainer <= majority and explainer < 1.0:
         return f"{metric} {explainer:.3f} <= the majority answer's {majority:.3f}"
     return ""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from records.config import load_config
-from records.errors import InputError
+from records.errors import InputError, StageFailure
 from records.jsonl import read_records, write_json_atomic
 from records.schema import (CompareResult, CompareVerdict, ContextAblationRecord, ControlRecord, Interval,
                             PredictionRow, QuestionComparison, read_summary)
@@ -169,11 +169,20 @@ def _interval(d: dict) -> Interval:
     return Interval(value=d["value"], lo=d["lo"], hi=d["hi"])
 
 
-def score_methods(test_ex: list, preds: dict[str, list[str]], groups: list, cc: CompareConfig
+def answered(method: str, question_type: str, answers: list) -> bool:
+    """Whether a method answered a question type: evaluate leaves out what a method is not scored on (a
+    vector control where the prompt has no vector). Some items answered and others not is a broken arm,
+    never a wrong answer."""
+    missing = sum(a is None for a in answers)
+    if missing and missing < len(answers):
+        raise StageFailure(f"compare: {method} answered {len(answers) - missing} of {len(answers)} "
+                           f"{question_type} test items; rerun its evaluation")
+    return not missing
+
+
+def score_methods(test_ex: list, preds: dict[str, list], groups: list, cc: CompareConfig
                   ) -> dict[str, QuestionComparison]:
     """Per question type: every method's strict scores with intervals, and self's paired gaps."""
-    from training.evaluate import skip_control
-
     out = {}
     for q in dict.fromkeys(ex.question_type for ex in test_ex):
         idx = [i for i, ex in enumerate(test_ex) if ex.question_type == q]
@@ -181,7 +190,7 @@ def score_methods(test_ex: list, preds: dict[str, list[str]], groups: list, cc: 
         g = [groups[i] for i in idx]
         items = {m: metrics.score_items(q, [p[i] for i in idx], targets) for m, p in preds.items()
                  if not (m == "no_effect" and q == "orig_match")  # its answer there is the truth
-                 and not skip_control(m, q, test_ex)}  # a prompt without a vector: the control repeats self
+                 and answered(m, q, [p[i] for i in idx])}
         methods = {m: {k: _interval(v) for k, v in metrics.metrics_with_intervals(s, g, cc.n_bootstrap, cc.seed).items()}
                    for m, s in items.items()}
         gaps = {f"self-{other}": _interval(metrics.paired_gap(items["self"], items[other], groups=g,
@@ -251,7 +260,7 @@ def run_compare(cc: CompareConfig) -> CompareResult:
         names = {"explainer": arm, **{m: m for m in SELF_EVAL_METHODS if m in by_method}} if arm == "self" \
             else {"explainer": arm}
         for method, name in names.items():
-            preds[name] = [by_method[method].get((ex.question_type, ex.sample_id), "") for ex in test]
+            preds[name] = [by_method[method].get((ex.question_type, ex.sample_id)) for ex in test]  # None: not asked
     preds.update(text_baseline_predictions(data, tokenizer, cc.seed, test))
     # a scenario's items (Task 2: one per arm) are resampled together; else the pattern's groups
     groups = ([ex.meta["group"] for ex in test] if all("group" in ex.meta for ex in test)

@@ -124,7 +124,9 @@ def _run(tmp_path: Path) -> None:
     # trigger 1.00 / modifier 0.70 (attribute mean 0.85) at similarity 0.924; the explainer 0.625 at 0.848. The
     # explainer does NOT beat the probes, and the report says so (NOTE); a recipe that does changes this line.
     probe = methods["vector_probe"]
-    assert {int(m["n_clusters"]) for k, m in methods.items() if k != "explainer"} == {len(test_ids)}
+    # few-shot answers carry their own paired gap over items and draws (training/peers.py)
+    assert {int(m["n_clusters"]) for k, m in methods.items()
+            if k != "explainer" and not k.startswith("fewshot")} == {len(test_ids)}
     assert {"similarity_gap_lo", "similarity_sign_p", "attribute_gap_hi"} <= set(methods["nearest_neighbour"])
     assert probe["attribute_mean"] >= explainer and probe["semantic_similarity"] >= sim["explainer"] - 0.02
     from training.task1_evidence import gap_lines

@@ -8,7 +8,6 @@ loading (loading a model raises here, so a late refusal fails the test).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 from organism.assets import write_synthetic_assets
 from app.cli import main as cli_main
 from toy_records import ONE_DIRECTION, write_toy_task3
+from trials import tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
 HIDDEN = 128  # the toy organism's residual width
@@ -415,19 +415,12 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      ["cluster_assignments.json", "key 3 twice"]),
 ]
 
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("case,setup,needles", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_with_one_collected_report(ws, capsys, case, setup, needles):
     argv = setup(ws)
-    before = _tree_digest(ws.src)
+    before = tree_digest(ws.src)
     capsys.readouterr()
     rc = cli_main(argv)
     err = capsys.readouterr().err
@@ -438,7 +431,7 @@ def test_bad_input_is_refused_with_one_collected_report(ws, capsys, case, setup,
     missing = [n for n in needles if n not in report]
     assert not missing, f"report lacks {missing}:\n{report}"
     assert not ws.out.exists(), "the refused run wrote its output folder"
-    assert _tree_digest(ws.src) == before, "the refused run changed the source folder"
+    assert tree_digest(ws.src) == before, "the refused run changed the source folder"
     assert not (ws.src / "runs").exists() and not (ws.records / "explainer").exists()
 
 

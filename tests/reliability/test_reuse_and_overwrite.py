@@ -6,7 +6,6 @@ the file, field and value, and the folder it pointed at byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,19 +18,13 @@ from records.jsonl import write_json_atomic
 from records.lock import output_lock
 from records.provenance import check_finished_folder, drop_set_aside, make_manifest, set_aside
 from toy_records import write_toy_task3
+from trials import tree_digest
 from training import compare as C
 
 REPO = Path(__file__).resolve().parents[2]
 COMPARE = str(REPO / "configs" / "compare_task3_cpu.yaml")
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str]:
@@ -56,14 +49,14 @@ def test_compare_refuses_a_finished_cross_arm_of_another_model(tmp_path, capsys)
     cc = load_config(COMPARE, C.CompareConfig, {"output_dir": str(out)})
     twin_arm = C.arm_fingerprint(C.arm_config(cc, "self"), 0)  # the same recipe and records ...
     _finished_arm(out, "cross", {**twin_arm, "model": "toy-twin", "model_weights": "0123456789abcdef"})  # ... the twin
-    before = _digest(out)
+    before = tree_digest(out)
     rc, err = _run(capsys, ["compare", "--config", COMPARE, "--output-dir", str(out), "--set", "cross_model=toy",
                             "--progress-log", str(tmp_path / "P.md")])
     assert rc == 2, err
     assert "the cross arm there was trained with model 'toy-twin'; this run asks for 'toy'" in err
     assert "model_weights" in err and "refusing to reuse" in err
     assert all(line.startswith("error: ") for line in err.splitlines() if line.strip()), err
-    assert _digest(out) == before and not (out / "self").exists() and not (out / "compare.json").exists()
+    assert tree_digest(out) == before and not (out / "self").exists() and not (out / "compare.json").exists()
 
 
 def test_a_reused_arm_must_match_model_records_recipe_and_steps(tmp_path):
@@ -102,12 +95,12 @@ def test_evaluate_refuses_an_adapter_trained_from_another_base(tmp_path, capsys)
     (final / "adapter").mkdir(parents=True)
     (final / "COMPLETE").write_text("ok\n")
     (final / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(other)}))
-    before = _digest(tmp_path / "explainer")
+    before = tree_digest(tmp_path / "explainer")
     rc, err = _run(capsys, ["evaluate", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"),
                             "--output-dir", str(tmp_path / "explainer"), "--progress-log", str(tmp_path / "P.md")])
     assert rc == 2, err
     assert "adapter_config.json" in err and str(other) in err and "model_path is toy" in err
-    assert _digest(tmp_path / "explainer") == before
+    assert tree_digest(tmp_path / "explainer") == before
     # an adapter whose base is not on this machine cannot be checked: refused too, saying so
     (final / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/m"}))
     rc, err = _run(capsys, ["evaluate", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"),
@@ -130,14 +123,14 @@ def relabelled(tmp_path):
 
 def test_generate_refuses_to_replace_a_finished_folder_with_nothing_to_resume(relabelled, tmp_path, capsys):
     out = relabelled["records"]
-    before = _digest(out)
+    before = tree_digest(out)
     rc, err = _run(capsys, ["generate", "--config", str(REPO / "configs/generate_cpu.yaml"), "--paths-config",
                             str(relabelled["paths"]), "--model", "toy", "--output-dir", str(out),
                             "--input", str(relabelled["paths"].parent / "assets" / "gold_106.json"),
                             "--test-size", "1", "--set", f"progress_log={tmp_path}/P.md"])
     assert rc == 2, err
     assert str(out) in err and "finished `generate` run" in err and "--overwrite" in err
-    assert _digest(out) == before
+    assert tree_digest(out) == before
 
 
 def test_overwrite_keeps_the_old_run_aside_until_the_new_one_completes(relabelled):
@@ -165,10 +158,10 @@ def test_features_refuses_another_stages_folder_and_a_held_lock(relabelled, tmp_
     argv = ["features", "--config", str(REPO / "configs/features_cpu.yaml"), "--paths-config",
             str(tmp_path / "paths.yaml"), "--set", f"progress_log={tmp_path}/P.md", "--output-dir"]
     records = relabelled["records"]
-    before = _digest(records)
+    before = tree_digest(records)
     rc, err = _run(capsys, [*argv, str(records)])
     assert rc == 2 and "`generate` stage" in err and "another stage's folder" in err, err
-    assert _digest(records) == before
+    assert tree_digest(records) == before
     busy = tmp_path / "busy"
     with output_lock(busy):  # another writer holds the folder
         rc, err = _run(capsys, [*argv, str(busy)])

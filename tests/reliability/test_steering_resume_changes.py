@@ -22,12 +22,20 @@ from organism.scenarios import AF_LABEL, ALIGNED_LABEL, generate_scenarios
 from records.errors import InputError
 from records.jsonl import read_records
 from records.schema import RawCompletion, Scenario, content_id
+from records.split import train_first_order
 from steering.config import DeriveConfig, SteerConfig
 from steering.run import main as run_steer
 
 N, TEST_SIZE, NORM_PROMPTS = 6, 2, 2
 AF_LABELS = [AF_LABEL]
-EDITED = 4  # outside the residual-norm sample (the first NORM_PROMPTS scenarios)
+EDITED = 4  # an input index; its position in the run (training scenarios first) is outside the norm sample
+
+
+def position(scen: list[Scenario], index: int) -> int:
+    """Where the run puts input scenario `index`: the grouped split's order, training scenarios first."""
+    seed = cfg(Path("out"), "model", Path("d.npy")).seed
+    order, _ = train_first_order([s.text for s in scen], [s.label for s in scen], TEST_SIZE, seed)
+    return order.index(index)
 
 
 def scenarios(edit: int | None = None, relabel: int | None = None) -> list[Scenario]:
@@ -101,9 +109,11 @@ def test_an_edited_scenario_regenerates_exactly_its_rows(organism_dir, direction
     # the baseline and the arm of the edited scenario, in its one context; with one scenario per batch nothing
     # else. A batch is generated whole, so a larger one also regenerates the edited rows' batch-mates:
     # unchanged prompts, whose new completions must equal the saved ones.
-    assert sorted(c.key.split(":")[:3] for c in new if c.key.startswith(f"{EDITED}:")) == [
-        [str(EDITED), "unmonitored", "L2@a1"], [str(EDITED), "unmonitored", "baseline"]]
-    mates = [c for c in new if not c.key.startswith(f"{EDITED}:")]
+    at = position(scenarios(edit=EDITED), EDITED)
+    assert at == position(scenarios(), EDITED) >= NORM_PROMPTS  # the edit moves no scenario, and not into the norms
+    assert sorted(c.key.split(":")[:3] for c in new if c.key.startswith(f"{at}:")) == [
+        [str(at), "unmonitored", "L2@a1"], [str(at), "unmonitored", "baseline"]]
+    mates = [c for c in new if not c.key.startswith(f"{at}:")]
     assert len(mates) == batch - 2
     saved = {c.key: c for c in first}
     assert all(c.token_ids == saved[c.key].token_ids for c in mates)
@@ -112,20 +122,43 @@ def test_an_edited_scenario_regenerates_exactly_its_rows(organism_dir, direction
     assert records_of(out) == records_of(clean)
 
 
+def _relabel_keeping_split() -> int:
+    """An input scenario whose relabelling leaves the grouped, stratified split (and so every position) as it was."""
+    same = [j for j in range(N) if [position(scenarios(relabel=j), i) for i in range(N)]
+            == [position(scenarios(), i) for i in range(N)]]
+    assert same, "every relabel moves the split: pick another seed for scenarios()"
+    return same[0]
+
+
 def test_a_relabelled_scenario_changes_its_records_and_generates_nothing(organism_dir, direction, first_run,
                                                                          tmp_path):
     # Breaking it: labels or records cached from the first run keep the old label; a label in the row key
     # would regenerate rows whose prompt did not change.
+    j = _relabel_keeping_split()
+    at = position(scenarios(), j)
     out, src = copy_of(first_run, tmp_path), tmp_path / "src"
     n_first = len(shard(out))
-    steer(cfg(out, organism_dir, direction), scenarios(relabel=1), direction, src)
+    steer(cfg(out, organism_dir, direction), scenarios(relabel=j), direction, src)
     assert len(shard(out)) == n_first
-    relabelled = [r for r in records_of(out) if r["index"] == 1]
-    assert relabelled and {r["label"] for r in relabelled} == {scenarios(relabel=1)[1].label} != {
-        scenarios()[1].label}
+    relabelled = [r for r in records_of(out) if r["index"] == at]
+    assert relabelled and {r["label"] for r in relabelled} == {scenarios(relabel=j)[j].label} != {
+        scenarios()[j].label}
     clean = tmp_path / "clean"
-    steer(cfg(clean, organism_dir, direction), scenarios(relabel=1), direction, src)
+    steer(cfg(clean, organism_dir, direction), scenarios(relabel=j), direction, src)
     assert records_of(out) == records_of(clean)
+
+
+def test_a_relabel_that_moves_the_split_is_refused(organism_dir, direction, first_run, tmp_path):
+    """Labels are strata of the grouped split: a relabel that moves scenarios between train and test is
+    another experiment (other positions, other norm prompts), refused with one line, nothing changed."""
+    moved = next(j for j in range(N) if j != _relabel_keeping_split() and [position(scenarios(relabel=j), i)
+                                                                           for i in range(N)]
+                 != [position(scenarios(), i) for i in range(N)])
+    out, src = copy_of(first_run, tmp_path), tmp_path / "src"
+    before = snapshot(out)
+    with pytest.raises(InputError, match="train/test split"):
+        steer(cfg(out, organism_dir, direction), scenarios(relabel=moved), direction, src)
+    assert snapshot(out) == before
 
 
 def _new_direction(path: Path) -> Path:

@@ -46,7 +46,7 @@ def test_a_learning_rate_that_collapses_the_toy_is_flagged_by_training_and_evalu
     info = write_toy_task3(tmp_path / "toy", n_train=40, n_test=8, n_gold=4)
     model = tiny_random_explainer(tmp_path / "model", info["tokenizer"])
     cfg = load_train_config(str(CPU_CONFIG), [
-        f"model_path={model}", f"target_model_path={model}", f"train.dataset={info['records']}",
+        f"model_path={model}", "target_model_path=toy", f"train.dataset={info['records']}",
         f"train.paths={info['paths']}", "train.num_epochs=1", "train.batch_size=8", "train.eval_samples=8",
         "test.max_new_tokens=8", "train.learning_rate=3.0", "train.warmup_steps=0", "train.max_grad_norm=0"],
         str(tmp_path / "out"))
@@ -61,3 +61,9 @@ def test_a_learning_rate_that_collapses_the_toy_is_flagged_by_training_and_evalu
     metrics = read_summary(Path(result["out_dir"]) / "metrics.json", EvalMetrics)
     assert metrics.collapse.get("test") and metrics.collapse == result["collapse"]
     assert "COLLAPSE: test" in result["table"]
+
+
+def test_a_perfect_score_is_never_a_collapse():
+    """The demo's Task 2 orig_match: one behaviour in the test split, explainer 1.00 = majority 1.00."""
+    assert collapse.no_better_than_majority("exact_match", 1.0, 1.0) == ""
+    assert collapse.no_better_than_majority("exact_match", 0.6, 0.6).startswith("exact_match 0.600 <=")

@@ -330,9 +330,10 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(toy, tmp_path):
     assert steps == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("answers,why", [(["", " ", "", ""], "are empty"), (["x"] * 4, r"are the same \('x'\)")])
+@pytest.mark.parametrize("answers,why", [(["", " ", "", ""], "are empty")])
 def test_the_debug_gate_fails_when_the_explainer_stopped_answering(toy, tmp_path, monkeypatch, answers, why):
-    """lr 5e-3 on a real small model made every eval answer empty and --debug still said OK: now it fails."""
+    """lr 5e-3 on a real small model made every eval answer empty and --debug still said OK: now it fails.
+    (One answer for all fails only with a loss that did not fall: tests/training/test_debug_gate.py.)"""
     from records.errors import StageFailure
 
     calls = []
