@@ -73,6 +73,20 @@ def _paths_yaml(run: Path, assets: Path) -> Path:
     return path
 
 
+def check_explainer_folder(config: str, sets: list[str], out: Path, max_steps: int) -> None:
+    """An explainer folder of an earlier demo run is reused or resumed only when it was trained from the
+    model, records and recipe this run asks for (training/compare.py's arm fingerprint); else refused. The
+    fingerprint is written before training, so a later run can tell."""
+    from records.jsonl import write_json_atomic
+    from training.compare import ARM_FINGERPRINT, arm_fingerprint, check_arm_reuse
+    from training.config import load_train_config
+
+    fp = arm_fingerprint(load_train_config(config, sets, str(out)), max_steps)
+    check_arm_reuse(out, "explainer", fp)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / ARM_FINGERPRINT, fp)
+
+
 def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
     """Per task: records, % behaviour changed, explainer score vs baselines on held-out data."""
     lines = [f"{'task':<8} {'records':>8} {'changed':>8}  {'metric':<22} {'explainer':>9} {'untrained':>9} "
@@ -208,10 +222,12 @@ def main(args: argparse.Namespace) -> int:
                                       "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
                                       "--set", f"max_steps={args.max_steps}", "--progress-log", log])
             continue
-        common = ["--config", config_path(stem, args.profile), "--output-dir", run / f"explainer_{task}", "--set", f"train.dataset={run / folder}",
-                  "--set", f"train.paths={paths}"]
         out = run / f"explainer_{task}"
-        if (out / "final" / "COMPLETE").is_file():  # a finished explainer of an earlier demo run: reuse it
+        sets = [f"train.dataset={run / folder}", f"train.paths={paths}"]
+        common = ["--config", config_path(stem, args.profile), "--output-dir", out,
+                  *[arg for item in sets for arg in ("--set", item)]]
+        check_explainer_folder(config_path(stem, args.profile), sets, out, int(args.max_steps or 0))
+        if (out / "final" / "COMPLETE").is_file():  # a finished explainer of this same recipe and data: reuse it
             print(f"\n=== train-{task}: reusing {out / 'final'} ===")
         else:
             stage(f"train-{task}-debug", ["train", *common, "--debug"])

@@ -68,15 +68,22 @@ def model_weights_id(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+# What a run writes about itself (creation time, code version, wall times), not data a training reads: a rerun
+# that rewrites them over identical records must not look like other records (seen: a second demo run refused
+# its own Task 1 explainer because features' manifest.json carried a new timestamp).
+RUN_METADATA = ("manifest.json", "summary.json")
+
+
 def folder_fingerprint(folder: str | Path) -> str:
-    """16 hex chars over the names and bytes of the files directly in a records folder (splits, vectors,
-    summary), skipping hidden files (the lock) and subfolders (the work shards); "missing" when absent."""
+    """16 hex chars over the names and bytes of the data files directly in a records folder (splits,
+    vectors, attributes), skipping the run's own metadata (RUN_METADATA), hidden files (the lock) and
+    subfolders (the work shards); "missing" when absent."""
     folder = Path(folder)
     if not folder.exists():
         return "missing"
     h = hashlib.sha256()
     files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if p.is_file()
-                                                      and not p.name.startswith("."))
+                                                      and not p.name.startswith(".") and p.name not in RUN_METADATA)
     for path in files:
         h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:

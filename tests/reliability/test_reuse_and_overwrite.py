@@ -25,8 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 COMPARE = str(REPO / "configs" / "compare_task3_cpu.yaml")
 
 
-
-
 def _run(capsys, argv: list[str]) -> tuple[int, str]:
     capsys.readouterr()
     rc = cli_main(argv)
@@ -186,3 +184,28 @@ def test_report_refuses_a_corrupt_summary_or_a_cut_split_before_writing(tmp_path
     rc, err = _run(capsys, ["report", str(run), "--progress-log", str(tmp_path / "P.md")])
     assert rc == 2 and needle in err, err
     assert not (run / "plots").exists() and not (run / "report.md").exists()
+
+
+# ---- the demo: an explainer folder of an earlier run is reused only for the same model, records and recipe
+
+
+def test_the_demo_reuses_an_explainer_folder_only_for_the_same_records(tmp_path):
+    from app.demo import check_explainer_folder
+
+    info = write_toy_task3(tmp_path / "toy", n_train=20, n_test=6, n_gold=4)
+    config, out = str(REPO / "configs" / "af_context_ablation_cpu.yaml"), tmp_path / "explainer_task3"
+    sets = [f"train.dataset={info['records']}", f"train.paths={info['paths']}"]
+    check_explainer_folder(config, sets, out, 0)  # a new folder: its fingerprint is written before training
+    (out / "final").mkdir()
+    (out / "final" / "COMPLETE").write_text("ok\n")
+    check_explainer_folder(config, sets, out, 0)  # the same run again: reused
+    (info["records"] / "manifest.json").write_text('{"stage": "generate", "created": "a rerun"}')
+    check_explainer_folder(config, sets, out, 0)  # a rerun's own metadata over the same records: still reused
+    with (info["records"] / "train.jsonl").open("a") as f:  # other records under the same path
+        f.write((info["records"] / "train.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(InputError, match="refusing to reuse"):
+        check_explainer_folder(config, sets, out, 0)
+    other = tmp_path / "other"
+    check_explainer_folder(config, sets, other, 0)
+    with pytest.raises(InputError, match="max_steps"):  # the same records, another step cap
+        check_explainer_folder(config, sets, other, 5)
