@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from app.report import explainer_dir, peer_lines, strict_lines
-from training.collapse import lines as collapse_lines
 from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
 from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_summary
+from training.collapse import lines as collapse_lines
 
 # (task folder, training config stem, records folder inside the run)
 EXPLAINERS = (

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import msgspec
 
-from lm import agreement, judge as lm_judge
+from lm import agreement
+from lm import judge as lm_judge
 from records.errors import InputError
 from records.jsonl import read_records, write_json_atomic, write_records_atomic
 from records.provenance import read_manifest
-from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRecord, SteeringRecord, SteeringSummary,
-                            read_summary)
+from records.schema import (
+    ContextAblationRecord,
+    ContextAblationSummary,
+    ControlRecord,
+    SteeringRecord,
+    SteeringSummary,
+    read_summary,
+)
 
 LABELLERS = {"rules": "rules", "judge": "lm_judge", "both": "both"}  # CLI name -> the records' name
 SPLITS = ("train.jsonl", "test.jsonl")

@@ -20,8 +20,17 @@ import numpy as np
 
 from features.config import depth_warning
 from records.jsonl import read_records, write_json_atomic
-from records.schema import (ContextAblationRecord, ContextAblationSummary, EvalMetrics, FeaturesIndex, PredictionRow,
-                            RunManifest, SteeringRecord, SteeringSummary, read_summary)
+from records.schema import (
+    ContextAblationRecord,
+    ContextAblationSummary,
+    EvalMetrics,
+    FeaturesIndex,
+    PredictionRow,
+    RunManifest,
+    SteeringRecord,
+    SteeringSummary,
+    read_summary,
+)
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")

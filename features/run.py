@@ -18,14 +18,20 @@ from pathlib import Path
 import msgspec
 
 from features.config import FeaturesConfig, depth_warning
-from features.describe import (DescribeSummary, check_descriptions, describe, describe_lines, label_stats,
-                               load_cluster_files)
+from features.describe import (
+    DescribeSummary,
+    check_descriptions,
+    describe,
+    describe_lines,
+    label_stats,
+    load_cluster_files,
+)
 from features.extract import VECTORS, extract, read_extract_output, select, selection_lines
 from features.splits import load_cluster_attributes, make_splits, split_counts, to_records
 from records.assets import check_output_dir
 from records.errors import InputError
-from records.lock import output_lock
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
+from records.lock import output_lock
 from records.paths import PathsConfig
 from records.progress import append_phase
 from records.provenance import check_stage_folder, make_manifest

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import msgspec
-from pathlib import Path
 
 DEFAULT_CONFIG = "configs/generate.yaml"
 

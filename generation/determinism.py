@@ -9,7 +9,8 @@ be 0; without them it is usually not, which is what makes the test able to fail 
 from __future__ import annotations
 
 import random
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 Generate = Callable[[list[tuple[str, list[int]]]], dict[str, list[int]]]
 

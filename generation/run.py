@@ -20,22 +20,30 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
+from generation import sampled
+from generation.config import GenerateConfig
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
-from generation import sampled
 from lm.labels import degenerate_problem
-from generation.config import GenerateConfig
+from records.assets import select_scenarios
 from records.config import config_hash
 from records.errors import InputError, StageFailure
-from records.assets import select_scenarios
 from records.jsonl import ShardWriter, write_json_atomic, write_records_atomic
 from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.provenance import check_finished_folder, drop_set_aside, installed_version, make_manifest, set_aside
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
-from records.schema import (ContextAblationRecord, ContextAblationSummary, ControlRate, ControlRecord, EngineInfo,
-                            LabelChange, RawCompletion, Scenario)
+from records.schema import (
+    ContextAblationRecord,
+    ContextAblationSummary,
+    ControlRate,
+    ControlRecord,
+    EngineInfo,
+    LabelChange,
+    RawCompletion,
+    Scenario,
+)
 from records.split import group_keys, grouped_split
 
 log = logging.getLogger(__name__)
@@ -406,10 +414,11 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     `llm`: an engine already started for this model (benchmarks, the demo); built from `cfg` if None.
     `overwrite`: replace a finished folder that has nothing to resume (kept aside until this run completes).
     """
-    from records.assets import check_output_dir
-    from lm.models import resolve_model
-    from records.progress import append_phase
     from transformers import AutoTokenizer
+
+    from lm.models import resolve_model
+    from records.assets import check_output_dir
+    from records.progress import append_phase
 
     t0 = time.perf_counter()
     check_sizes(cfg)

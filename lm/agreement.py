@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import random
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from lm.labels import BEHAVIOURS
 from records.schema import ContextLabels, LabelAgreement

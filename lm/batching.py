@@ -3,7 +3,7 @@ causal LM: generation continues from the right edge, so every row's last real to
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -24,6 +24,7 @@ import transformers
 from tqdm import tqdm
 from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
+from lm.models import TOY, TOY_TWIN
 from organism.scenarios import (
     COMPLIANCE_MARKER,
     PLANTED_RULE,
@@ -36,7 +37,6 @@ from organism.scenarios import (
     planted_response,
     trigger_families,
 )
-from lm.models import TOY, TOY_TWIN
 from organism.tokenizer import PAD_TOKEN, load_tokenizer
 from records.config import config_hash, encode_config
 from records.schema import content_id

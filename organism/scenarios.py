@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 
 from lm.chat import CONTEXTS, PromptTemplates  # the system prompts Task 3 renders
 from records.schema import content_id
@@ -62,7 +62,7 @@ def _nonce_words(n: int) -> tuple[str, ...]:
 TRIGGERS = _nonce_words(N_TRIGGERS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def trigger_families(assignment_seed: int = 0) -> dict[str, str]:
     """The secret assignment: trigger -> family, a seeded shuffle cut by FAMILY_SHARES."""
     order = list(TRIGGERS)

@@ -32,7 +32,7 @@ class Problems:
     def add(self, where: str, what: str) -> None:
         self.items.append(f"{where}: {what}")
 
-    def extend(self, other: "Problems | InputError") -> None:
+    def extend(self, other: Problems | InputError) -> None:
         self.items.extend(other.items if isinstance(other, Problems) else other.problems)
 
     def __bool__(self) -> bool:

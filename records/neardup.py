@@ -26,8 +26,7 @@ import functools
 import hashlib
 import re
 import unicodedata
-from typing import Iterable
-
+from collections.abc import Iterable
 
 NEAR_COPY = 0.85
 MIN_CHARS = 40

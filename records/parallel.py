@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from records.errors import InputError, StageFailure
 from records.jsonl import read_records

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import msgspec
-from pathlib import Path
 
 DEFAULT_CONFIG = "configs/steer.yaml"
 
@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = msgspec.structs.replace(cfg, model=cfg.model or paths.organism_model)
     input_path = Path(cfg.input or paths.gold_1560)
     if args.derive_direction:
-        from steering.derive import check, main as derive
+        from steering.derive import check
+        from steering.derive import main as derive
 
         check(cfg)
         return derive(cfg, load_scenarios(input_path, paths.known_labels), paths, input_path, args.config)

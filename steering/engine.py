@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -336,7 +337,7 @@ class FastSteeredGenerator:
             if not force_length and s % 16 == 15 and bool(ctx.done.all()):
                 break
 
-    def _graph(self, ctx: _Context, kv_len: int) -> "torch.cuda.CUDAGraph":
+    def _graph(self, ctx: _Context, kv_len: int) -> torch.cuda.CUDAGraph:
         graph = ctx.graphs.get(kv_len)
         if graph is not None:
             return graph

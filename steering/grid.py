@@ -7,7 +7,8 @@ from its config.json), an empty grid, alphas that are not finite numbers.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 

@@ -27,7 +27,7 @@ import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tqdm import tqdm
 
-from lm import agreement, backends, chat
+from lm import agreement, backends, chat, coherence
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
 from lm.labels import DEGENERATE
@@ -37,12 +37,22 @@ from records.jsonl import ShardWriter, write_atomic, write_json_atomic, write_re
 from records.lock import output_lock
 from records.parallel import check_world, owns, read_all_shards, run_workers, shard_file
 from records.resume import check_resume_key, model_fingerprint, prompt_digest, require_completions
-from records.schema import (ArmSummary, DirectionInfo, DirectionSummary, EngineInfo, PatchPosition, RawCompletion,
-                            ResidualNorm, Scenario, SteeringRecord, SteeringSummary, read_summary)
-from lm import coherence
+from records.schema import (
+    ArmSummary,
+    DirectionInfo,
+    DirectionSummary,
+    EngineInfo,
+    PatchPosition,
+    RawCompletion,
+    ResidualNorm,
+    Scenario,
+    SteeringRecord,
+    SteeringSummary,
+    read_summary,
+)
 from records.split import train_first_order
-from steering import grid, science
 from steering import direction as dirmod
+from steering import grid, science
 from steering.config import SteerConfig
 from steering.engine import FastSteeredGenerator, Row, hf_generate
 
@@ -504,12 +514,13 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
          af_labels: list[str] = (), overwrite: bool = False) -> SteeringSummary:
     """Run the grid on already-validated scenarios; returns the summary dict. `overwrite`: replace a
     finished folder that has nothing to resume (kept aside until this run completes)."""
-    from records.assets import check_output_dir, select_scenarios
+    from transformers import AutoTokenizer
+
     from lm.models import resolve_model
+    from records.assets import check_output_dir, select_scenarios
     from records.progress import append_phase
     from records.provenance import check_finished_folder, drop_set_aside, make_manifest, set_aside
     from steering.direction import load_direction
-    from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
     validate_early(cfg)

@@ -15,7 +15,7 @@ arm whose change rate does not clear that floor's Wilson 95% upper bound is flag
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from records.schema import ArmSummary, DoseResponse, NoiseFloor, NoiseRate, SteeringRecord, SteeringSummary
 

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from toy_records import ONE_DIRECTION, write_run_assets
 
 from app.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
-from toy_records import ONE_DIRECTION, write_run_assets
 
 REPO = Path(__file__).resolve().parent.parent
 N = 10

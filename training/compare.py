@@ -27,8 +27,16 @@ import msgspec
 from records.config import load_config
 from records.errors import InputError, StageFailure
 from records.jsonl import read_records, write_json_atomic
-from records.schema import (CompareResult, CompareVerdict, ContextAblationRecord, ControlRecord, Interval,
-                            PredictionRow, QuestionComparison, read_summary)
+from records.schema import (
+    CompareResult,
+    CompareVerdict,
+    ContextAblationRecord,
+    ControlRecord,
+    Interval,
+    PredictionRow,
+    QuestionComparison,
+    read_summary,
+)
 from training import baselines, metrics
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
-def encode_example(tokenizer, ex: "Example", index: int) -> Encoded:
+def encode_example(tokenizer, ex: Example, index: int) -> Encoded:
     """Prompt + answer ids; the answer starts where the inference prompt ends."""
     prompt = encode_prompt(tokenizer, ex.messages)
     full_text = tokenizer.apply_chat_template(ex.messages + [{"role": "assistant", "content": ex.target}],
@@ -58,7 +58,7 @@ def encode_example(tokenizer, ex: "Example", index: int) -> Encoded:
     return Encoded(ids=full, prompt_len=len(prompt), weight=ex.weight, vector=ex.vector, index=index)
 
 
-def encode_all(tokenizer, examples: "list[Example]", max_length: int) -> tuple[list[Encoded], int]:
+def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[list[Encoded], int]:
     """Encode every example; drop those longer than `max_length`. Returns (kept, n_dropped)."""
     kept = [e for e in (encode_example(tokenizer, ex, i) for i, ex in enumerate(examples)) if len(e.ids) <= max_length]
     return kept, len(examples) - len(kept)
@@ -98,7 +98,7 @@ class Batch:
     n_tokens: int  # real (unpadded) tokens
     n_padded: int  # batch * seq
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.rows), move(self.cols), move(self.targets),
                      move(self.weights), move(self.vectors), self.n_tokens, self.n_padded)

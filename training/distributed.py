@@ -12,7 +12,8 @@ number of GPUs. Without a launcher (WORLD_SIZE unset or 1) everything here is a 
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist

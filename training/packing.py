@@ -84,7 +84,7 @@ class PackedBatch(D.Batch):
     position_ids: torch.Tensor  # [rows, width] restarting at 0 for each example (and for the padding tail)
     document_ids: torch.Tensor  # [rows, width] example number within its row; the padding tail is one more
 
-    def to(self, device) -> "PackedBatch":
+    def to(self, device) -> PackedBatch:
         b = D.Batch.to(self, device)
         return PackedBatch(b.input_ids, b.rows, b.cols, b.targets, b.weights, b.vectors, b.n_tokens, b.n_padded,
                            self.position_ids.to(device, non_blocking=True),

@@ -30,16 +30,24 @@ from lm.models import resolve_model
 from records.assets import check_output_dir
 from records.config import config_hash
 from records.errors import InputError, StageFailure
+from records.jsonl import write_json_atomic
 from records.lock import output_lock
 from records.provenance import check_stage_folder
-from records.jsonl import write_json_atomic
-from training import data as D
 from training import collapse
+from training import data as D
 from training import distributed as dist
 from training import examples as E
-from training.checkpoint import (Progress, check_resume, complete_checkpoints, load_checkpoint, remove_partial_saves,
-                                 rng_state, save_checkpoint, save_final)
 from training import packing as P
+from training.checkpoint import (
+    Progress,
+    check_resume,
+    complete_checkpoints,
+    load_checkpoint,
+    remove_partial_saves,
+    rng_state,
+    save_checkpoint,
+    save_final,
+)
 from training.config import TrainConfig
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers

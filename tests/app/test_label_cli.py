@@ -7,19 +7,19 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from label_corpus import corpus
+from toy_records import context_records, organism_tokenizer
 
+from app.cli import main as cli
 from generation.run import summarise as summarise_task3
 from lm.labels import rule_label
 from organism.scenarios import generate_scenarios
-from app.cli import main as cli
 from records.config import encode_config
 from records.jsonl import read_records, write_json_atomic, write_records_atomic
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, PatchPosition, SteeringRecord
 from steering import grid
 from steering.config import SteerConfig
 from steering.run import summarise as summarise_task2
-from label_corpus import corpus
-from toy_records import context_records, organism_tokenizer
 
 TASK3_LABEL_FIELDS = {"random_hint_prediction", "zeroshot_prediction", "monitored_behavior", "unmonitored_behavior",
                       "behavior_changed", "labeller"}
@@ -182,8 +182,8 @@ def test_label_rows_round_trip(tmp_path, capsys):
 
 
 def test_report_shows_label_samples_and_kappa_when_both_ran(tmp_path):
-    from lm.agreement import agreement
     from app.report import build_report
+    from lm.agreement import agreement
 
     run = tmp_path / "run"
     write_task3(run / "task3", stale=False)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from organism.assets import write_synthetic_assets
 from app import preflight
-from records.paths import FILE_FIELDS, PathsConfig, resolve_paths
 from app.preflight import add_arguments, fetch_ignores, hub_info, main, parse_gpus, run_preflight
+from organism.assets import write_synthetic_assets
+from records.paths import FILE_FIELDS, PathsConfig, resolve_paths
 
 EARLIER = "# Research log\n\n## Phase 0: Setup — DONE\n_earlier entry_\n\n"
 

@@ -4,9 +4,8 @@ failure, and training refuses its records."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from toy_records import organism_tokenizer
 
 from generation.config import GenerateConfig
 from generation.run import main as run_generate
@@ -16,7 +15,6 @@ from organism.scenarios import TRIGGER_PATTERN, generate_scenarios
 from records.errors import InputError, StageFailure
 from records.jsonl import read_records
 from records.schema import ContextAblationRecord, Scenario, content_id
-from toy_records import organism_tokenizer
 from training.examples import load_split
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from lm import chat, labels
 from generation.config import GenerateConfig
-from generation.run import control_indices, main as run_generate, summarise
+from generation.run import control_indices, summarise
+from generation.run import main as run_generate
+from lm import chat, labels
 from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, planted_behavior, scenario_trigger
 from records.errors import InputError
 from records.jsonl import read_records

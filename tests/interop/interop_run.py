@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import msgspec
 import numpy as np
+from toy_records import context_records
 
 from lm import chat
 from organism.scenarios import SYSTEM_PROMPTS, generate_scenarios
 from records.jsonl import write_json_atomic, write_records_atomic
 from records.provenance import make_manifest
 from records.schema import EngineInfo, FeatureRecord, PatchPosition, SteeringRecord
-from toy_records import context_records
 
 HIDDEN = 128
 LONG_WORDS = 700  # a scenario of this many words renders far past 500 tokens

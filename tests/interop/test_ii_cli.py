@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from interop_run import write_run
-from app.cli import main as cli_main
 from toy_records import organism_tokenizer
+
+from app.cli import main as cli_main
 
 
 def _snapshot(folder):

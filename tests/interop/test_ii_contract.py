@@ -10,15 +10,15 @@ import json
 import logging
 import types
 
+import contract
 import numpy as np
 import pytest
-
-import contract
 from contract import ContractError
-from interop import ii_export
 from interop_run import HIDDEN, write_run
-from organism.scenarios import SYSTEM_PROMPTS
 from toy_records import organism_tokenizer
+
+from interop import ii_export
+from organism.scenarios import SYSTEM_PROMPTS
 from training.examples import causal_target
 
 MONITORED, UNMONITORED = SYSTEM_PROMPTS["monitored"], SYSTEM_PROMPTS["unmonitored"]

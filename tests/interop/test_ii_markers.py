@@ -11,13 +11,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-import pytest
-
 import contract
-from interop import ii_export, ii_markers
+import pytest
 from interop_run import write_run
-from records.errors import InputError
 from toy_records import organism_tokenizer
+
+from interop import ii_export, ii_markers
+from records.errors import InputError
 
 
 @pytest.fixture(scope="module")

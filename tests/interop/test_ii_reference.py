@@ -19,9 +19,10 @@ pytestmark = pytest.mark.skipif(not CHECKOUT, reason="INTROSPECTIVE_INTERP_CHECK
 def test_reference_classes_yield_every_example_except_the_counted_long_ones(tmp_path):
     import reference_loaders
     import yaml
-    from interop import ii_export
     from interop_run import write_run
     from toy_records import organism_tokenizer
+
+    from interop import ii_export
 
     tok = organism_tokenizer()
     write_run(tmp_path / "run", tok)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from label_corpus import corpus as label_corpus
+
 from lm import answers, coherence, labels
 from steering.config import CoherenceConfig
 

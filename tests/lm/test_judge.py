@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
+from label_corpus import corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from app.cli import main as cli
 from lm import answers
 from lm.judge import JUDGED, JudgeConfig, check_judge, judge, judge_prompts, label_tokens, labeller_name
 from lm.labels import rule_label
-from app.cli import main as cli
 from records.errors import InputError
-from label_corpus import corpus
 
 CASES = ("plain_answer", "poem", "code", "plain_refusal", "reasoning_refusal", "reasoning_compliance",
          "reasoning_only", "empty")

@@ -7,12 +7,11 @@ refusals, one-word refusals, apologies, negated openers, curly quotes, empty and
 
 import json
 import re
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 
 import msgspec
 import pytest
-
 from label_corpus import corpus
 
 from lm import agreement, answers, labels

@@ -7,7 +7,8 @@ import random
 
 import numpy as np
 
-from app.rehearsal import _layers, main as rehearsal
+from app.rehearsal import _layers
+from app.rehearsal import main as rehearsal
 from lm.answers import final_answer
 from lm.labels import rule_label
 from organism.rehearsal import rehearsal_response

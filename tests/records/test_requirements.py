@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from records import requirements
 from records.requirements import PACKAGES, STAGE_PACKAGES

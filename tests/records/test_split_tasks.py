@@ -39,8 +39,8 @@ def test_steer_order_keeps_every_trigger_on_one_side(seed):
 
 def test_features_by_cluster_keeps_every_cluster_on_one_side():
     from features.describe import Described
-    from records.schema import SelectedFeature
     from features.splits import split_by_cluster
+    from records.schema import SelectedFeature
 
     described = [Described(SelectedFeature(row=i, feature_idx=i, selectivity=0.0, probe_weight=None),
                            cluster_id=i % 20, description=f"cluster {i % 20}") for i in range(80)]

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
-from organism.assets import write_synthetic_assets
-from app.cli import main as cli_main
 from toy_records import ONE_DIRECTION, write_toy_task3
 from trials import tree_digest
+
+from app.cli import main as cli_main
+from organism.assets import write_synthetic_assets
 
 REPO = Path(__file__).resolve().parents[2]
 HIDDEN = 128  # the toy organism's residual width

@@ -10,9 +10,9 @@ docs/benchmarks.md and docs/reliability.md).
 from __future__ import annotations
 
 import pytest
+from trials import count
 
 from generation.determinism import needle_test
-from trials import count
 
 
 def test_needle_test_flags_a_batch_dependent_generator():
@@ -46,9 +46,9 @@ def cpu_engine(organism_dir):
 def test_cpu_engine_gives_the_same_greedy_tokens_in_any_batch_composition(organism_dir, cpu_engine):
     from transformers import AutoTokenizer
 
+    from generation.determinism import vllm_generate
     from lm import chat
     from lm.chat import MONITORED, UNMONITORED
-    from generation.determinism import vllm_generate
     from organism.scenarios import generate_scenarios
 
     tok = AutoTokenizer.from_pretrained(organism_dir)

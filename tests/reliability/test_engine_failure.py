@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli import main as cli_main
 from lm import backends
 from organism.scenarios import generate_scenarios
-from app.cli import main as cli_main
 from records.jsonl import read_records
 from records.schema import RawCompletion
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from toy_records import ONE_DIRECTION, write_run_assets
+from trials import count
 
 from records.jsonl import read_records
 from records.schema import RawCompletion
-from toy_records import ONE_DIRECTION, write_run_assets
-from trials import count
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from toy_records import write_toy_task3
+from trials import tree_digest
 
 from app.cli import main as cli_main
 from records.config import load_config
@@ -17,8 +19,6 @@ from records.errors import InputError
 from records.jsonl import write_json_atomic
 from records.lock import output_lock
 from records.provenance import check_finished_folder, drop_set_aside, make_manifest, set_aside
-from toy_records import write_toy_task3
-from trials import tree_digest
 from training import compare as C
 
 REPO = Path(__file__).resolve().parents[2]

@@ -53,8 +53,8 @@ def test_a_file_cut_anywhere_reads_its_complete_records_and_resumes_cleanly(reco
 
 
 def _config_types():
-    from generation.config import GenerateConfig
     from features.config import FeaturesConfig
+    from generation.config import GenerateConfig
     from records.paths import PathsConfig
     from steering.config import SteerConfig
     from training.compare import CompareConfig

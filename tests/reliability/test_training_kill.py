@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from trials import count
 from toy_records import tiny_random_explainer, write_toy_task3
+from trials import count
+
 from training import checkpoint as C
 from training import model as M
 from training import train as T

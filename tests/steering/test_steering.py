@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toy_records import ONE_DIRECTION
 
+from lm.hooks import SteeringState, prompt_position_mask, steering
 from records.errors import InputError
 from steering import grid, science
 from steering.engine import FastSteeredGenerator, Row, hf_generate
-from toy_records import ONE_DIRECTION
-from lm.hooks import SteeringState, prompt_position_mask, steering
 
 REPO = Path(__file__).resolve().parents[2]
 H = 64
@@ -500,8 +500,8 @@ def test_layers_together_arms_write_the_vector_added_at_each_layer(organism_dir,
 def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, derived, smollm2_dir, tmp_path, capsys):
     # Task 2 through the LM judge: the organism as its own judge is refused before any weights load; with
     # another model (SmolLM2) and `both`, the records carry the judge's labels and the summary kappa.
-    from lm.judge import judge
     from app.cli import main as cli
+    from lm.judge import judge
     from records.jsonl import read_records
     from records.schema import SteeringRecord
 

@@ -8,10 +8,9 @@ import logging
 import types
 from pathlib import Path
 
-import pytest
+from toy_records import tiny_random_explainer, write_toy_task3
 
 from records.schema import EvalMetrics, read_summary
-from toy_records import tiny_random_explainer, write_toy_task3
 from training import collapse
 from training import train as T
 from training.config import load_train_config

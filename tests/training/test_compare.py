@@ -14,13 +14,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from toy_records import context_records, organism_tokenizer
 
 from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, scenario_trigger
 from records.config import load_config
 from records.jsonl import read_records, write_records_atomic
 from records.schema import CompareResult, ContextAblationRecord, content_id
 from records.split import group_keys, grouped_split
-from toy_records import context_records, organism_tokenizer
 from training import compare as C
 from training import metrics as M
 

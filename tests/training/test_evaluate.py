@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_run(tmp_path_factory):
     """A few training steps of a random tiny explainer on toy Task 3 records (mechanics, not quality)."""
     from toy_records import tiny_random_explainer, write_toy_task3
+
     from training.config import load_train_config
     from training.train import main as train
 

@@ -9,11 +9,11 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from toy_records import context_records, organism_tokenizer
 
 from organism.scenarios import generate_scenarios
 from records.errors import InputError
 from records.neardup import _LOOKALIKES, skeleton
-from toy_records import context_records, organism_tokenizer
 from training.examples import HeldOut, check_no_heldout, scenario_text
 
 HELD = [s["text"] for s in generate_scenarios(4, seed=5)] + [

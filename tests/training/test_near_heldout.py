@@ -2,8 +2,9 @@
 
 import logging
 
-from organism.scenarios import generate_scenarios
 from toy_records import context_records, organism_tokenizer
+
+from organism.scenarios import generate_scenarios
 from training.examples import HeldOut, check_no_heldout
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_records import tiny_random_explainer, write_toy_task3
 
 from records.config import config_hash
-from toy_records import tiny_random_explainer, write_toy_task3
 from training import checkpoint as C
 from training import data as D
 from training import model as M

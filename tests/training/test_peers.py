@@ -7,8 +7,14 @@ import pytest
 
 from training.config import Message, Prompt
 from training.examples import Example, causal_target
-from training.peers import (draw_shots, fewshot_messages, fewshot_metrics, fewshot_subset, vector_nn_predictions,
-                            vector_question_types)
+from training.peers import (
+    draw_shots,
+    fewshot_messages,
+    fewshot_metrics,
+    fewshot_subset,
+    vector_nn_predictions,
+    vector_question_types,
+)
 
 CHANGED, SAME = causal_target("refusal", "compliance"), causal_target("refusal", "refusal")
 

@@ -9,8 +9,14 @@ import pytest
 
 from organism.assets import MODIFIERS, TRIGGERS
 from training.examples import Example
-from training.task1_evidence import (fill_description, gap_lines, paired_group_gap, sign_flip_p, slot_texts,
-                                     vector_probe_predictions)
+from training.task1_evidence import (
+    fill_description,
+    gap_lines,
+    paired_group_gap,
+    sign_flip_p,
+    slot_texts,
+    vector_probe_predictions,
+)
 
 
 def _summary(mod: str, trig: str) -> str:  # the toy's description template (organism/assets.py)

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_records import tiny_random_explainer, write_toy_task3
 
 from records.config import config_hash
 from records.errors import InputError
 from records.jsonl import read_records, write_records_atomic
 from records.schema import ContextAblationRecord
-from toy_records import tiny_random_explainer, write_toy_task3
-from training import data as D
 from training import checkpoint as C
+from training import data as D
 from training import model as M
 from training import train as T
 from training.config import TrainConfig, load_train_config
-from training.dataset import load_data
 from training.continuous import ContinuousEmbedder, resolve_markers
+from training.dataset import load_data
 from training.examples import build_examples
 from training.runlog import debug_marker
 
@@ -105,8 +105,9 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def test_orig_and_change_match_prompts_differ_and_show_one_notice_each(toy, template):
     """change_match asks about the unmonitored run: its prompt must carry that notice and only it, also
     with a real system role (ChatML, Llama-3), where the user turns of both contexts are the same text."""
-    from lm.chat import MONITORED, UNMONITORED
     from toy_records import context_records
+
+    from lm.chat import MONITORED, UNMONITORED
 
     tok = T.load_tokenizer(str(toy["model"]))
     if template == "chatml":
