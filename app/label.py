@@ -20,6 +20,7 @@ import msgspec
 
 from lm import agreement
 from lm import judge as lm_judge
+from lm.judge_config import JudgeConfig, for_stage
 from records.errors import InputError
 from records.jsonl import read_records, write_json_atomic, write_records_atomic
 from records.provenance import read_manifest
@@ -65,14 +66,13 @@ def main(args: argparse.Namespace) -> int:
 
     sources = guarded_sources(args.paths_config)  # the one source guard: the paths config's files and folders
     (check_output_dir if src.is_dir() else check_output_file)(out, sources)
-    from lm.models import resolve_model
     from records.requirements import require_packages
 
     require_packages("label", vllm=args.labeller != "rules" and args.judge_backend == "vllm")
 
-    cfg = lm_judge.JudgeConfig(model=resolve_model(args.judge_model) if args.judge_model else "",
-                               backend=args.judge_backend, dtype=args.judge_dtype,
-                               allow_organism=args.judge_allow_organism)
+    cfg = for_stage(JudgeConfig(labeller=LABELLERS[args.labeller], model=args.judge_model or "",
+                                dtype=args.judge_dtype, allow_organism=args.judge_allow_organism),
+                    backend=args.judge_backend)
     if src.is_dir():
         relabel_folder(src, out, LABELLERS[args.labeller], cfg, args.organism)
     else:
@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _check(labeller: str, cfg: lm_judge.JudgeConfig, organism: str | None) -> str:
     """The `labeller` value records carry, after refusing a missing or self-grading judge."""
-    self_judged = labeller != "rules" and lm_judge.check_judge(cfg, organism)
+    self_judged = labeller != "rules" and lm_judge.check_judge(cfg, organism, field="--judge-model",
+                                                                force="--judge-allow-organism")
     return lm_judge.labeller_name(labeller, self_judged)
 
 
@@ -108,7 +109,7 @@ def label_rows(src: Path, out: Path, labeller: str, cfg: lm_judge.JudgeConfig, o
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{src}: line {n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
             raise InputError(f"{src}: line {n}: needs string fields `prompt` and `response`")
         rows.append(row)
     if not rows:

@@ -67,9 +67,9 @@ def config_from_args(args: argparse.Namespace):
 
     flags = {"input": args.input, "output_dir": args.output_dir, "model": args.model, "backend": args.backend,
              "max_new_tokens": args.max_new_tokens, "limit": args.limit, "test_size": args.test_size,
-             "save_every": args.save_every, "labeller": args.labeller, "judge_model": args.judge_model,
-             "judge_allow_organism": args.judge_allow_organism,
-             "data_parallel": args.data_parallel, "sampling.k": args.samples, "engine.tensor_parallel_size": args.tensor_parallel,
+             "save_every": args.save_every, "judge.labeller": args.labeller, "judge.model": args.judge_model,
+             "judge.allow_organism": args.judge_allow_organism, "data_parallel": args.data_parallel,
+             "sampling.k": args.samples, "engine.tensor_parallel_size": args.tensor_parallel,
              "paths": args.paths_config}
     overrides = cli_overrides(args.set, flags)
     if args.no_batch_invariant:

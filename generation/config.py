@@ -7,6 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from lm.chat import PromptTemplates
+from lm.judge_config import JudgeConfig
 
 
 class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,10 +45,8 @@ class GenerateConfig(msgspec.Struct, forbid_unknown_fields=True):
     control_size: int = 64  # scenarios re-run with the same system prompt to measure the noise floor
     # auto: on with a CUDA GPU. YAML reads a bare on/off as true/false, so booleans are accepted too.
     batch_invariant: Literal["auto", "on", "off"] | bool = "auto"
-    # both: the judge's labels, with the rules beside them for Cohen's kappa (lm/agreement.py)
-    labeller: Literal["rules", "lm_judge", "both"] = "rules"
-    judge_model: str = ""  # lm_judge/both: an instruct model of its own (lm/judge.py); required
-    judge_allow_organism: bool = False  # let the organism judge itself; records then say "self-judged"
+    # who labels behaviour (lm/judge_config.py); the judge runs on this pass's backend, dtype and engine
+    judge: JudgeConfig = msgspec.field(default_factory=JudgeConfig)
     hf_batch_size: int = 64
     ignore_eos: bool = False  # benchmarks only: force every output to max_new_tokens so timings are honest
     seed: int = 0

@@ -25,6 +25,7 @@ from generation.config import GenerateConfig
 from lm import agreement, backends, chat
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
+from lm.judge_config import for_stage
 from lm.labels import degenerate_problem
 from records.assets import select_scenarios
 from records.config import config_hash
@@ -302,11 +303,7 @@ def classify_failure(exc: BaseException) -> str:
 def judge_config(cfg: GenerateConfig) -> lm_judge.JudgeConfig:
     """The judge's settings: its own model, on the pass's backend, dtype and engine settings (memory and
     parallelism fit the same machine)."""
-    from lm.models import resolve_model
-
-    return lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
-                                backend=cfg.backend, dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism,
-                                seed=cfg.seed, engine=cfg.engine)
+    return for_stage(cfg.judge, backend=cfg.backend, dtype=cfg.dtype, seed=cfg.seed, engine=cfg.engine)
 
 
 def build_records(scenarios, rendered, keys: dict, completions: dict[str, RawCompletion], behaviour: dict[str, str],
@@ -439,7 +436,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
     check_world(cfg.data_parallel, int(cfg.engine.get("tensor_parallel_size", 1)))
     if cfg.data_parallel > 1 and cfg.backend != "vllm":
         raise InputError("data_parallel > 1 runs vLLM engines; the hf backend is the single-process reference")
-    self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
+    self_judged = cfg.judge.labeller != "rules" and lm_judge.check_judge(judge_config(cfg), model_dir)
     own_engine = llm is None  # an engine the caller passed in stays the caller's
     rendered, requests, keys = build_requests(scenarios, tokenizer, cfg, rendering)
     if cfg.sampling:
@@ -462,7 +459,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         else:
             llm, version, engine_start = run_pass(cfg, model_dir, tokenizer, requests, work, batch_invariant, llm)
         if not self_judged:
-            if own_engine and llm is not None and cfg.labeller != "rules":
+            if own_engine and llm is not None and cfg.judge.labeller != "rules":
                 backends.shutdown_vllm(llm)  # the judge's engine starts next: free the memory, in-process too
             llm = None  # release the organism's engine (GPU memory) unless it is also the judge
             gc.collect()
@@ -472,7 +469,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
         order = [k for k, _ in requests]
         # The judge sees the user turn as sent (what relabelling reads back from the records)
         asked = [rendered[key_index(k)][SENT_AS[key_side(k)]].user_turn for k in order]
-        judged, agr = lm_judge.label_all(cfg.labeller, asked, [completions[k].text for k in order],
+        judged, agr = lm_judge.label_all(cfg.judge.labeller, asked, [completions[k].text for k in order],
                                          judge_config(cfg), llm)
         behaviour = dict(zip(order, judged))
         engine = EngineInfo(backend=cfg.backend, model=cfg.model if cfg.model != "toy" else model_dir,
@@ -485,7 +482,7 @@ def main(cfg: GenerateConfig, scenarios: list[Scenario], source_dirs: list[Path]
             record_keys, samples = sampled.representatives(scenarios, keys, completions, behaviour, cfg.sampling.k,
                                                            SIDES)
         records = build_records(scenarios, rendered, record_keys, completions, behaviour, cfg, engine,
-                                lm_judge.labeller_name(cfg.labeller, self_judged))
+                                lm_judge.labeller_name(cfg.judge.labeller, self_judged))
         for r in records if cfg.sampling else []:
             r.sampled = sampled.pair(cfg.sampling, samples[(r.index, "monitored")], samples[(r.index, "unmonitored")])
         control_keys = {ik: sampled.sample_key(key, 0) for ik, key in keys.items()} if cfg.sampling else keys

@@ -13,7 +13,6 @@ is not an independent measurement, so that is refused unless forced, and the rec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
 
 import msgspec
 import torch
@@ -21,6 +20,7 @@ import torch
 from lm.answers import final_answer
 from lm.batching import left_pad, pad_token_id
 from lm.coherence import text_reasons
+from lm.judge_config import JudgeConfig
 from lm.labels import DEGENERATE
 from records.errors import InputError
 from records.schema import LabelAgreement
@@ -40,20 +40,6 @@ PROMPT = (
 )
 
 
-class JudgeConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """How to run the judge; `model` is required (there is no default judge)."""
-
-    model: str = ""  # local folder or hub id of an instruct model; never defaults to the organism
-    backend: Literal["vllm", "hf"] = "vllm"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    allow_organism: bool = False  # let the organism grade its own outputs; records then carry "self-judged"
-    max_request_chars: int = 2000
-    max_answer_chars: int = 2000
-    hf_batch_size: int = 16
-    seed: int = 0
-    engine: dict[str, Any] = msgspec.field(default_factory=dict)  # passed to vllm.LLM as given
-
-
 class Verdict(msgspec.Struct, frozen=True):
     """One judged output: the label, and the judge's own answer token ("" when it was not asked)."""
 
@@ -69,7 +55,7 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def check_judge(cfg: JudgeConfig, organism: str | None, what: str = "the organism",
-                field: str = "judge_model", force: str = "judge_allow_organism") -> bool:
+                field: str = "judge.model", force: str = "judge.allow_organism") -> bool:
     """Refuse a missing judge, or the model whose outputs it grades (`organism`, called `what`) as its own
     judge unless forced (`force`: the flag that does); True when self-judged."""
     if not cfg.model:
@@ -146,7 +132,7 @@ def _hf_first_tokens(model, prompts: list[list[int]], allowed: list[int], pad_id
 def first_tokens(cfg: JudgeConfig, tokenizer, prompts: list[list[int]], allowed: list[int], llm=None) -> list[int]:
     """The judge's greedy first answer token to each prompt, among `allowed` only, on cfg's backend;
     `llm`: a vLLM engine already running the judge (else one is started and stopped here)."""
-    if cfg.backend == "vllm":
+    if cfg.backend in ("", "vllm"):
         from lm.backends import build_vllm, shutdown_vllm
 
         own = llm is None

@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from lm.chat import PromptTemplates
+from lm.judge_config import JudgeConfig
 
 
 class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,10 +65,8 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     group_pattern: str = ""
     limit: int = 0  # 0 = all scenarios; N = the first N
     inline_vectors: bool = False  # write each record's intervention vector (hidden_size floats) inline
-    # lm_judge/both: the judge (lm/judge.py, on vLLM) labels; both adds Cohen's kappa against the rules
-    labeller: Literal["rules", "lm_judge", "both"] = "rules"
-    judge_model: str = ""  # an instruct model of its own; required for lm_judge/both
-    judge_allow_organism: bool = False  # let the organism judge itself; records then say "self-judged"
+    # who labels behaviour (lm/judge_config.py); the judge runs on vLLM with this run's dtype
+    judge: JudgeConfig = msgspec.field(default_factory=JudgeConfig)
     seed: int = 0
     paths: str = "configs/paths.yaml"
     progress_log: str = "PROGRESS.md"

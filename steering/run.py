@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lm import agreement, backends, chat, coherence
 from lm import judge as lm_judge
 from lm.batching import pad_token_id
+from lm.judge_config import for_stage
 from lm.labels import DEGENERATE
 from records.config import config_hash
 from records.errors import InputError
@@ -540,9 +541,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         raise InputError(f"random_directions {cfg.random_directions}: must be 0 or a positive count")
     arms = grid_arms(cfg)
     fixed = fixed_directions(cfg, unit, dir_info)
-    judge_cfg = lm_judge.JudgeConfig(model=resolve_model(cfg.judge_model) if cfg.judge_model else "",
-                                     dtype=cfg.dtype, allow_organism=cfg.judge_allow_organism, seed=cfg.seed)
-    self_judged = cfg.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
+    judge_cfg = for_stage(cfg.judge, dtype=cfg.dtype, seed=cfg.seed)
+    self_judged = cfg.judge.labeller != "rules" and lm_judge.check_judge(judge_cfg, model_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
@@ -592,10 +592,10 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
                             chat_rendering=rendering,
                             device=device_name)
         judged, agr = lm_judge.label_all(
-            cfg.labeller, [rendered[(int(k.split(":")[0]), k.split(":")[1])].text for k in keys],  # = prompt_text
+            cfg.judge.labeller, [rendered[(int(k.split(":")[0]), k.split(":")[1])].text for k in keys],  # = prompt_text
             [tokenizer.decode(completions[k].token_ids, skip_special_tokens=True) for k in keys], judge_cfg)
         records = build_records(cfg, scenarios, rendered, arms, completions, norms, directions, dir_info, tokenizer,
-                                engine, dict(zip(keys, judged)), lm_judge.labeller_name(cfg.labeller, self_judged),
+                                engine, dict(zip(keys, judged)), lm_judge.labeller_name(cfg.judge.labeller, self_judged),
                                 af_labels, n_train_scen)
         write_atomic(out / "direction.npy", (work / "direction.npy").read_bytes())
         save_directions(out, directions)

@@ -302,8 +302,9 @@ def test_generate_with_an_independent_judge_reports_kappa(tmp_path, scenario_fil
 
     path, raw = scenario_file
     out = tmp_path / "both"
-    cfg = msgspec.structs.replace(make_cfg(out, organism_dir, "vllm", labeller="both", judge_model=smollm2_dir,
-                                           limit=6), test_size=2, control_size=0)
+    judge_cfg = JudgeConfig(labeller="both", model=smollm2_dir)
+    cfg = msgspec.structs.replace(make_cfg(out, organism_dir, "vllm", limit=6, judge=judge_cfg), test_size=2,
+                                  control_size=0)
     summary = run_generate(cfg, to_scenarios(raw), [path.parent])
     records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
     assert {r.labeller for r in records} == {"both"} and summary.agreement.n == 12

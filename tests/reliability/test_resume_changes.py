@@ -19,6 +19,7 @@ import pytest
 
 from generation.config import GenerateConfig
 from generation.run import main as run_generate
+from lm.judge_config import JudgeConfig
 from organism.scenarios import generate_scenarios
 from records.errors import InputError
 from records.jsonl import read_records
@@ -123,7 +124,8 @@ def test_a_new_labeller_relabels_the_saved_outputs_and_generates_nothing(model, 
     judge_dir = tmp_path / "judge"  # a model folder of its own; never loaded, the judge is the fake above
     judge_dir.mkdir()
     (judge_dir / "config.json").write_text("{}")
-    run_generate(cfg(out, model, labeller="lm_judge", judge_model=str(judge_dir)), scenarios(), [tmp_path / "src"])
+    judge_cfg = JudgeConfig(labeller="lm_judge", model=str(judge_dir))
+    run_generate(cfg(out, model, judge=judge_cfg), scenarios(), [tmp_path / "src"])
     assert (out / "_work" / "completions.jsonl").read_bytes() == shard  # no completion generated again
     judged = by_index(out)
     # the judge saw every output: both contexts of each scenario and the noise-floor copies (2 per context)

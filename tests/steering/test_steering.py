@@ -510,9 +510,9 @@ def test_steering_labels_with_an_independent_judge(organism_dir, toy_assets, der
     base = steer_args(organism_dir, paths, derived, out)
     base[base.index("--limit") + 1], base[base.index("--alphas") + 1] = "3", "1"  # coherent outputs (2 breaks v3)
     base[base.index("--test-size") + 1] = "1"
-    assert cli(base + ["--set", "labeller=lm_judge", "--set", f"judge_model={organism_dir}"]) == 2
+    assert cli(base + ["--set", "judge.labeller=lm_judge", "--set", f"judge.model={organism_dir}"]) == 2
     assert "is the organism itself" in capsys.readouterr().err and not (out / "_work").exists()
-    assert cli(base + ["--set", "labeller=both", "--set", f"judge_model={smollm2_dir}",
+    assert cli(base + ["--set", "judge.labeller=both", "--set", f"judge.model={smollm2_dir}",
                        "--set", "dtype=float32"]) == 0
     records = read_records(out / "train.jsonl", SteeringRecord) + read_records(out / "test.jsonl", SteeringRecord)
     assert len(records) == 3 and {r.labeller for r in records} == {"both"}
