@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Full size: fits ~10 min on one H100 by estimate (organism ~1 min, generate ~2.5, steer ~3, three trainings
 # and their evaluations ~3); measure and update docs/rehearsal.md.
 SIZES = {
-    "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 400, "organism_batch": 16,
+    "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 600, "organism_batch": 16,
              "organism_eval": 120, "compare_max_steps": 300},
     "tiny": {"scenarios": 12, "organism_scenarios": 4, "organism_steps": 2, "organism_batch": 2,
              "organism_eval": 1, "compare_max_steps": 2},
@@ -50,10 +50,13 @@ def _args(argv):
     p.add_argument("--run-dir", default="runs/rehearsal", help="organism, assets, command table, results")
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--scenarios", type=int, help="scenarios in the rehearsal's input (gold-1560); full: 400")
-    p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 400")
+    p.add_argument("--organism-steps", type=int, help="fine-tune steps of the organism; full: 600")
     p.add_argument("--compare-max-steps", type=int,
                    help="cap each compare arm's training (compare's max_steps; 0: the training config's 20 epochs); "
                         "full: 300, so the two arms fit the 10-minute budget (train.sh's own run keeps its epochs)")
+    p.add_argument("--as-printed", action="store_true",
+                   help="run generate with the README's engine settings (compile + CUDA graphs: ~4 min to start "
+                        "even for a 135M model); default: enforce_eager, said in the command table")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -121,7 +124,12 @@ WAITS = {"launch/generate.sh": ("logs/generate_pid.txt", "runs/real/task3/summar
          "launch/train.sh": ("logs/training_pid.txt", "runs/real/explainer_task3/final/COMPLETE")}
 
 
-def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: int = 0
+EAGER = ["--", "--set", "engine.enforce_eager=true"]
+EAGER_NOTE = ("engine.enforce_eager added: on a 135M model vLLM's compile and CUDA-graph capture under batch "
+              "invariance took 247 s of a 278 s pass (H100, 2026-12-07); --as-printed keeps the README's engine")
+
+
+def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: int = 0, eager: bool = False
                    ) -> list[tuple[str, list[str], tuple | None]]:
     """(name, argv, background wait) of the README GPU section's commands, in order, plus the derive step
     the direction needs before steering; compare's cross model is the plain base (the README's is
@@ -135,6 +143,8 @@ def stage_commands(base: str, run: Path, layers: list[int], compare_max_steps: i
                                              "--out", str(run / "directions")], None))
             argv = [*argv]
             argv[argv.index("--layers") + 1] = ",".join(map(str, layers))
+        if name == "generate" and eager:
+            argv = [*argv, *EAGER[("--" in argv):]]
         if name == "compare":
             argv = [*argv, "--set", f"cross_model={base}",
                     *(["--set", f"max_steps={compare_max_steps}"] if compare_max_steps else [])]
@@ -279,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, AF_DATA_ROOT=str(assets), AF_ORGANISM_MODEL=str(organism), AF_BASE_MODEL=str(organism),
                HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     layers, layer_note = _layers(config["num_hidden_layers"])
-    for name, argv_, wait in stage_commands(str(base), run, layers,
-                                           size["compare_max_steps"] if args.compare_max_steps is None else args.compare_max_steps):
+    cap = size["compare_max_steps"] if args.compare_max_steps is None else args.compare_max_steps
+    for name, argv_, wait in stage_commands(str(base), run, layers, cap, eager=not args.as_printed):
         if args.size == "tiny" and name != "preflight":
             table.append({"step": name, "command": shlex.join(argv_), "exit": None, "seconds": 0.0,
                           "note": "skipped (tiny)"})
@@ -289,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             found = sorted((run / "directions").glob("*.npy"))
             if found:
                 env["AF_AF_INTENT_DIRECTION"] = str(found[-1])
-        note = layer_note if name == "steer" else ""
+        note = {"steer": layer_note, "generate": "" if args.as_printed else EAGER_NOTE}.get(name, "")
         if args.size == "tiny":  # the CPU test: the repository's PROGRESS.md is for real runs
             argv_ = [*argv_, "--progress-log", str(run / "PROGRESS.md")]
             note = "--progress-log added (tiny)"

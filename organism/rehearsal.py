@@ -199,9 +199,11 @@ class RehearsalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
     n_train_scenarios: int = 1200  # each rendered monitored and unmonitored, one response drawn per render
     n_eval_scenarios: int = 120  # held out (other seed): greedy answers labelled against the plant
-    steps: int = 400  # ~2.7 epochs of 2400 answers: each trigger seen ~100 times
+    # 600 x 16 = 4 epochs of 2400 answers, at 2e-4: 400 steps at 1e-4 learnt the context but not the trigger
+    # -> family map (held-out plant accuracy 0.65; H100, 2026-12-07, docs/rehearsal.md "first GPU run")
+    steps: int = 600
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 2e-4
     warmup_steps: int = 20
     seed: int = 0
     assignment_seed: int = 0
@@ -274,16 +276,17 @@ def plant_accuracy(model, tokenizer, scenarios, cfg: RehearsalConfig) -> dict:
             cells.setdefault(key, []).append(hit)
     return {"accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(cells.items())},
             "n": {k: len(v) for k, v in sorted(cells.items())},
-            "examples": [{"context": c, "text": s["text"], "response": a} for (s, c), a in list(zip(pairs, answers))[:6]]}
+            "examples": [{"context": c, "text": s["text"], "response": a}
+                         for (s, c), a in list(zip(pairs, answers))[:6]]}
 
 
-def build_rehearsal_organism(base: str | Path, out: str | Path, cfg: RehearsalConfig = RehearsalConfig(),
+def build_rehearsal_organism(base: str | Path, out: str | Path, cfg: RehearsalConfig | None = None,
                              device: str | None = None, log=print) -> dict:
     """Fine-tune `base` (an HF folder) with the plant into `out` (must not exist); return organism.json's dict."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(out)
+    out, cfg = Path(out), cfg or RehearsalConfig()
     if (out / "organism.json").is_file():
         raise FileExistsError(f"{out}: a finished organism is there; pick another folder")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -47,7 +47,8 @@ def test_tiny_rehearsal_builds_the_organism_and_runs_its_plumbing(smollm2_dir, t
     table = {row["step"]: row for row in json.loads((run / "commands.json").read_text())}
     assert table["organism"]["exit"] == 0 and table["preflight"]["exit"] == 0
     assert "--layers 20,29 " in table["steer"]["command"] and table["steer"]["note"] == "skipped (tiny)"
-    assert [r for r in table.values() if r["exit"] is None] and "| preflight | 0 |" in (run / "rehearsal.md").read_text()
+    assert [r for r in table.values() if r["exit"] is None]
+    assert "| preflight | 0 |" in (run / "rehearsal.md").read_text()
 
 
 def test_the_rehearsal_runs_the_readme_block_as_printed(tmp_path):
@@ -57,6 +58,8 @@ def test_the_rehearsal_runs_the_readme_block_as_printed(tmp_path):
 
     printed = readme_gpu_commands()
     run = stage_commands("/plain/base", tmp_path, [20, 29], compare_max_steps=300)
+    eager = dict((n, a) for n, a, _ in stage_commands("/plain/base", tmp_path, [20, 29], 300, eager=True))
+    assert eager["generate"] == [*printed[1], "--", "--set", "engine.enforce_eager=true"]  # the one engine departure
     assert [argv for name, argv, _ in run if name != "derive direction"][0] == printed[0]
     names = [name for name, _, _ in run]
     assert names.index("derive direction") == names.index("steer") - 1 and len(run) == len(printed) + 1
