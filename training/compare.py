@@ -38,6 +38,7 @@ from records.schema import (
     read_summary,
 )
 from training import baselines, metrics
+from training.config import Count, NonNegative
 
 log = logging.getLogger(__name__)
 ARMS = ("self", "cross")
@@ -56,9 +57,9 @@ class CompareConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cross_model: str  # another model, trained on the same records: toy-twin, mistralai/Mistral-7B-v0.3, ...
     output_dir: str
     sets: list[str] = []  # --set overrides for both arms' training configs
-    max_steps: int = 0  # cap each arm's training (0: the config's epochs)
+    max_steps: NonNegative = 0  # cap each arm's training (0: the config's epochs)
     group_pattern: str = ""  # regex capture grouping test items for the bootstrap (records/split.py)
-    n_bootstrap: int = metrics.N_BOOTSTRAP
+    n_bootstrap: Count = metrics.N_BOOTSTRAP
     seed: int = metrics.BOOTSTRAP_SEED
     min_gap: float = 0.30  # the gap self - cross the verdict asks for (with its interval above 0)
     # Train both arms at once, each in its own process on half the CPU threads (CPU runs of a small model:

@@ -93,6 +93,14 @@ def test_a_missing_answer_is_refused_never_scored_as_a_wrong_one():
                                                     cc)["generative_explanation"].methods
 
 
+def test_a_compare_config_out_of_range_fails_at_load_naming_its_field():
+    from records.errors import InputError
+
+    for setting, field in (({"n_bootstrap": 0}, "n_bootstrap"), ({"max_steps": -1}, "max_steps")):
+        with pytest.raises(InputError, match=rf"at `\$\.{field}`"):
+            load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig, setting)
+
+
 @pytest.fixture(scope="module")
 def compared(twin_dir, organism_dir, tmp_path_factory):
     # the twin first: on a fresh clone this file and the demo's start the suite on the two workers (the
