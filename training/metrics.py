@@ -1,7 +1,7 @@
 """Scores as introspective-interp's evaluators compute them, each with a seeded bootstrap 95% interval.
 
-Beside training/evaluate.py's lenient scores (label inside <<<>>> plus flag; lowercased first words;
-unparsable answers counted as "not changed"), these are the strict ones the paper reports:
+Beside our lenient scores (training/scoring.py, `lenient_*`: label inside <<<>>> plus flag; lowercased
+first words; unparsable answers counted as "not changed"), these (`strict_*`) are the ones the paper reports:
 - generative_explanation: strict exact match = the whole normalised sentence equals the target's
   (strip, lowercase, trailing "." removed, whitespace collapsed) and its changed flag parses equal;
 - has-changed F1 and has-unchanged F1 over ALL items, where an unparsable answer counts as wrong (the
@@ -10,7 +10,8 @@ unparsable answers counted as "not changed"), these are the strict ones the pape
 
 Intervals resample items with replacement (or whole groups, e.g. every item of one trigger, when
 `groups` is given, since items of a group are not independent); a gap between two methods resamples
-the same indices for both (paired).
+the same indices for both (paired). A score with its interval is a records.schema.Interval, the shape
+metrics.json and compare.json share.
 """
 
 from __future__ import annotations
