@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.report import explainer_dir, peer_lines, strict_lines
 from records.errors import EXIT_BAD_INPUT, InputError, StageFailure
-from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_summary
+from records.schema import ContextAblationSummary, EvalMetrics, SteeringSummary, read_eval_metrics, read_summary
 from training.collapse import lines as collapse_lines
 
 # (task folder, training config stem, records folder inside the run)
@@ -107,7 +107,7 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         if not metrics.is_file():
             lines.append(f"{task:<8} {n:>8} {changed:>8}  (explainer not trained)")
             continue
-        evaluation = read_summary(metrics, EvalMetrics)
+        evaluation = read_eval_metrics(metrics)
         test = evaluation.splits.get("test", {})
         key = "semantic_similarity" if task == "task1" else "exact_match"
         q = "generative_explanation" if "generative_explanation" in test else next(iter(test), "-")

@@ -18,30 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
+from app.report_scores import (
+    PEERS_NOTE,
+    held_out_direction_lines,
+    metrics_table,
+    peer_lines,
+    strict_lines,
+    task1_scores,
+)
 from features.config import depth_warning
 from records.jsonl import read_records, write_json_atomic
 from records.schema import (
     ContextAblationRecord,
     ContextAblationSummary,
-    EvalMetrics,
     FeaturesIndex,
     PredictionRow,
     RunManifest,
     SteeringRecord,
     SteeringSummary,
+    read_eval_metrics,
     read_summary,
 )
 
 TASKS = {"task3": "Task 3: context ablation", "task2": "Task 2: steering", "task1": "Task 1: feature descriptions"}
 BASELINES = ("explainer", "untrained", "majority", "nearest_neighbour")
-PEERS_NOTE = ("The peers' baselines: few-shot in context (`fewshot_k<k>`: the explainer's base, adapter off, given k "
-              "solved training examples before the question; scores pooled over seeded draws of the examples, intervals "
-              "resample each item with all its draws), the vector nearest neighbour (`vector_nearest_neighbour`: the "
-              "most common answer among the training items whose vector is the most cosine-similar). Calibration: "
-              "confidence is the explainer's probability of its own answer under teacher forcing; P(changed) is read "
-              "where the two answer forms part (training/calibration.py).")
-
-
 def _plt():
     import matplotlib
 
@@ -191,102 +191,6 @@ def plot_similarity(rows: list[dict], path: Path) -> dict[str, float]:
     return means
 
 
-def _metrics_table(metrics: EvalMetrics) -> list[str]:
-    """Held-out scores per split, question type and method: ours (lenient) and the paper's strict ones
-    with their bootstrap 95% intervals. Splits: the held-out scenarios ("test"), and for steering a
-    direction never trained on (HELD_OUT_DIRECTION) where the run held one out."""
-    lines = ["| split | question type | method | n | exact match | strict exact match [95% CI] | strict changed F1 "
-             "[95% CI] | content match | similarity |", "|---|---|---|---|---|---|---|---|---|"]
-    for split, qs in metrics.splits.items():
-        if split.startswith("eval:"):
-            continue
-        for q, methods in qs.items():
-            for method, m in methods.items():
-                cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
-                ci = lambda k: f"{cell(k)} [{cell(k + '_lo')}, {cell(k + '_hi')}]" if k in m else "-"  # noqa: E731
-                lines.append(f"| {split} | {q} | {method} | {int(m['n'])} | {cell('exact_match')} | "
-                             f"{ci('strict_exact_match')} | {ci('strict_changed_f1')} | {cell('content_match')} | "
-                             f"{cell('semantic_similarity')} |")
-    return lines
-
-
-def strict_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
-    """The paper's strict exact match with its 95% interval per method, and a NOTE for every baseline that
-    reaches the explainer: the paired interval of explainer - baseline (same items, same resamples)
-    reaches 0, or, where no paired gap was computed, the baseline's interval reaches the explainer's
-    score. Then the score does not show that the explainer reads the organism (the demo's table and the
-    report's summary say so in these words)."""
-    if "strict_exact_match" not in methods.get("explainer", {}):
-        return []
-    ci = {m: (v["strict_exact_match"], v["strict_exact_match_lo"], v["strict_exact_match_hi"])
-          for m, v in methods.items() if "strict_exact_match" in v}
-    lines = [indent + "strict exact match [95% CI]: " + "; ".join(f"{m} {x:.2f} [{lo:.2f}, {hi:.2f}]"
-                                                                for m, (x, lo, hi) in ci.items())]
-    from training.metrics import baseline_reaches
-
-    explainer = ci["explainer"][0]
-    for m, (x, lo, hi) in ci.items():
-        v = methods[m]
-        if m == "explainer" or not baseline_reaches(explainer, hi, v.get("gap_lo")):
-            continue
-        if "gap_lo" in v:
-            lines.append(f"{indent}NOTE: the {m} baseline reaches the explainer (explainer - {m} = {v['gap']:+.2f} "
-                         f"[{v['gap_lo']:+.2f}, {v['gap_hi']:+.2f}], paired): this score does not show that the "
-                         "explainer reads the organism")
-        else:
-            lines.append(f"{indent}NOTE: the {m} baseline reaches the explainer ({x:.2f} [{lo:.2f}, {hi:.2f}] vs "
-                         f"{explainer:.2f}): this score does not show that the explainer reads the organism")
-    return lines
-
-
-def peer_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
-    """The peers' baselines and the explainer's calibration, beside strict_lines (training/peers.py,
-    training/calibration.py, training/templates.py): the few-shot draws' spread, a similarity line where
-    there is no strict score (feature descriptions), the explainer's confidence scored against the truth, and
-    its score under each prompt template."""
-    lines = []
-    fewshot = {m: v for m, v in methods.items() if m.startswith("fewshot_k")}
-    if any("strict_exact_match_draw_min" in v for v in fewshot.values()):
-        lines.append(indent + "few-shot in context (the untrained explainer, k solved training examples; strict exact "
-                     "match of each draw): " + "; ".join(
-                         f"{m} {v['strict_exact_match_draw_min']:.2f}-{v['strict_exact_match_draw_max']:.2f} over "
-                         f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in fewshot.items()
-                         if "strict_exact_match_draw_min" in v)
-                     + _below_majority(fewshot, methods.get("majority", {})))
-    if "strict_exact_match" not in methods.get("explainer", {}):
-        shown = {m: v["semantic_similarity"] for m, v in methods.items()
-                 if (m in fewshot or m == "vector_nearest_neighbour") and "semantic_similarity" in v}
-        if shown:
-            lines.append(indent + "peers' baselines, similarity: " + ", ".join(f"{m} {x:.2f}" for m, x in shown.items())
-                         + f"; explainer {methods['explainer'].get('semantic_similarity', float('nan')):.2f}")
-    ex = methods.get("explainer", {})
-
-    def ci(k: str) -> str:
-        return f"{ex[k]:.3f} [{ex[k + '_lo']:.3f}, {ex[k + '_hi']:.3f}]"
-
-    if "brier" in ex:
-        lines.append(indent + f"calibration (the explainer's probability of its own answer, mean "
-                     f"{ex['confidence_mean']:.2f}, against the answer being right): Brier {ci('brier')}; ECE "
-                     f"({int(ex['ece_bins'])} bins) {ci('ece')}"
-                     + (f"; AUROC of 'changed' by P(changed) {ci('auroc_changed')}" if "auroc_changed" in ex else ""))
-    templates = sorted((k for k in ex if k.startswith("template:")), key=lambda k: int(k.split(":")[1]))
-    if templates:
-        lines.append(indent + "per prompt template (each item asked in every wording): " + ", ".join(
-            f"{k.split(':')[1]}: {ex[k]:.2f}" for k in templates) + f"; spread {ex['template_spread']:.2f}")
-    return lines
-
-
-def _below_majority(fewshot: dict[str, dict[str, float]], majority: dict[str, float]) -> str:
-    """Where every few-shot score's interval lies below the majority answer's score: the base did not use the
-    solved examples at all (it answered outside the answer format)."""
-    if "strict_exact_match" not in majority or not all("strict_exact_match_hi" in v for v in fewshot.values()):
-        return ""
-    if all(v["strict_exact_match_hi"] < majority["strict_exact_match"] for v in fewshot.values()):
-        return (f" (below the majority answer's {majority['strict_exact_match']:.2f}: the untrained base does not take "
-                "up the solved examples' answer format)")
-    return ""
-
-
 def explainer_dir(run: Path, task: str) -> Path:
     """Where a run keeps a task's explainer: explainer_<task>/, or the self arm of its comparison."""
     ex = run / f"explainer_{task}"
@@ -301,7 +205,7 @@ def _summary(run: Path) -> list[str]:
         metrics = explainer_dir(run, task) / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
             continue
-        test = read_summary(metrics, EvalMetrics).splits.get("test", {})
+        test = read_eval_metrics(metrics).splits.get("test", {})
         methods = test.get("generative_explanation", {})
         if "strict_exact_match" in methods.get("explainer", {}):
             lines += [f"- {title}, held-out scenarios (generative explanation):",
@@ -322,28 +226,6 @@ def _summary(run: Path) -> list[str]:
     return ["## Summary", "", *lines, ""] if lines else []
 
 
-def held_out_direction_lines(splits: dict, indent: str = "") -> list[str]:
-    """Task 2 on a steering direction no training item added: every method's strict score with its interval,
-    the paired gap explainer - no-effect bound (along a direction that moves nothing, every target is
-    "unchanged", so the bound is the score to reach), and a NOTE when the explainer falls below it."""
-    from training.evaluate import HELD_OUT_DIRECTION
-
-    methods = splits.get(HELD_OUT_DIRECTION, {}).get("generative_explanation", {})
-    if "strict_exact_match" not in methods.get("explainer", {}):
-        return []
-    lines = [indent + "held-out direction (never trained on), strict exact match [95% CI]: " + "; ".join(
-        f"{m} {v['strict_exact_match']:.2f} [{v['strict_exact_match_lo']:.2f}, {v['strict_exact_match_hi']:.2f}]"
-        for m, v in methods.items() if "strict_exact_match_lo" in v)]
-    bound = methods.get("no_effect", {})
-    if "gap_lo" in bound:
-        gap = f"{bound['gap']:+.2f} [{bound['gap_lo']:+.2f}, {bound['gap_hi']:+.2f}]"
-        lines.append(f"{indent}held-out direction: explainer - no-effect bound = {gap} (paired, whole scenarios)")
-        if bound["gap"] < 0:
-            lines.append(f"{indent}NOTE: on the held-out direction the explainer falls below the no-effect bound "
-                         f"({gap}): it predicts effects this direction does not have")
-    return lines
-
-
 def evidence_lines(run: Path) -> list[str]:
     """Summary lines of issue #28: any collapse flag of a task's evaluation, and Task 2's held-out direction."""
     from training import collapse
@@ -354,7 +236,7 @@ def evidence_lines(run: Path) -> list[str]:
         metrics = explainer_dir(run, task) / "final" / "eval" / "metrics.json"
         if not metrics.is_file():
             continue
-        evaluation = read_summary(metrics, EvalMetrics)
+        evaluation = read_eval_metrics(metrics)
         lines += [f"- {title}: **{line}**" for line in collapse.lines(evaluation.collapse)]
         gaps = gap_lines(evaluation.splits.get("test", {}).get("generative_explanation", {}), indent="  - ")
         if task == "task1" and gaps:
@@ -363,44 +245,6 @@ def evidence_lines(run: Path) -> list[str]:
         held = held_out_direction_lines(evaluation.splits, indent="  - ")
         if held:
             lines += [f"- {title}, held-out direction (generative explanation):", *held]
-    return lines
-
-
-def _task1_scores(metrics: EvalMetrics) -> list[str]:
-    """Task 1's held-out scores side by side: MiniLM similarity, the paper's LM judge, and per-attribute
-    accuracy with its chance level, for the explainer and every baseline and control."""
-    lines = []
-    for q, methods in metrics.splits.get("test", {}).items():
-        scoring = metrics.attributes.get("test", {}).get(q)
-        attrs = sorted(scoring.chance) if scoring else []
-        lines += [f"Held-out `{q}`: similarity (all-MiniLM-L6-v2), LM judge ((rating - 1) / 4) and the share of "
-                  "descriptions that name the right value of each cluster attribute:", "",
-                  "| method | n | MiniLM similarity | LM judge | " + "".join(f"{a} | " for a in attrs)
-                  + ("mean of attributes |" if attrs else ""), "|---" * (4 + len(attrs) + bool(attrs)) + "|"]
-        for method, m in methods.items():
-            cell = lambda k: f"{m[k]:.3f}" if k in m and m[k] == m[k] else "-"  # noqa: E731 (NaN -> "-")
-            lines.append(f"| {method} | {int(m['n'])} | {cell('semantic_similarity')} | {cell('lm_judge')} | "
-                         + "".join(f"{cell('attribute:' + a)} | " for a in attrs)
-                         + (f"{cell('attribute_mean')} |" if attrs else ""))
-        from training.task1_evidence import gap_lines
-
-        lines += ["", *gap_lines(methods)]
-        if scoring:
-            chance = [scoring.chance[a] for a in attrs]
-            lines.append(f"| chance | {scoring.n} | - | - | " + "".join(f"{c:.3f} | " for c in chance)
-                         + f"{float(np.mean(chance)):.3f} |")
-            lines += ["", "Chance: the most common value among the training features, scored on these (ties: "
-                          "averaged). A description names a value when it holds one of the word n-grams found in "
-                          "every training description with that value and in none with another "
-                          "(training/attributes.py); none or several is wrong. Controls: the explainer with its "
-                          "vectors zeroed, and shuffled (each feature given a feature's vector from another "
-                          "cluster)."]
-        else:
-            lines += ["", "Per-attribute accuracy: not scored (the records came without cluster attributes: "
-                          "`cluster_attributes` in the features config)."]
-        lines += ["", f"LM judge: {metrics.feature_judge}" if metrics.feature_judge
-                  else "LM judge: not configured (set test.feature_judge.model in the training config to score "
-                       "descriptions with the paper's 1-5 judge)", ""]
     return lines
 
 
@@ -456,11 +300,41 @@ def _compare_section(run: Path, task: str, about: str) -> list[str]:
             *format_table(read_result(compare)).splitlines(), "```", ""]
 
 
+def _explainer_section(run: Path, plots: Path) -> list[str]:
+    """Each task's explainer: training curves, held-out scores beside the baselines, example predictions."""
+    md = ["## Explainer training and evaluation", ""]
+    for task, title in TASKS.items():
+        ex = explainer_dir(run, task)
+        if not ex.is_dir():
+            continue
+        md += [f"### {title}", ""]
+        if task == "task1":
+            md += _sae_depth_lines(run, ex)
+        if plot_training(_read_jsonl(ex / "metrics.jsonl"), plots / f"{task}_training.png", title):
+            md += [f"![training curves](plots/{task}_training.png)", ""]
+        eval_dir = ex / "final" / "eval"
+        if (eval_dir / "metrics.json").is_file():
+            metrics = read_eval_metrics(eval_dir / "metrics.json")
+            md += metrics_table(metrics) + [""]
+            md += [f"- `{q}`: {line}" for q, ms in metrics.splits.get("test", {}).items() for line in peer_lines(ms)]
+            md += ["", PEERS_NOTE, ""] if any(peer_lines(ms) for ms in metrics.splits.get("test", {}).values()) else []
+            rows = read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
+            if task == "task1":
+                md += task1_scores(metrics)
+            if task == "task1" and rows:
+                means = plot_similarity(rows, plots / "task1_similarity.png")
+                md += ["![similarity](plots/task1_similarity.png)", "",
+                       "Mean similarity: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), ""]
+            md += ["Example predictions (held-out):", "", *_examples_table(rows), ""]
+    return md
+
+
 def build_report(run: Path) -> Path:
     """Write RUN/report.md and RUN/plots/*.png from whatever stages the run holds; return the report path."""
     plots = run / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    md = [f"# af-introspect report: `{run}`", "", f"_written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}_", ""]
+    written = f"_written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}_"
+    md = [f"# af-introspect report: `{run}`", "", written, ""]
     md += _summary(run)
 
     t3 = run / "task3"
@@ -478,7 +352,8 @@ def build_report(run: Path) -> Path:
         md += ["", "![behaviour change by label](plots/task3_change_by_label.png)", ""]
         md += _sampled_section(t3, plots, "task3")
         md += _labels_section(t3, ContextAblationRecord, s)
-    md += _sampled_section(run / "sampled" / "task3", plots, "sampled/task3")  # the demo's sampled pass beside its greedy one
+    # the demo's sampled pass beside its greedy one
+    md += _sampled_section(run / "sampled" / "task3", plots, "sampled/task3")
 
     md += _compare_section(run, "task3", "Strict scores (training/metrics.py) on held-out triggers, bootstrap 95% "
                            "intervals resampling whole triggers; the cross explainer is the same recipe started from "
@@ -505,30 +380,7 @@ def build_report(run: Path) -> Path:
                            "lookup table (arm and context), no-effect bound and vector controls (zeroed; shuffled: "
                            "each item given another arm's vector).")
 
-    md += ["## Explainer training and evaluation", ""]
-    for task, title in TASKS.items():
-        ex = explainer_dir(run, task)
-        if not ex.is_dir():
-            continue
-        md += [f"### {title}", ""]
-        if task == "task1":
-            md += _sae_depth_lines(run, ex)
-        if plot_training(_read_jsonl(ex / "metrics.jsonl"), plots / f"{task}_training.png", title):
-            md += [f"![training curves](plots/{task}_training.png)", ""]
-        eval_dir = ex / "final" / "eval"
-        if (eval_dir / "metrics.json").is_file():
-            metrics = read_summary(eval_dir / "metrics.json", EvalMetrics)
-            md += _metrics_table(metrics) + [""]
-            md += [f"- `{q}`: {line}" for q, ms in metrics.splits.get("test", {}).items() for line in peer_lines(ms)]
-            md += ["", PEERS_NOTE, ""] if any(peer_lines(ms) for ms in metrics.splits.get("test", {}).values()) else []
-            rows = read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
-            if task == "task1":
-                md += _task1_scores(metrics)
-            if task == "task1" and rows:
-                means = plot_similarity(rows, plots / "task1_similarity.png")
-                md += ["![similarity](plots/task1_similarity.png)", "",
-                       "Mean similarity: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), ""]
-            md += ["Example predictions (held-out):", "", *_examples_table(rows), ""]
+    md += _explainer_section(run, plots)
     path = run / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
@@ -547,7 +399,7 @@ def check_inputs(run: Path) -> None:
     for task in TASKS:
         eval_dir = explainer_dir(run, task) / "final" / "eval"
         if (eval_dir / "metrics.json").is_file():
-            read_summary(eval_dir / "metrics.json", EvalMetrics)
+            read_eval_metrics(eval_dir / "metrics.json")
             read_records(eval_dir / "predictions.jsonl", PredictionRow, strict=True)
 
 
@@ -571,6 +423,7 @@ def main(args: argparse.Namespace) -> int:
     check_inputs(run)
     path = build_report(run)
     print(f"report: {path}")
-    append_phase(args.progress_log, "7", "report", "DONE", done=[f"{path} with {len(list((run / 'plots').glob('*.png')))} "
-                 f"plots in {run / 'plots'}"], findings=[], next_step="read the report; iterate on the weakest task")
+    n_plots = len(list((run / "plots").glob("*.png")))
+    append_phase(args.progress_log, "7", "report", "DONE", done=[f"{path} with {n_plots} plots in {run / 'plots'}"],
+                 findings=[], next_step="read the report; iterate on the weakest task")
     return 0

@@ -566,21 +566,36 @@ class AttributeScoring(msgspec.Struct, forbid_unknown_fields=True):
     marks: dict[str, dict[str, list[str]]]  # attribute -> value -> the n-grams that name it ([]: never named)
 
 
+# metrics.json's shape: 2 = every score with a 95% interval is an Interval (strict_*, gap, brier, ...);
+# 1 (files without `version`) = flat `<key>`, `<key>_lo`, `<key>_hi` floats, refused by read_eval_metrics.
+EVAL_METRICS_VERSION = 2
+
+
 class EvalMetrics(msgspec.Struct, forbid_unknown_fields=True):
-    """metrics.json: split -> question type -> method -> metric -> value (n, exact_match, strict_* with
-    their _lo/_hi 95% interval bounds, ...; NaN where a metric has no items). Feature descriptions also
-    carry semantic_similarity (MiniLM), lm_judge (the paper's 1-5 judge as (s-1)/4, when configured) and,
-    when the records came with cluster attributes, attribute:<name> and attribute_mean (share of items
-    whose description names the right value)."""
+    """metrics.json: split -> question type -> method -> metric -> a number (n, exact_match, ...; NaN
+    where a metric has no items) or, for a score with a bootstrap 95% interval (strict_*, gap, ...), an
+    Interval. Feature descriptions also carry semantic_similarity (MiniLM), lm_judge (the paper's 1-5
+    judge as (s-1)/4, when configured) and, when the records came with cluster attributes,
+    attribute:<name> and attribute_mean (share of items whose description names the right value)."""
 
     checkpoint: str
-    splits: dict[str, dict[str, dict[str, dict[str, float]]]]
+    splits: dict[str, dict[str, dict[str, dict[str, float | Interval]]]]
     attributes: dict[str, dict[str, AttributeScoring]] = {}  # split -> question type -> how it was scored
     feature_judge: str = ""  # the LM judge of feature descriptions; "" = not configured
     seconds: dict[str, float] = {}  # wall time of evaluate's pieces (few-shot, calibration, templates, ...)
     # split -> question type -> why the explainer counts as collapsed (one answer for all; on the test
     # split also no better than the majority answer): training/collapse.py
     collapse: dict[str, dict[str, str]] = {}
+    version: int = 1  # EVAL_METRICS_VERSION of the writer; files written before the field are version 1
+
+
+def read_eval_metrics(path: str | Path) -> EvalMetrics:
+    """metrics.json of the current shape; an older one is one InputError line, never read as numbers."""
+    metrics = read_summary(path, EvalMetrics)
+    if metrics.version != EVAL_METRICS_VERSION:
+        raise InputError(f"{path}: metrics.json of an older format (version {metrics.version}, this code reads "
+                         f"{EVAL_METRICS_VERSION}): rerun `af-introspect evaluate` on that checkpoint")
+    return metrics
 
 
 class Interval(msgspec.Struct, forbid_unknown_fields=True):

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from records.schema import Interval
 from training import data as D
 from training.examples import CHANGED, UNCHANGED, Example
 from training.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP, bootstrap_indices, changed_flag
@@ -69,24 +70,25 @@ def auroc(score: Sequence[float], label: Sequence[bool]) -> float:
 
 def calibration_metrics(confidence: Sequence[float], correct: Sequence[bool], p_changed: Sequence[float] | None = None,
                         target_changed: Sequence[bool] | None = None, groups: Sequence | None = None,
-                        n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
-    """Flat fields for a metrics row: confidence_mean, brier, ece (each with _lo / _hi), ece_bins, and, with
-    `p_changed`, auroc_changed (with _lo / _hi; left out when one class is absent)."""
+                        n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, float | Interval]:
+    """Fields for a metrics row: confidence_mean, brier, ece (each an Interval), ece_bins, and, with
+    `p_changed`, auroc_changed (an Interval; left out when one class is absent)."""
     c, y = np.asarray(confidence, float), np.asarray(correct, bool)
     stats = {"brier": lambda i: brier(c[i], y[i]), "ece": lambda i: ece(c[i], y[i])}
     if p_changed is not None:
         p, t = np.asarray(p_changed, float), np.asarray(target_changed, bool)
         if t.any() and not t.all():
             stats["auroc_changed"] = lambda i: auroc(p[i], t[i])
-    out: dict[str, float] = {"confidence_mean": float(c.mean()) if len(c) else float("nan"),
+    out: dict[str, float | Interval] = {"confidence_mean": float(c.mean()) if len(c) else float("nan"),
                              "ece_bins": float(ECE_BINS)}
     every = np.arange(len(c))
     boots = bootstrap_indices(len(c), groups, n_boot, seed) if len(c) else []
     for name, f in stats.items():
         values = np.array([f(i) for i in boots])
         lo, hi = np.nanpercentile(values, [2.5, 97.5]) if np.isfinite(values).any() else (np.nan, np.nan)
-        out.update({name: f(every), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
-    return {k: v for k, v in out.items() if v == v}  # strict JSON: no NaN
+        out[name] = Interval(f(every), float(lo), float(hi))
+    # strict JSON: no NaN (a score whose interval has a NaN bound is left out whole)
+    return {k: v for k, v in out.items() if np.isfinite([v.value, v.lo, v.hi] if isinstance(v, Interval) else v).all()}
 
 
 # ---------------------------------------------------------------------------------------------------

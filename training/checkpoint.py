@@ -215,7 +215,8 @@ def check_adapter_base(folder: Path, model_path: str) -> None:
         raise InputError(f"{path}: adapter trained from {base}, which is not on this machine, so nothing shows it is "
                          f"model_path {model_path}; evaluate where that model is, or point model_path at it")
     raise InputError(f"{path}: adapter trained from {base}, but model_path is {model_path} (other weights): an "
-                     "adapter loaded onto another base scores nonsense; set model_path to the model it was trained from")
+                     "adapter loaded onto another base scores nonsense; set model_path to the model it was trained "
+                     "from")
 
 
 def saved_token_indices(folder: Path) -> list[int] | None:

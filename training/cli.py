@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
 
         append_phase(args.progress_log, "5", f"explainer training ({args.config})", "DONE",
                      done=[f"{summary['steps']} optimizer steps -> {summary['final']}"],
-                     findings=[f"loss {summary['first_loss']} -> {summary['last_loss']} (answer tokens; first and last step of this run)"],
+                     findings=[f"loss {summary['first_loss']} -> {summary['last_loss']} (answer tokens; first and "
+                               "last step of this run)"],
                      next_step=f"af-introspect evaluate --config {args.config}")
     return 0

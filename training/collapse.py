@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from training.metrics import point_value
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ def collapse_flags(examples: list, preds: list[str], majority_scores: dict[str, 
     return flags
 
 
-def primary_metric(scores: dict[str, float]) -> str:
+def primary_metric(scores: dict) -> str:
     """The score a collapse is judged by: MiniLM similarity for descriptions, else the strict exact match
     where computed, else exact match."""
     for key in ("semantic_similarity", "strict_exact_match", "exact_match"):
@@ -74,7 +76,8 @@ def evaluation_flags(answers: dict, results: dict) -> dict[str, dict[str, str]]:
             for q, methods in qs.items():
                 metric = primary_metric(methods.get("explainer", {}))
                 if metric in methods.get("majority", {}):
-                    majority[q] = (metric, methods["explainer"][metric], methods["majority"][metric])
+                    majority[q] = (metric, point_value(methods["explainer"][metric]),
+                                   point_value(methods["majority"][metric]))
         flags = collapse_flags(examples, preds, majority)
         if flags:
             out[split] = flags

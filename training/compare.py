@@ -38,6 +38,7 @@ from records.schema import (
     read_summary,
 )
 from training import baselines, metrics
+from training.config import Count, NonNegative
 
 log = logging.getLogger(__name__)
 ARMS = ("self", "cross")
@@ -56,9 +57,9 @@ class CompareConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cross_model: str  # another model, trained on the same records: toy-twin, mistralai/Mistral-7B-v0.3, ...
     output_dir: str
     sets: list[str] = []  # --set overrides for both arms' training configs
-    max_steps: int = 0  # cap each arm's training (0: the config's epochs)
+    max_steps: NonNegative = 0  # cap each arm's training (0: the config's epochs)
     group_pattern: str = ""  # regex capture grouping test items for the bootstrap (records/split.py)
-    n_bootstrap: int = metrics.N_BOOTSTRAP
+    n_bootstrap: Count = metrics.N_BOOTSTRAP
     seed: int = metrics.BOOTSTRAP_SEED
     min_gap: float = 0.30  # the gap self - cross the verdict asks for (with its interval above 0)
     # Train both arms at once, each in its own process on half the CPU threads (CPU runs of a small model:
@@ -173,10 +174,6 @@ def evaluate_arm(cfg, arm: str) -> list[PredictionRow]:
             if r.split == "test"]
 
 
-def _interval(d: dict) -> Interval:
-    return Interval(value=d["value"], lo=d["lo"], hi=d["hi"])
-
-
 def answered(method: str, question_type: str, answers: list) -> bool:
     """Whether a method answered a question type: evaluate leaves out what a method is not scored on (a
     vector control where the prompt has no vector). Some items answered and others not is a broken arm,
@@ -196,13 +193,12 @@ def score_methods(test_ex: list, preds: dict[str, list], groups: list, cc: Compa
         idx = [i for i, ex in enumerate(test_ex) if ex.question_type == q]
         targets = [test_ex[i].target for i in idx]
         g = [groups[i] for i in idx]
-        items = {m: metrics.score_items(q, [p[i] for i in idx], targets) for m, p in preds.items()
+        items = {m: metrics.strict_items(q, [p[i] for i in idx], targets) for m, p in preds.items()
                  if not (m == "no_effect" and q == "orig_match")  # its answer there is the truth
                  and answered(m, q, [p[i] for i in idx])}
-        methods = {m: {k: _interval(v) for k, v in metrics.metrics_with_intervals(s, g, cc.n_bootstrap, cc.seed).items()}
-                   for m, s in items.items()}
-        gaps = {f"self-{other}": _interval(metrics.paired_gap(items["self"], items[other], groups=g,
-                                                               n_boot=cc.n_bootstrap, seed=cc.seed))
+        methods = {m: metrics.metrics_with_intervals(s, g, cc.n_bootstrap, cc.seed) for m, s in items.items()}
+        gaps = {f"self-{other}": metrics.paired_gap(items["self"], items[other], groups=g, n_boot=cc.n_bootstrap,
+                                                    seed=cc.seed)
                 for other in METHOD_ORDER[1:] if other in items and other not in ("untrained", "no_effect")}
         out[q] = QuestionComparison(n=len(idx), n_groups=len(set(g)), chance=metrics.chance_rate(targets),
                                     methods=methods, gaps=gaps)
@@ -217,12 +213,13 @@ def verdict(scores: dict[str, QuestionComparison], min_gap: float) -> CompareVer
                           privileged_access=bool(gap.value >= min_gap and gap.lo > 0))
 
 
-def text_baseline_predictions(data, tokenizer, seed: int, test: list) -> dict[str, list[str]]:
+def text_baseline_predictions(data, tokenizer, seed: int, test: list) -> dict[str, list[str | None]]:
     """Each text baseline's answer to every example of `test`, fitted per question type on the training
-    examples' rendered prompts: exactly the text the explainer sees (no vector)."""
+    examples' rendered prompts: exactly the text the explainer sees (no vector). An item left unanswered
+    stays None, which `answered` refuses, never "" (a wrong answer)."""
     from training.data import prompt_text
 
-    preds: dict[str, list[str]] = {name: [""] * len(test) for name in baselines.TEXT_BASELINES}
+    preds: dict[str, list[str | None]] = {name: [None] * len(test) for name in baselines.TEXT_BASELINES}
     for q in dict.fromkeys(ex.question_type for ex in test):
         tr = [ex for ex in data.train if ex.question_type == q]
         te = [i for i, ex in enumerate(test) if ex.question_type == q]
@@ -258,9 +255,9 @@ def run_compare(cc: CompareConfig) -> CompareResult:
     train_arms(cfgs, cc)
     rows = {arm: evaluate_arm(cfgs[arm], arm) for arm in ARMS}
     tokenizer = load_tokenizer(resolve_model(cfgs["self"].model_path, "model_path"))
-    data = load_data(cfgs["self"], tokenizer, {}, check_heldout=False)
+    data = load_data(cfgs["self"], tokenizer, {}, paths=None)
     test = split_by_direction(data.train, data.test)["test"]  # the items evaluate scored as "test"
-    preds: dict[str, list[str]] = {}
+    preds: dict[str, list[str | None]] = {}
     for arm, arm_rows in rows.items():
         by_method: dict[str, dict] = {}
         for r in arm_rows:
@@ -321,13 +318,13 @@ def change_rate_lines(records_dir: Path) -> list[str]:
     if not records:
         return []
     lines = [f"behaviour changed (monitored -> unmonitored): "
-             f"{_ci(_interval(metrics.rate_with_interval([r.behavior_changed for r in records])))} of {len(records)} pairs"]
+             f"{_ci(metrics.rate_with_interval([r.behavior_changed for r in records]))} of {len(records)} pairs"]
     controls = read_records(records_dir / "noise_control.jsonl", ControlRecord, strict=True)
     for side in dict.fromkeys(c.context for c in controls):
         cs = [c for c in controls if c.context == side]
         lines.append(f"  noise floor, {side} twice: behaviour changed "
-                     f"{_ci(_interval(metrics.rate_with_interval([c.behavior_changed for c in cs])))}, output changed "
-                     f"{_ci(_interval(metrics.rate_with_interval([c.output_changed for c in cs])))} of {len(cs)}")
+                     f"{_ci(metrics.rate_with_interval([c.behavior_changed for c in cs]))}, output changed "
+                     f"{_ci(metrics.rate_with_interval([c.output_changed for c in cs]))} of {len(cs)}")
     return lines
 
 
@@ -354,7 +351,7 @@ def _ci(m: Interval, signed: bool = False) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0] + " " + " ".join(__doc__.split("\n\n")[1].split())
     p.add_argument("--config", required=True, help="YAML decoded into training.compare.CompareConfig "
-                                                   "(configs/compare_task3_cpu.yaml: the toy; compare_task3.yaml: the server)")
+                   "(configs/compare_task3_cpu.yaml: the toy; compare_task3.yaml: the server)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a compare config field")
     p.add_argument("--output-dir", help="override the config's output_dir")
     p.add_argument("--progress-log", default="PROGRESS.md", help="research log the comparison appends to")

@@ -15,15 +15,15 @@ Task names pick the record type: `hint_attribution` (Task 3, ContextAblationReco
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
-from typing import Any, Literal
+import sys
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from records.config import load_config, parse_set_args
 from records.errors import Problems
-from records.paths import load_stage_paths
+from records.paths import PathsConfig, load_stage_paths
 
 # task name -> the slots its prompts may use
 TASK_SLOTS = {
@@ -41,6 +41,12 @@ TASK_QUESTION_TYPES = {
 TEXT_SLOTS = {"system_prompt", "user_prompt", "hint", "prompt", "begin_continuous", "feature", "end_continuous"}
 SLOT = re.compile(r"\{(\w+)\}")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# Bounds live in the types: a value out of range fails at load, naming its field (`$.train.batch_size`).
+# msgspec refuses NaN under any bound; the upper bound refuses inf.
+Count = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+PositiveReal = Annotated[float, msgspec.Meta(gt=0, le=sys.float_info.max)]
+NonNegativeReal = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
 
 
 class Message(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,7 +59,7 @@ class Prompt(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QuestionType(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    weight: float = 1.0  # scales this question type's tokens in the loss; 0 = not asked (no examples)
+    weight: NonNegativeReal = 1.0  # scales this question type's tokens in the loss; 0 = not asked (no examples)
     prompts: list[Prompt]
 
 
@@ -73,22 +79,22 @@ class ContinuousTokens(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 
 class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    batch_size: int = 8  # examples per micro-batch
-    gradient_accumulation: int = 1  # ours: micro-batches per optimizer step
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "constant"  # constant | linear (the reference's default is constant)
+    batch_size: Count = 8  # examples per micro-batch
+    gradient_accumulation: Count = 1  # ours: micro-batches per optimizer step
+    learning_rate: PositiveReal = 5e-5
+    lr_scheduler_type: Literal["constant", "linear"] = "constant"  # the reference's default is constant
     warmup_steps: int = 0
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    num_epochs: int = 20
-    eval_steps: int = 500
-    save_steps: int = 500  # ours: checkpoint every N optimizer steps
+    weight_decay: NonNegativeReal = 0.01
+    max_grad_norm: NonNegativeReal = 1.0  # 0 = no clipping
+    num_epochs: Count = 20
+    eval_steps: Count = 500
+    save_steps: Count = 500  # ours: checkpoint every N optimizer steps
     save_total_limit: int = 3  # complete checkpoints kept (oldest removed first)
     eval_samples: int = 64  # examples generated for exact match at each eval (loss uses the whole split)
     peft_lora: bool = True
-    lora_r: int = 128
+    lora_r: Count = 128
     lora_alpha: int = 0  # 0 = 2 * lora_r
-    lora_dropout: float = 0.0
+    lora_dropout: NonNegativeReal = 0.0
     # ours: also train the embedding rows of the tokens that occur in answers (peft's
     # trainable_token_indices; tied output rows follow). Off for real models. The toy organism needs it:
     # trained only on its own replies, its other vocabulary rows collapsed onto one direction (mean pairwise
@@ -99,18 +105,19 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # it cannot tell "1.5" from "2" in its prompt. Slots holding scenario text are refused: trained rows of
     # training scenarios' words would let the explainer memorise them. Off for real models.
     trainable_slot_tokens: list[str] = []
-    loraplus_lr_ratio: float = 1.0  # ours: LoRA+ (lr of lora_B = ratio x learning_rate); 1 = plain LoRA
+    loraplus_lr_ratio: NonNegativeReal = 1.0  # ours: LoRA+ (lr of lora_B = ratio x learning_rate); 1 = plain LoRA
     bf16: bool = True  # only on GPU; CPU always trains in fp32
     gradient_checkpointing: bool = False  # ours
     group_by_length: bool = True  # ours: length-grouped batches (little padding); False = plain shuffle
     # ours, speed (training/packing.py, training/speed.py; the GPU YAMLs turn them on):
     packing: bool = False  # fixed-width packed rows, batch_size x gradient_accumulation examples a step on average
     pack_tokens: int = 8192  # most tokens in one packed row (rows per step grow past it)
-    attn_implementation: str = ""  # "" = transformers' default | eager | sdpa | flex_attention (packing on GPU)
+    # "" = transformers' default; flex_attention: packing on GPU
+    attn_implementation: Literal["", "eager", "sdpa", "flex_attention"] = ""
     bf16_adapters: bool = False  # LoRA weights in the base dtype (bf16 on GPU) instead of peft's fp32 upcast
     liger: bool = False  # liger-kernel RMSNorm/RoPE/SwiGLU (GPU, needs liger-kernel)
     compile_layers: bool = False  # torch.compile each decoder layer (not with liger)
-    max_length: int = 1024  # examples longer than this are dropped, with a count in the log
+    max_length: Count = 1024  # examples longer than this are dropped, with a count in the log
     dataset: str = ""  # folder holding train.jsonl / test.jsonl records
     tasks: dict[str, TaskConfig]
     seed: int = 0  # ours
@@ -118,10 +125,10 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heldout: str = "gold_106"  # ours: PathsConfig field of the held-out scenario set ("" = none)
     paths: str = "configs/paths.yaml"  # ours: where gold_106 etc. live
     allow_missing_heldout: bool = False  # ours: train even if the held-out file is absent (warns)
-    debug_steps: int = 5  # ours: optimizer steps of a --debug run
+    debug_steps: Count = 5  # ours: optimizer steps of a --debug run
     # ours: use only the first N prompt templates of each question type (0 = all). Training draws one template
     # per example (seeded); evaluation scores each template apart when there are several (training/templates.py)
-    max_prompts: int = 0
+    max_prompts: NonNegative = 0
 
 
 class TestTask(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -147,9 +154,9 @@ class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # ours, the peers' baselines (training/peers.py): the untrained explainer with k solved training examples
     # in its prompt, for each k, over fewshot_draws seeded draws of the examples; [] = off. fewshot_items > 0:
     # a seeded subset of that many items per split (CPU time)
-    fewshot_k: list[int] = msgspec.field(default_factory=lambda: [4, 8])
-    fewshot_draws: int = 3
-    fewshot_items: int = 0
+    fewshot_k: list[Count] = msgspec.field(default_factory=lambda: [4, 8])
+    fewshot_draws: Count = 3
+    fewshot_items: NonNegative = 0
     calibration: bool = True  # ours: the explainer's confidence, Brier / ECE / AUROC (training/calibration.py)
 
 
@@ -161,7 +168,7 @@ class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     continuous_tokens: ContinuousTokens = msgspec.field(default_factory=ContinuousTokens)
     output_dir: str
     use_embed_proj: bool = False  # project vectors even when their size equals the hidden size
-    device: str = "auto"  # ours: auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # ours
     train: TrainSection
     test: TestSection = msgspec.field(default_factory=TestSection)
 
@@ -181,6 +188,12 @@ def load_train_config(path: str, sets: list[str] | None = None, output_dir: str 
     return first_prompts(cfg, cfg.train.max_prompts) if cfg.train.max_prompts else cfg
 
 
+def train_paths(cfg: TrainConfig) -> PathsConfig:
+    """The paths config a training run checks its data against (its held-out set), read once at the edge
+    (training/train.py) and passed on; a run without a held-out set (train.heldout "") reads none."""
+    return load_stage_paths(cfg.train.paths) if cfg.train.heldout else PathsConfig()
+
+
 def first_prompts(cfg: TrainConfig, n: int) -> TrainConfig:
     """The config with each question type's templates cut to its first `n`."""
     replace = msgspec.structs.replace
@@ -197,23 +210,10 @@ def _number(value):
 
 
 def validate(cfg: TrainConfig, where: str = "config") -> None:
-    """Checks msgspec cannot express: known tasks, question types, slots, positive sizes."""
+    """Checks the types cannot express (ranges are in the types): known tasks, question types, slots, and
+    settings that depend on each other."""
     p = Problems()
     t = cfg.train
-    if t.max_prompts < 0:
-        p.add(where, f"train.max_prompts must be >= 0, got {t.max_prompts}")
-    for name in ("batch_size", "gradient_accumulation", "num_epochs", "eval_steps", "save_steps", "lora_r",
-                 "max_length", "debug_steps"):
-        if getattr(t, name) < 1:
-            p.add(where, f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):  # NaN passes `<= 0`
-        p.add(where, f"train.learning_rate must be a finite number > 0, got {t.learning_rate}")
-    for name in ("weight_decay", "max_grad_norm", "lora_dropout", "loraplus_lr_ratio"):
-        value = getattr(t, name)
-        if not (math.isfinite(value) and value >= 0):
-            p.add(where, f"train.{name} must be a finite number >= 0, got {value}")
-    if t.lr_scheduler_type not in ("constant", "linear"):
-        p.add(where, f"train.lr_scheduler_type must be constant or linear, got {t.lr_scheduler_type!r}")
     if t.packing and t.pack_tokens < 128:
         p.add(where, f"train.pack_tokens must be >= 128, got {t.pack_tokens}")
     if t.liger and t.compile_layers:
@@ -221,11 +221,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
                      "functions); pick one (compile_layers measured faster on the H200)")
     if t.liger and importlib.util.find_spec("liger_kernel") is None:
         p.add(where, "train.liger: true needs liger-kernel (pip install liger-kernel)")
-    if t.attn_implementation not in ("", "eager", "sdpa", "flex_attention"):
-        p.add(where, f"train.attn_implementation must be one of eager, sdpa, flex_attention (or empty), "
-                     f"got {t.attn_implementation!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        p.add(where, f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if not t.tasks:
         p.add(where, "train.tasks is empty")
     for task, tc in t.tasks.items():
@@ -238,8 +233,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             p.add(where, f"train.tasks.{task}: every question type has weight 0; nothing would be asked")
         for qname, q in tc.question_types.items():
             at = f"train.tasks.{task}.question_types.{qname}"
-            if not (math.isfinite(q.weight) and q.weight >= 0):
-                p.add(where, f"{at}.weight must be a finite number >= 0, got {q.weight}")
             if qname not in TASK_QUESTION_TYPES[task]:
                 p.add(where, f"{at}: not a question type of {task} ({', '.join(sorted(TASK_QUESTION_TYPES[task]))})")
             if not q.prompts:
@@ -251,9 +244,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if name not in slots:
             p.add(where, f"train.trainable_slot_tokens: {name!r} is not a slot of {', '.join(t.tasks)} that may be "
                          f"trained (allowed: {', '.join(sorted(slots)) or 'none'})")
-    if any(k < 1 for k in cfg.test.fewshot_k) or cfg.test.fewshot_draws < 1 or cfg.test.fewshot_items < 0:
-        p.add(where, f"test.fewshot_k must hold numbers >= 1 (got {cfg.test.fewshot_k}), test.fewshot_draws >= 1 "
-                     f"(got {cfg.test.fewshot_draws}) and test.fewshot_items >= 0 (got {cfg.test.fewshot_items})")
     for task in cfg.test.tasks:
         if task not in t.tasks:
             p.add(where, f"test.tasks.{task}: not among train.tasks ({', '.join(t.tasks)})")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lm.models import resolve_model
 from records.errors import InputError
+from records.paths import PathsConfig
 from training import examples as E
 from training.config import TrainConfig
 from training.continuous import prompt_markers
@@ -36,8 +37,10 @@ def needs_markers(cfg: TrainConfig) -> bool:
     return any(t in VECTOR_TASKS for t in cfg.train.tasks)
 
 
-def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldout: bool = True) -> Data:
-    """Records of every task -> examples; refuses training data that overlaps held-out scenarios."""
+def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], *, paths: PathsConfig | None) -> Data:
+    """Records of every task -> examples. With `paths` (the run's paths config, read once by the caller:
+    config.train_paths), refuses training data that overlaps its held-out set or a configured eval set;
+    None: no guard (evaluation reads the held-out data on purpose)."""
     decode = _target_decoder(cfg, tokenizer) if "act_patch" in cfg.train.tasks else None
     slot_markers = prompt_markers(markers) if markers else {}
     train, test, records = [], [], {}
@@ -57,8 +60,8 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], check_heldou
             eval_sets.setdefault(Path(path).stem if Path(path).is_file() else Path(path).name, []).extend(
                 E.build_examples(E.load_record_file(path, task), task, tc, slot_markers, cfg.train.seed,
                                  E.VectorStore(Path(path) if Path(path).is_dir() else Path(path).parent), decode))
-    if check_heldout:
-        held = E.heldout_from_config(cfg, list(cfg.train.tasks), decode)
+    if paths is not None:
+        held = E.heldout_from_config(cfg, list(cfg.train.tasks), paths, decode)
         for task, rs in records.items():
             E.check_no_heldout(rs, held, decode, where=str(E.dataset_dir(cfg, task) / "train.jsonl"))
         log.info("held-out guard: %d training records checked against %d held-out scenarios: no overlap",

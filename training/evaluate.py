@@ -18,10 +18,12 @@ For each split (the test split, then every configured gold_106-derived eval set)
   probability of its own answer and P(changed): Brier, ECE, AUROC of "changed"; training/calibration.py),
   and, where a question type has several prompt templates, the explainer's score under each
   (training/templates.py).
+The baselines and vector controls themselves are training/eval_baselines.py.
 
-Scoring follows introspective-interp's evaluators (training/scoring.py: parsed behaviour-change
-sentences, first-word matches, MiniLM similarity for feature descriptions, and its LM judge of feature
-descriptions when test.feature_judge names a model). Feature records that came with cluster attributes
+Scoring: ours, lenient (training/scoring.py: parsed behaviour-change sentences, first-word matches,
+MiniLM similarity for feature descriptions, and the paper's LM judge of feature descriptions when
+test.feature_judge names a model), and the paper's strict scores with bootstrap 95% intervals
+(training/metrics.py; each an Interval in metrics.json). Feature records that came with cluster attributes
 also get per-attribute accuracy beside its chance level (training/attributes.py). Predictions go to
 predictions.jsonl beside metrics.json.
 """
@@ -29,10 +31,8 @@ predictions.jsonl beside metrics.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -43,161 +43,34 @@ from lm.models import resolve_model
 from records.assets import load_cluster_attributes
 from records.errors import InputError
 from records.jsonl import write_json_atomic, write_records_atomic
-from records.schema import CLUSTER_ATTRIBUTES, AttributeScoring, EvalMetrics, PredictionRow
+from records.schema import (
+    CLUSTER_ATTRIBUTES,
+    EVAL_METRICS_VERSION,
+    AttributeScoring,
+    EvalMetrics,
+    PredictionRow,
+)
 from training import collapse
 from training.attributes import attribute_scores
 from training.checkpoint import COMPLETE, check_adapter_base, load_weights, saved_token_indices
 from training.continuous import resolve_markers
 from training.dataset import load_data, needs_markers
-from training.examples import Example, causal_target, dataset_dir
-from training.metrics import gaps_by_question, strict_by_question
+from training.eval_baselines import (
+    lookup_predictions,
+    majority_predictions,
+    nearest_neighbour_predictions,
+    no_effect_predictions,
+    skip_control,
+    vector_control_examples,
+)
+from training.examples import Example, dataset_dir
+from training.metrics import gaps_by_question, point_value, strict_by_question
 from training.model import build_explainer, load_tokenizer, pick_device
 from training.peers import VECTOR_NN, evaluate_peers, vector_nn_predictions, vector_question_types
-from training.scoring import MiniLM, feature_judge_config, judge_descriptions, predict, score, score_item
+from training.scoring import MiniLM, feature_judge_config, judge_descriptions, lenient_item, predict, score
 from training.task1_evidence import task1_gaps, vector_probe_predictions
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Baselines
-
-
-def majority_predictions(train: list[Example], test: list[Example]) -> list[str]:
-    """The most common training target of each question type (ties: the first seen)."""
-    common = {}
-    for q in {ex.question_type for ex in test}:
-        counts = Counter(ex.target for ex in train if ex.question_type == q)
-        common[q] = counts.most_common(1)[0][0] if counts else ""
-    return [common[ex.question_type] for ex in test]
-
-
-def nearest_neighbour_predictions(train: list[Example], test: list[Example], embed) -> list[str]:
-    """The target of the most similar training input of the same question type.
-
-    Similarity: cosine of the input vectors for vector tasks (features), else of MiniLM embeddings of
-    the input text (each distinct text embedded once).
-    """
-    rows = _UnitRows(embed)
-    pools: dict[str, list[Example]] = {}
-    for ex in train:
-        pools.setdefault(ex.question_type, []).append(ex)
-    pool_rows = {q: rows(exs) for q, exs in pools.items()}  # [n_train_q, d]
-    preds = []
-    # one question type's inputs share a kind (vector or text) and so a width; types may differ
-    for ex in test:
-        pool = pools.get(ex.question_type)
-        preds.append(pool[int(np.argmax(pool_rows[ex.question_type] @ rows([ex])[0]))].target if pool else "")
-    return preds
-
-
-def lookup_predictions(train: list[Example], test: list[Example]) -> list[str]:
-    """The lookup table a reviewer would fit first: the most common training target per question type and
-    intervention (steering: arm and context, the text of the grid cell; no scenario, no vector), falling
-    back to the question type's majority. An explainer that does not beat it has not used the prompt
-    or the vector."""
-    def cell(ex: Example) -> tuple:
-        return ex.question_type, ex.meta.get("arm"), ex.meta.get("context")
-
-    counts: dict[tuple, Counter] = {}
-    for ex in train:
-        counts.setdefault(cell(ex), Counter())[ex.target] += 1
-    fallback = dict(zip([ex.question_type for ex in test], majority_predictions(train, test)))
-    return [counts[cell(ex)].most_common(1)[0][0] if cell(ex) in counts else fallback[ex.question_type]
-            for ex in test]
-
-
-def no_effect_predictions(test: list[Example]) -> list[str]:
-    """Steering records: the organism's own unsteered behaviour, reported as unchanged, i.e. what an
-    explainer that knows the organism perfectly but ignores the intervention would say. The vector-free
-    bound for Task 2: an explainer whose vectors are zeroed should fall to it, not below the majority.
-    (Not scored on orig_match, whose answer it is.)"""
-    return [causal_target(ex.meta["original"], ex.meta["original"]) if ex.question_type == "generative_explanation"
-            else " " + ex.meta["original"] for ex in test]
-
-
-def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
-    """The trained explainer's answers with its input vectors broken: zeroed (what it says from the text
-    alone) and shuffled within one question type so that each item reads the vector of an item of
-    another group (`cross_group_donors`). If the vectors carry what the explainer reports, both fall to the
-    vector-free baselines."""
-    if not any(ex.vector is not None for ex in examples):
-        return {}
-    rng = np.random.default_rng(seed)
-    zeroed, shuffled = [], list(examples)
-    for ex in examples:
-        zeroed.append(dataclasses.replace(ex, vector=None if ex.vector is None else np.zeros_like(ex.vector)))
-    for q in dict.fromkeys(ex.question_type for ex in examples):
-        idx = [i for i, ex in enumerate(examples) if ex.question_type == q and ex.vector is not None]
-        donors = cross_group_donors([_vector_group(examples[i]) for i in idx], rng)
-        for i, d in zip(idx, donors):
-            shuffled[i] = dataclasses.replace(examples[i], vector=examples[idx[d]].vector)
-    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
-    return {"zeroed_vectors": predict(explainer, zeroed, n, bs), "shuffled_vectors": predict(explainer, shuffled, n, bs)}
-
-
-VECTOR_CONTROLS = ("zeroed_vectors", "shuffled_vectors")
-
-
-def skip_control(method: str, question_type: str, examples: list[Example]) -> bool:
-    """A vector control on a question type whose prompt carries no vector (Task 2's orig_match) repeats the
-    explainer's answers: it is not scored there, so no NOTE says a broken vector 'reaches' it."""
-    return method in VECTOR_CONTROLS and not any(ex.vector is not None for ex in examples
-                                                 if ex.question_type == question_type)
-
-
-def _vector_group(ex: Example):
-    """What a swapped-in vector must differ in: a feature of the same cluster has the same planted
-    attributes, and a steering arm repeats one vector over scenarios, so a swap inside the group would
-    hand the explainer the same information (a perfect reader kept 0.28 attribute accuracy that way)."""
-    cluster = ex.meta.get("cluster_id")
-    return ("cluster", cluster) if cluster is not None else ("vector", ex.vector.tobytes())
-
-
-def cross_group_donors(groups: list, rng: np.random.Generator) -> list[int]:
-    """For each position, a position drawn uniformly from the other groups (itself if there is none).
-    Drawn per item, not as a permutation: moving whole groups onto each other would make a control's
-    score hinge on which two groups happen to meet (two held-out clusters sharing a modifier)."""
-    members: dict = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    order = [i for ids in members.values() for i in ids]  # each group's positions in one block
-    start, k = {}, 0
-    for g, ids in members.items():
-        start[g], k = k, k + len(ids)
-    donors = []
-    for i, g in enumerate(groups):
-        own = len(members[g])
-        if own == len(groups):
-            donors.append(i)
-            continue
-        r = int(rng.integers(len(groups) - own))  # a position outside the group's block
-        donors.append(order[r + own if r >= start[g] else r])
-    return donors
-
-
-class _UnitRows:
-    """Unit-norm representation of each example's input, cached by input."""
-
-    def __init__(self, embed):
-        self.embed = embed
-        self.cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, exs: list[Example]) -> np.ndarray:
-        missing = list({_key(ex): ex for ex in exs if _key(ex) not in self.cache}.values())
-        with_vector = [ex for ex in missing if ex.vector is not None]
-        if with_vector:
-            mats = np.stack([np.asarray(ex.vector, np.float32) for ex in with_vector])
-            mats /= np.linalg.norm(mats, axis=1, keepdims=True) + 1e-12
-            self.cache.update({_key(ex): m for ex, m in zip(with_vector, mats)})
-        texts = list(dict.fromkeys(ex.input_text for ex in missing if ex.vector is None))
-        if texts:
-            self.cache.update({f"t:{t}": m for t, m in zip(texts, self.embed(texts))})
-        return np.stack([self.cache[_key(ex)] for ex in exs])
-
-
-def _key(ex: Example) -> str:
-    return f"v:{ex.task}:{ex.sample_id}" if ex.vector is not None else f"t:{ex.input_text}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,26 +86,13 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     """
     checkpoint = Path(checkpoint) if checkpoint else Path(cfg.output_dir) / "final"
     if explainer is None and not (checkpoint / COMPLETE).is_file():
-        raise InputError(f"{checkpoint}: not a complete checkpoint (no COMPLETE marker); train first or pass --checkpoint")
+        raise InputError(f"{checkpoint}: not a complete checkpoint (no COMPLETE marker); train first or pass "
+                         "--checkpoint")
     if explainer is None:
         check_adapter_base(checkpoint, cfg.model_path)
     judge_cfg, judge_name = feature_judge_config(cfg)  # a refused judge stops here, before any model loads
     out = Path(out_dir) if out_dir else checkpoint / "eval"
-    device, dtype = pick_device(cfg)
-    if explainer is None:
-        tokenizer = load_tokenizer(resolve_model(cfg.model_path, "model_path"))
-        markers = {}
-        if needs_markers(cfg):
-            saved = checkpoint / "markers.json"
-            markers = (json.loads(saved.read_text()) if saved.is_file()
-                       else resolve_markers(tokenizer, msgspec.structs.asdict(cfg.continuous_tokens)))
-    else:
-        tokenizer, markers = explainer.tokenizer, explainer.markers
-    data = load_data(cfg, tokenizer, markers, check_heldout=False)
-    if explainer is None:
-        explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers,
-                                    saved_token_indices(checkpoint))
-        load_weights(checkpoint, explainer)
+    explainer, data, device = load_explainer(cfg, checkpoint, explainer)
     embed = MiniLM("cuda" if device.type == "cuda" else "cpu")
     attributes = feature_attributes(cfg)
     splits = {**split_by_direction(data.train, data.test), **{f"eval:{k}": v for k, v in data.eval_sets.items()}}
@@ -240,31 +100,13 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     peers = {}  # split -> the peers' baselines and the explainer's calibration (training/peers.py)
     seconds: dict[str, float] = {}
     for split, examples in splits.items():
-        if limit:
-            examples = examples[:limit]
+        examples = examples[:limit] if limit else examples
         if not examples:
             continue
-        preds = {"explainer": predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size)}
-        if untrained:
-            preds["untrained"] = predict(explainer, examples, cfg.test.max_new_tokens, cfg.test.batch_size, adapter=False)
-        if controls:  # off for a comparison's cross arm, whose broken-vector answers nobody reads
-            preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
-        preds["majority"] = majority_predictions(data.train, examples)
-        if any(ex.task == "act_patch" for ex in examples):
-            preds["lookup"] = lookup_predictions(data.train, examples)
-        if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
-            preds["no_effect"] = no_effect_predictions(examples)
-        preds["nearest_neighbour"] = nearest_neighbour_predictions(data.train, examples, embed)
-        if vector_question_types(examples):
-            preds[VECTOR_NN] = vector_nn_predictions(data.train, examples)
-        # the few-shot baseline runs with the untrained one; calibration and templates not for a cross arm
-        peers[split] = evaluate_peers(explainer, data.train, examples, preds["explainer"], _groups(examples), cfg,
-                                      embed, fewshot=untrained, explainer_extras=controls)
+        preds, peers[split] = answer_split(explainer, data.train, examples, cfg, embed, attributes, untrained,
+                                           controls)
         for piece, t in peers[split].seconds.items():
             seconds[piece] = seconds.get(piece, 0.0) + t
-        probe = vector_probe_predictions(data.train, examples, attributes, cfg.train.seed) if attributes else None
-        if probe is not None:  # Task 1 with cluster attributes: the vectors read by linear probes, no LM
-            preds["vector_probe"] = probe
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
     judged = judge_descriptions(answers, judge_cfg) if judge_cfg else {}
     results: dict = {}
@@ -274,31 +116,9 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
         examples = answers[split, "explainer"][0]
         preds = {method: p for (s, method), (_, p) in answers.items() if s == split}
         by_attribute, named, scoring[split] = attribute_scores(data.train, examples, preds, attributes)
-        results[split] = {}
-        for method, p in preds.items():
-            # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a
-            # scenario has several items (Task 2: one per arm), else items
-            groups = _groups(examples)
-            vector_qs = vector_question_types(examples)
-            strict = strict_by_question(examples, p, groups)
-            gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
-            judge = judge_means(examples, judged.get((split, method)))
-            for q, m in score(examples, p, embed).items():
-                if not (method == "no_effect" and q == "orig_match") and _scored(method, q, vector_qs) \
-                        and not skip_control(method, q, examples):
-                    results[split].setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}),
-                                                                **judge.get(q, {}),
-                                                                **by_attribute.get(q, {}).get(method, {})}
-            for i, (ex, pred) in enumerate(zip(examples, p)):
-                if (method == "no_effect" and ex.question_type == "orig_match") or not _scored(
-                        method, ex.question_type, vector_qs) or skip_control(method, ex.question_type, examples):
-                    continue
-                rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
-                                          sample_id=ex.sample_id, target=ex.target, prediction=pred,
-                                          lm_judge=judged[split, method][i] if judged else None,
-                                          attribute_correct=named[method][i] if named else None,
-                                          **_confidence(peers[split], method, i), **score_item(ex, pred)))
-        rows += peer_rows(split, examples, peers[split], results[split])
+        results[split], split_rows = score_split(split, examples, preds, embed, judged, by_attribute, named,
+                                                 peers[split])
+        rows += split_rows
         # Task 1: explainer - each method, paired over held-out clusters (training/task1_evidence.py)
         for q, per_method in task1_gaps(examples, preds, embed, named).items():
             for method, g in per_method.items():
@@ -308,13 +128,100 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", EvalMetrics(checkpoint=str(checkpoint), splits=results, attributes=scoring,
                                                         feature_judge=judge_name, seconds=seconds,
-                                                        collapse=collapsed))
+                                                        collapse=collapsed, version=EVAL_METRICS_VERSION))
     write_records_atomic(out / "predictions.jsonl", rows)
     describes = any(ex.task == "features_explain" for exs, _ in answers.values() for ex in exs)
     table = "\n".join([format_table(results, scoring, judge_name if describes else None), *collapse.lines(collapsed)])
     print(table)
     (out / "metrics_table.txt").write_text(table + "\n")
     return {"splits": results, "out_dir": str(out), "table": table, "collapse": collapsed}
+
+
+def load_explainer(cfg, checkpoint: Path, explainer=None) -> tuple:
+    """(explainer, data, device): the checkpoint's explainer (or the one given, already in memory) and the
+    run's data, held-out sets included (evaluation reads them on purpose: no held-out guard)."""
+    device, dtype = pick_device(cfg)
+    if explainer is not None:
+        return explainer, load_data(cfg, explainer.tokenizer, explainer.markers, paths=None), device
+    tokenizer = load_tokenizer(resolve_model(cfg.model_path, "model_path"))
+    markers = {}
+    if needs_markers(cfg):
+        saved = checkpoint / "markers.json"
+        markers = (json.loads(saved.read_text()) if saved.is_file()
+                   else resolve_markers(tokenizer, msgspec.structs.asdict(cfg.continuous_tokens)))
+    data = load_data(cfg, tokenizer, markers, paths=None)
+    explainer = build_explainer(cfg, data.vector_dim, device, dtype, tokenizer, markers,
+                                saved_token_indices(checkpoint))
+    load_weights(checkpoint, explainer)
+    return explainer, data, device
+
+
+def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
+    """The trained explainer's answers with its input vectors broken (eval_baselines.vector_control_examples)."""
+    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
+    return {name: predict(explainer, exs, n, bs) for name, exs in vector_control_examples(examples, seed).items()}
+
+
+def answer_split(explainer, train: list[Example], examples: list[Example], cfg, embed, attributes: dict,
+                 untrained: bool, controls: bool) -> tuple[dict[str, list[str]], object]:
+    """Every method's answers to one split's examples (method -> predictions), and the peers' results."""
+    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
+    preds = {"explainer": predict(explainer, examples, n, bs)}
+    if untrained:
+        preds["untrained"] = predict(explainer, examples, n, bs, adapter=False)
+    if controls:  # off for a comparison's cross arm, whose broken-vector answers nobody reads
+        preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
+    preds["majority"] = majority_predictions(train, examples)
+    if any(ex.task == "act_patch" for ex in examples):
+        preds["lookup"] = lookup_predictions(train, examples)
+    if all(ex.task == "act_patch" for ex in examples):  # a steering-only run (the bound needs its records)
+        preds["no_effect"] = no_effect_predictions(examples)
+    preds["nearest_neighbour"] = nearest_neighbour_predictions(train, examples, embed)
+    if vector_question_types(examples):
+        preds[VECTOR_NN] = vector_nn_predictions(train, examples)
+    # the few-shot baseline runs with the untrained one; calibration and templates not for a cross arm
+    peer = evaluate_peers(explainer, train, examples, preds["explainer"], _groups(examples), cfg, embed,
+                          fewshot=untrained, explainer_extras=controls)
+    probe = vector_probe_predictions(train, examples, attributes, cfg.train.seed) if attributes else None
+    if probe is not None:  # Task 1 with cluster attributes: the vectors read by linear probes, no LM
+        preds["vector_probe"] = probe
+    return preds, peer
+
+
+def score_split(split: str, examples: list[Example], preds: dict[str, list[str]], embed, judged: dict,
+                by_attribute: dict, named: dict, peer) -> tuple[dict, list[PredictionRow]]:
+    """One split's metrics (question type -> method -> metrics) and its prediction rows."""
+    results: dict = {}
+    rows = []
+    # the paper's scores, with intervals (training/metrics.py) resampling whole scenarios where a scenario
+    # has several items (Task 2: one per arm), else items
+    groups = _groups(examples)
+    vector_qs = vector_question_types(examples)
+    for method, p in preds.items():
+        strict = strict_by_question(examples, p, groups)
+        gaps = gaps_by_question(examples, preds["explainer"], p, groups) if method != "explainer" else {}
+        judge = judge_means(examples, judged.get((split, method)))
+        for q, m in score(examples, p, embed).items():
+            if _shown(method, q, examples, vector_qs):
+                results.setdefault(q, {})[method] = {**m, **strict.get(q, {}), **gaps.get(q, {}), **judge.get(q, {}),
+                                                     **by_attribute.get(q, {}).get(method, {})}
+        for i, (ex, pred) in enumerate(zip(examples, p)):
+            if not _shown(method, ex.question_type, examples, vector_qs):
+                continue
+            rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
+                                      sample_id=ex.sample_id, target=ex.target, prediction=pred,
+                                      lm_judge=judged[split, method][i] if judged else None,
+                                      attribute_correct=named[method][i] if named else None,
+                                      **_confidence(peer, method, i), **lenient_item(ex, pred)))
+    return results, rows + peer_rows(split, examples, peer, results)
+
+
+def _shown(method: str, question_type: str, examples: list[Example], vector_qs: set[str]) -> bool:
+    """Whether a method is scored on a question type: not the no-effect bound on orig_match (its answer there
+    is the truth), the vector nearest neighbour only where every item reads a vector, no vector control
+    where the prompt has no vector."""
+    return not (method == "no_effect" and question_type == "orig_match") and _scored(method, question_type, vector_qs) \
+        and not skip_control(method, question_type, examples)
 
 
 def _groups(examples: list[Example]) -> list | None:
@@ -348,7 +255,7 @@ def peer_rows(split: str, examples: list[Example], peer, results: dict) -> list[
                 ex = examples[i]
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred, draw=draw,
-                                          **score_item(ex, pred)))
+                                          **lenient_item(ex, pred)))
     return rows
 
 
@@ -399,7 +306,7 @@ def format_table(results: dict, scoring: dict | None = None, judge: str | None =
     for split, qs in results.items():
         for q, methods in qs.items():
             for method, m in methods.items():
-                cells = " ".join(f"{m[c]:>20.3f}" if c in m else f"{'-':>20}" for c in shown)
+                cells = " ".join(f"{point_value(m[c]):>20.3f}" if c in m else f"{'-':>20}" for c in shown)
                 lines.append(f"{split:<14} {q:<24} {method:<18} {m['n']:>5} {cells}")
             info = (scoring or {}).get(split, {}).get(q)
             if info:

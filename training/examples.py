@@ -24,6 +24,7 @@ from lm.labels import BEHAVIOURS, degenerate_problem
 from records.errors import InputError, Problems
 from records.jsonl import read_records
 from records.neardup import near_copies, skeleton, skeleton_id
+from records.paths import PathsConfig
 from records.schema import ContextAblationRecord, FeatureRecord, SteeringRecord, content_id
 from training.config import SLOT, TaskConfig, TrainConfig
 
@@ -68,7 +69,8 @@ def dataset_dir(cfg: TrainConfig, task: str) -> Path:
 
 
 def load_split(folder: str | Path, task: str, split: str) -> list:
-    """Records of `split` ("train" | "test") from `folder/<split>.json` (JSONL, as the stages write it)."""
+    """Records of `split` ("train" | "test") from `folder/<split>.jsonl` (one record a line, as the stages
+    write it)."""
     path = Path(folder) / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"{path}: not found; run the {task} records stage first (or fix train.dataset)")
@@ -326,14 +328,13 @@ class HeldOut:
         return self.n
 
 
-def heldout_from_config(cfg: TrainConfig, tasks: list[str], decode=None) -> HeldOut:
-    """gold_106 (from the paths config) plus every configured eval set."""
+def heldout_from_config(cfg: TrainConfig, tasks: list[str], paths: PathsConfig, decode=None) -> HeldOut:
+    """The held-out set `train.heldout` names in `paths` (gold_106; resolved by the caller, never re-read
+    here) plus every configured eval set."""
     from records.assets import load_scenarios
-    from records.paths import load_stage_paths
 
     held = HeldOut()
     if cfg.train.heldout:
-        paths = load_stage_paths(cfg.train.paths)
         gold = Path(getattr(paths, cfg.train.heldout))
         if gold.is_file():
             for s in load_scenarios(gold, paths.known_labels):

@@ -1,7 +1,7 @@
 """Scores as introspective-interp's evaluators compute them, each with a seeded bootstrap 95% interval.
 
-Beside training/evaluate.py's lenient scores (label inside <<<>>> plus flag; lowercased first words;
-unparsable answers counted as "not changed"), these are the strict ones the paper reports:
+Beside our lenient scores (training/scoring.py, `lenient_*`: label inside <<<>>> plus flag; lowercased
+first words; unparsable answers counted as "not changed"), these (`strict_*`) are the ones the paper reports:
 - generative_explanation: strict exact match = the whole normalised sentence equals the target's
   (strip, lowercase, trailing "." removed, whitespace collapsed) and its changed flag parses equal;
 - has-changed F1 and has-unchanged F1 over ALL items, where an unparsable answer counts as wrong (the
@@ -10,7 +10,8 @@ unparsable answers counted as "not changed"), these are the strict ones the pape
 
 Intervals resample items with replacement (or whole groups, e.g. every item of one trigger, when
 `groups` is given, since items of a group are not independent); a gap between two methods resamples
-the same indices for both (paired).
+the same indices for both (paired). A score with its interval is a records.schema.Interval, the shape
+metrics.json and compare.json share.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from records.schema import Interval
 
 _CHANGED = re.compile(r"change\s+to\s+<<<[^<>]*>>>")
 _UNCHANGED = re.compile(r"remain\s+unchanged\s+from\s+<<<[^<>]*>>>")
@@ -37,6 +40,11 @@ class ItemScore:
     target_changed: bool | None = None  # the target's flag (generative only)
 
 
+def point_value(score: float | Interval) -> float:
+    """A metrics row's number: a score with an interval gives its value, any other number itself."""
+    return score.value if isinstance(score, Interval) else score
+
+
 def normalise_sentence(text: str) -> str:
     return " ".join(text.strip().lower().rstrip(".").split())
 
@@ -49,15 +57,16 @@ def changed_flag(text: str) -> bool | None:
     return True if _CHANGED.search(norm) else None
 
 
-def first_token(text: str) -> str:
-    """First token, split on whitespace and punctuation, case kept."""
+def strict_first_token(text: str) -> str:
+    """First token, split on whitespace and punctuation, case kept (scoring.lenient_first_word lowercases)."""
     tokens = [t for t in _FIRST_TOKEN_SPLIT.split(text.strip()) if t]
     return tokens[0] if tokens else ""
 
 
-def score_item(question_type: str, prediction: str, target: str) -> ItemScore:
+def strict_item(question_type: str, prediction: str, target: str) -> ItemScore:
+    """The paper's score of one answer (scoring.lenient_item is ours, lenient)."""
     if question_type in ("orig_match", "change_match"):
-        return ItemScore(strict=first_token(prediction) == first_token(target))
+        return ItemScore(strict=strict_first_token(prediction) == strict_first_token(target))
     flag, want = changed_flag(prediction), changed_flag(target)
     if want is None:
         raise ValueError(f"target does not parse: {target!r}")
@@ -65,8 +74,8 @@ def score_item(question_type: str, prediction: str, target: str) -> ItemScore:
     return ItemScore(strict=strict, pred_changed=flag, target_changed=want)
 
 
-def score_items(question_type: str, predictions: Sequence[str], targets: Sequence[str]) -> list[ItemScore]:
-    return [score_item(question_type, p, t) for p, t in zip(predictions, targets, strict=True)]
+def strict_items(question_type: str, predictions: Sequence[str], targets: Sequence[str]) -> list[ItemScore]:
+    return [strict_item(question_type, p, t) for p, t in zip(predictions, targets, strict=True)]
 
 
 def _arrays(items: Sequence[ItemScore]) -> dict[str, np.ndarray]:
@@ -127,24 +136,24 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
 
 
 def metrics_with_intervals(items: Sequence[ItemScore], groups: Sequence | None = None,
-                           n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
-    """{metric: {"value", "lo", "hi"}} for every point metric of `items` (percentile 95% intervals)."""
+                           n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, Interval]:
+    """{metric: Interval} for every point metric of `items` (percentile 95% intervals)."""
     point = point_metrics(items)
     if not items:
-        return {k: {"value": v, "lo": v, "hi": v} for k, v in point.items()}
+        return {k: Interval(value=v, lo=v, hi=v) for k, v in point.items()}
     boot = _resampled(_arrays(items), len(items), groups, n_boot, seed)
-    return {k: dict(zip(("value", "lo", "hi"), (v, *_percentiles(boot[k])))) for k, v in point.items()}
+    return {k: Interval(v, *_percentiles(boot[k])) for k, v in point.items()}
 
 
 def paired_gap(a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str = "strict_exact_match",
-               groups: Sequence | None = None, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict:
+               groups: Sequence | None = None, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> Interval:
     """metric(a) - metric(b) on the same items, with a paired bootstrap 95% interval (same resamples)."""
     if len(a) != len(b):
         raise ValueError(f"paired gap needs the same items: {len(a)} vs {len(b)}")
     boot_a = _resampled(_arrays(a), len(a), groups, n_boot, seed)[metric]
     boot_b = _resampled(_arrays(b), len(b), groups, n_boot, seed)[metric]
     lo, hi = _percentiles(boot_a - boot_b)
-    return {"value": point_metrics(a)[metric] - point_metrics(b)[metric], "lo": lo, "hi": hi}
+    return Interval(point_metrics(a)[metric] - point_metrics(b)[metric], lo, hi)
 
 
 def baseline_reaches(explainer: float, baseline_hi: float, gap_lo: float | None) -> bool:
@@ -164,18 +173,18 @@ def _behaviour_questions(examples: Sequence) -> dict[str, list[int]]:
 
 
 def gaps_by_question(examples: Sequence, explainer: Sequence[str], other: Sequence[str], groups: Sequence | None = None,
-                     n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
+                     n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, Interval]]:
     """Per question type of behaviour tasks: the explainer's strict exact match minus another method's on
-    the same items, with a paired bootstrap interval, as flat fields `gap`, `gap_lo`, `gap_hi`. Paired,
+    the same items, with a paired bootstrap interval, as the field `gap` of a metrics row. Paired,
     the between-scenario spread both share cancels: this, not two overlapping marginal intervals, says
     whether the explainer beats the method."""
     out = {}
     for q, idx in _behaviour_questions(examples).items():
         targets = [examples[i].target for i in idx]
-        g = paired_gap(score_items(q, [explainer[i] for i in idx], targets),
-                       score_items(q, [other[i] for i in idx], targets),
+        g = paired_gap(strict_items(q, [explainer[i] for i in idx], targets),
+                       strict_items(q, [other[i] for i in idx], targets),
                        groups=[groups[i] for i in idx] if groups is not None else None, n_boot=n_boot, seed=seed)
-        out[q] = {"gap": g["value"], "gap_lo": g["lo"], "gap_hi": g["hi"]}
+        out[q] = {"gap": g}
     return out
 
 
@@ -187,26 +196,22 @@ def chance_rate(targets: Sequence[str]) -> float:
     return float(counts.max() / len(targets))
 
 
-def rate_with_interval(flags: Sequence[bool], n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict:
+def rate_with_interval(flags: Sequence[bool], n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> Interval:
     """A rate (e.g. behaviour changed, or the noise floor) with its bootstrap 95% interval."""
     x = np.asarray(flags, dtype=float)
     if not len(x):
-        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+        return Interval(float("nan"), float("nan"), float("nan"))
     lo, hi = _percentiles(x[np.stack(bootstrap_indices(len(x), None, n_boot, seed))].mean(axis=1))
-    return {"value": float(x.mean()), "lo": lo, "hi": hi, "n": len(x)}
+    return Interval(float(x.mean()), lo, hi)
 
 
 def strict_by_question(examples: Sequence, predictions: Sequence[str], groups: Sequence | None = None,
-                       n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float]]:
-    """Per question type of behaviour tasks, flat fields for a metrics row: strict_exact_match,
-    strict_changed_f1, strict_unchanged_f1, each with `_lo` / `_hi` (feature descriptions are skipped)."""
+                       n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, Interval]]:
+    """Per question type of behaviour tasks, fields of a metrics row, each an Interval: strict_exact_match,
+    strict_changed_f1, strict_unchanged_f1, strict_valid (feature descriptions are skipped)."""
     out = {}
     for q, idx in _behaviour_questions(examples).items():
-        items = score_items(q, [predictions[i] for i in idx], [examples[i].target for i in idx])
+        items = strict_items(q, [predictions[i] for i in idx], [examples[i].target for i in idx])
         ci = metrics_with_intervals(items, [groups[i] for i in idx] if groups is not None else None, n_boot, seed)
-        row = {}
-        for name, v in ci.items():
-            key = name if name == "strict_exact_match" else f"strict_{name}"
-            row.update({key: v["value"], f"{key}_lo": v["lo"], f"{key}_hi": v["hi"]})
-        out[q] = row
+        out[q] = {name if name == "strict_exact_match" else f"strict_{name}": v for name, v in ci.items()}
     return out

@@ -139,7 +139,7 @@ def fewshot_metrics(examples: list[Example], explainer: list[str], draws: list[l
     for q, row in rows.items():
         row = {**row, **strict.get(q, {}), **gaps.get(q, {}), "n": row["n"] // d, "draws": d}
         if q in per_draw[0]:
-            ems = [p[q]["strict_exact_match"] for p in per_draw]
+            ems = [p[q]["strict_exact_match"].value for p in per_draw]
             row.update(strict_exact_match_draw_min=min(ems), strict_exact_match_draw_max=max(ems))
         out[q] = row
     return out
@@ -178,8 +178,8 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
     """Few-shot baselines (when `fewshot`) and, when `explainer_extras`, the explainer's calibration and its
     per-template scores on one split."""
     from training.calibration import answer_confidence, calibration_by_question, changed_probability
-    from training.metrics import score_item as strict_item
-    from training.scoring import score_item
+    from training.metrics import strict_item
+    from training.scoring import lenient_item
     from training.templates import template_scores
 
     t, out = cfg.test, PeerResults()
@@ -200,7 +200,7 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
         start = _clocks()
         out.confidence = answer_confidence(explainer, examples, answers, t.batch_size)
         out.p_changed = changed_probability(explainer, examples, t.batch_size)
-        correct = [score_item(ex, a)["exact_match"] if ex.task == "features_explain"
+        correct = [lenient_item(ex, a)["exact_match"] if ex.task == "features_explain"
                    else strict_item(ex.question_type, a, ex.target).strict for ex, a in zip(examples, answers)]
         for q, fields in calibration_by_question(examples, correct, out.confidence, out.p_changed, groups).items():
             out.explainer.setdefault(q, {}).update(fields)

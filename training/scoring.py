@@ -1,12 +1,14 @@
-"""Scoring explainer answers as introspective-interp's evaluators do, and the explainer's eval passes.
+"""Our lenient scores of explainer answers (`lenient_*`), and the explainer's eval passes.
 
-Generative explanations are parsed (".*remain unchanged from <<<X>>>" / ".*change to <<<Y>>>", after
-strip, lowercase, strip "."); exact match needs both to parse with equal label and equal changed flag;
-content match needs the equal label; has-changed precision/recall/F1 treat "changed" as the positive
-class (an unparsable prediction counts as "not changed"). orig_match / change_match compare the first
-word. Feature descriptions are scored by the cosine similarity of all-MiniLM-L6-v2 embeddings (offline
-wheel) and, when test.feature_judge names a model, by the paper's LM judge (lm/feature_judge.py).
-`eval_loss` and `eval_generation` are what training evaluates at its eval steps.
+The paper's strict scores live in training/metrics.py (`strict_*`); the two are named apart so that no
+caller picks the wrong rule. Generative explanations are parsed (".*remain unchanged from <<<X>>>" /
+".*change to <<<Y>>>", after strip, lowercase, strip "."); exact match needs both to parse with equal
+label and equal changed flag; content match needs the equal label; has-changed precision/recall/F1 treat
+"changed" as the positive class (an unparsable prediction counts as "not changed"). orig_match /
+change_match compare the first word, lowercased. Feature descriptions are scored by the cosine
+similarity of all-MiniLM-L6-v2 embeddings (offline wheel) and, when test.feature_judge names a model, by
+the paper's LM judge (lm/feature_judge.py). `eval_loss` and `eval_generation` are what training
+evaluates at its eval steps.
 """
 
 from __future__ import annotations
@@ -42,18 +44,20 @@ def parse_change(text: str) -> tuple[str, bool] | None:
     return None
 
 
-def first_token(text: str) -> str:
-    """First word, split on whitespace and punctuation, lowercased (orig_match / change_match)."""
+def lenient_first_word(text: str) -> str:
+    """First word, split on whitespace and punctuation, lowercased (orig_match / change_match; the paper's
+    case-sensitive rule is metrics.strict_first_token)."""
     tokens = [t for t in _FIRST_TOKEN_SPLIT.split(text.strip()) if t]
     return tokens[0].lower() if tokens else ""
 
 
-def score_item(ex: Example, pred: str) -> dict:
-    """Per-item scores: exact_match always; parse fields for generative behaviour explanations."""
+def lenient_item(ex: Example, pred: str) -> dict:
+    """Our lenient per-item scores (the paper's strict one is metrics.strict_item): exact_match always;
+    parse fields for generative behaviour explanations."""
     if ex.task == "features_explain":
         return {"exact_match": pred.strip().lower().strip(".") == ex.target.strip().lower().strip(".")}
     if ex.question_type in ("orig_match", "change_match"):
-        return {"exact_match": first_token(pred) == first_token(ex.target)}
+        return {"exact_match": lenient_first_word(pred) == lenient_first_word(ex.target)}
     p, t = parse_change(pred), parse_change(ex.target)
     if t is None:
         raise ValueError(f"target does not parse: {ex.target!r}")
@@ -99,7 +103,7 @@ def score(examples: list[Example], preds: list[str], embed=None) -> dict[str, di
         by_q.setdefault(ex.question_type, []).append(i)
     out = {}
     for q, idx in by_q.items():
-        items = [score_item(examples[i], preds[i]) for i in idx]
+        items = [lenient_item(examples[i], preds[i]) for i in idx]
         sims = None
         if examples[idx[0]].task == "features_explain" and embed is not None:
             a, b = embed([preds[i] for i in idx]), embed([examples[i].target for i in idx])

@@ -19,6 +19,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
+from records.schema import Interval
 from training.examples import Example
 from training.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP
 
@@ -124,10 +125,10 @@ def paired_group_gap(a: np.ndarray, b: np.ndarray, groups: list, n_boot: int = N
 
 
 def task1_gaps(examples: list[Example], preds: dict[str, list[str]], embed, correct: dict[str, list]
-               ) -> dict[str, dict[str, dict[str, float]]]:
-    """{question type: {method: {"<m>_gap", "<m>_gap_lo", "<m>_gap_hi", "<m>_sign_p", "n_clusters"}}} for
-    m in similarity (MiniLM, per item) and attribute (share of attributes named right, per item), explainer
-    minus each other method, paired over held-out clusters. Feature descriptions only."""
+               ) -> dict[str, dict[str, dict[str, float | Interval]]]:
+    """{question type: {method: {"<m>_gap" (an Interval), "<m>_sign_p", "n_clusters"}}} for m in similarity
+    (MiniLM, per item) and attribute (share of attributes named right, per item), explainer minus each other
+    method, paired over held-out clusters. Feature descriptions only."""
     out: dict = {}
     for q in dict.fromkeys(ex.question_type for ex in examples if ex.task == "features_explain"):
         idx = [i for i, ex in enumerate(examples) if ex.question_type == q and ex.task == "features_explain"]
@@ -142,35 +143,35 @@ def task1_gaps(examples: list[Example], preds: dict[str, list[str]], embed, corr
         for method in preds:
             if method == "explainer":
                 continue
-            entry: dict[str, float] = {"n_clusters": float(len(set(groups)))}
+            entry: dict[str, float | Interval] = {"n_clusters": float(len(set(groups)))}
             for name in GAP_METRICS:
                 a, b = per_item["explainer"][name], per_item[method][name]
                 if np.isnan(a).any() or np.isnan(b).any():
                     continue
                 g = paired_group_gap(a, b, groups)
-                entry.update({f"{name}_gap": g["value"], f"{name}_gap_lo": g["lo"], f"{name}_gap_hi": g["hi"],
-                              f"{name}_sign_p": g["p"]})
+                entry.update({f"{name}_gap": Interval(g["value"], g["lo"], g["hi"]), f"{name}_sign_p": g["p"]})
             out.setdefault(q, {})[method] = entry
     return out
 
 
-def gap_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
+def gap_lines(methods: dict[str, dict[str, float | Interval]], indent: str = "") -> list[str]:
     """Each method's paired gap to the explainer with its interval and sign-flip p, and a NOTE for every
     method that reaches the explainer (the interval of explainer - method reaches 0) on a metric."""
     lines = []
     counts = {int(m["n_clusters"]) for m in methods.values() if "n_clusters" in m}
     if counts and min(counts) < MIN_HELD_OUT_CLUSTERS:
         n = min(counts)
-        lines.append(f"{indent}NOTE: only {n} held-out clusters (fewer than {MIN_HELD_OUT_CLUSTERS}): one cluster moves "
-                     f"a mean by up to {1 / n:.2f}, so these gaps rest on very few independent items")
+        lines.append(f"{indent}NOTE: only {n} held-out clusters (fewer than {MIN_HELD_OUT_CLUSTERS}): one cluster "
+                     f"moves a mean by up to {1 / n:.2f}, so these gaps rest on very few independent items")
     for method, m in methods.items():
-        shown = [f"{name} {m[f'{name}_gap']:+.3f} [{m[f'{name}_gap_lo']:+.3f}, {m[f'{name}_gap_hi']:+.3f}] "
-                 f"p={m[f'{name}_sign_p']:.3f}" for name in GAP_METRICS if f"{name}_gap" in m]
+        gaps = {name: m[f"{name}_gap"] for name in GAP_METRICS if f"{name}_gap" in m}
+        shown = [f"{name} {g.value:+.3f} [{g.lo:+.3f}, {g.hi:+.3f}] p={m[f'{name}_sign_p']:.3f}"
+                 for name, g in gaps.items()]
         if not shown:
             continue
         lines.append(f"{indent}explainer - {method} over {int(m['n_clusters'])} held-out clusters: "
                      + "; ".join(shown))
-        reached = [name for name in GAP_METRICS if f"{name}_gap_lo" in m and m[f"{name}_gap_lo"] <= 0]
+        reached = [name for name, g in gaps.items() if g.lo <= 0]
         if reached:
             lines.append(f"{indent}NOTE: the {method} baseline reaches the explainer on {' and '.join(reached)} "
                          "(paired interval over clusters reaches 0): this score does not show that the explainer "

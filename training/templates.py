@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from training.examples import Example, render_messages
-from training.metrics import score_items
+from training.metrics import strict_items
 from training.scoring import predict
 
 
@@ -52,5 +52,5 @@ def _score(examples: list[Example], preds: list[str], embed) -> float:
     if examples[0].task == "features_explain":
         a, b = embed(preds), embed([ex.target for ex in examples])
         return float(np.mean((a * b).sum(-1)))
-    return float(np.mean([s.strict for s in score_items(examples[0].question_type, preds,
+    return float(np.mean([s.strict for s in strict_items(examples[0].question_type, preds,
                                                          [ex.target for ex in examples])]))

@@ -95,9 +95,10 @@ def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
 
 def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
     from app.report import strict_lines
+    from records.schema import Interval
 
     def m(x, lo, hi):
-        return {"strict_exact_match": x, "strict_exact_match_lo": lo, "strict_exact_match_hi": hi}
+        return {"strict_exact_match": Interval(x, lo, hi)}
 
     lines = strict_lines({"explainer": m(0.9, 0.8, 1.0), "majority": m(0.4, 0.3, 0.5),
                            "nearest_neighbour": m(0.85, 0.75, 0.95)})
@@ -111,7 +112,7 @@ def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
 def test_the_table_shows_task1_attribute_accuracy_and_says_when_no_judge_is_configured(tmp_path):
     from app.demo import _final_table
     from records.jsonl import write_json_atomic
-    from records.schema import AttributeScoring, EvalMetrics
+    from records.schema import EVAL_METRICS_VERSION, AttributeScoring, EvalMetrics
 
     run = tmp_path / "run"
     (run / "task1" / "by_cluster").mkdir(parents=True)
@@ -125,7 +126,7 @@ def test_the_table_shows_task1_attribute_accuracy_and_says_when_no_judge_is_conf
                "nearest_neighbour": m(0.7, 0.5), "zeroed_vectors": m(0.6, 0.25), "shuffled_vectors": m(0.6, 0.125)}
     scoring = AttributeScoring(n=2, chance={"trigger": 0.0, "modifier": 0.5}, marks={})
     evaluation = EvalMetrics(checkpoint="final", splits={"test": {"generative_explanation": methods}},
-                             attributes={"test": {"generative_explanation": scoring}})
+                             attributes={"test": {"generative_explanation": scoring}}, version=EVAL_METRICS_VERSION)
     write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json", evaluation)
     lines = _final_table(run, {"demo": 1.0})
     assert "         LM judge: not configured (test.feature_judge.model; no judge model ships for CPU)" in lines
@@ -135,7 +136,8 @@ def test_the_table_shows_task1_attribute_accuracy_and_says_when_no_judge_is_conf
 
     methods["explainer"]["lm_judge"], methods["shuffled_vectors"]["lm_judge"] = 0.5, 0.25
     write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json",
-                      EvalMetrics(checkpoint="final", splits=evaluation.splits, feature_judge="judge-model"))
+                      EvalMetrics(checkpoint="final", splits=evaluation.splits, feature_judge="judge-model",
+                                  version=EVAL_METRICS_VERSION))
     lines = _final_table(run, {"demo": 1.0})
     assert "         LM judge (judge-model, (s-1)/4): explainer 0.50, shuffled_vectors 0.25" in lines
 
@@ -144,11 +146,11 @@ def test_a_paired_gap_above_zero_is_no_note_though_the_intervals_overlap():
     """Task 2 on 10 held-out scenarios: the lookup table's marginal interval reaches the explainer, but on
     the same items the explainer beats it (paired gap above 0): no NOTE; a paired gap reaching 0 is one."""
     from app.report import strict_lines
+    from records.schema import Interval
 
-    explainer = {"strict_exact_match": 0.88, "strict_exact_match_lo": 0.80, "strict_exact_match_hi": 0.96}
-    lookup = {"strict_exact_match": 0.64, "strict_exact_match_lo": 0.38, "strict_exact_match_hi": 0.91,
-              "gap": 0.23, "gap_lo": 0.04, "gap_hi": 0.42}
+    explainer = {"strict_exact_match": Interval(0.88, 0.80, 0.96)}
+    lookup = {"strict_exact_match": Interval(0.64, 0.38, 0.91), "gap": Interval(0.23, 0.04, 0.42)}
     assert not [line for line in strict_lines({"explainer": explainer, "lookup": lookup}) if "NOTE" in line]
-    notes = [line for line in strict_lines({"explainer": explainer, "lookup": {**lookup, "gap_lo": -0.01}})
-             if "NOTE" in line]
+    reaching = {**lookup, "gap": Interval(0.23, -0.01, 0.42)}
+    notes = [line for line in strict_lines({"explainer": explainer, "lookup": reaching}) if "NOTE" in line]
     assert len(notes) == 1 and "explainer - lookup = +0.23 [-0.01, +0.42], paired" in notes[0]

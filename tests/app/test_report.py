@@ -11,7 +11,15 @@ import pytest
 from app.cli import main as cli
 from app.report import build_report
 from records.jsonl import write_json_atomic
-from records.schema import AttributeScoring, EvalMetrics, FeaturesIndex, RunManifest, SelectionStats
+from records.schema import (
+    EVAL_METRICS_VERSION,
+    AttributeScoring,
+    EvalMetrics,
+    FeaturesIndex,
+    Interval,
+    RunManifest,
+    SelectionStats,
+)
 
 
 @pytest.mark.parametrize("name,content,needle", [
@@ -29,6 +37,22 @@ def test_a_corrupt_summary_or_torn_split_is_one_line(tmp_path, capsys, name, con
     assert cli(["report", str(run), "--progress-log", str(tmp_path / "P.md")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_an_old_shape_metrics_json_is_refused_in_one_line_that_says_to_rerun_evaluate(tmp_path, capsys):
+    """metrics.json written before scores carried an Interval (flat strict_exact_match_lo / _hi, no version)
+    is never read as numbers: report (and the demo's table, through read_eval_metrics) refuse it."""
+    run = tmp_path / "run"
+    eval_dir = run / "explainer_task3" / "final" / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text('{"checkpoint": "final", "splits": {"test": {"generative_explanation": '
+                                           '{"explainer": {"n": 8.0, "strict_exact_match": 0.9, '
+                                           '"strict_exact_match_lo": 0.8, "strict_exact_match_hi": 1.0}}}}}')
+    (eval_dir / "predictions.jsonl").write_text("")
+    assert cli(["report", str(run), "--progress-log", str(tmp_path / "P.md")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "metrics.json of an older format (version 1" in err[0], err
+    assert "rerun `af-introspect evaluate`" in err[0] and not (run / "report.md").exists()
 
 
 def _task1_run(tmp_path: Path, layer: int) -> Path:
@@ -56,7 +80,7 @@ def _task1_run(tmp_path: Path, layer: int) -> Path:
             "explainer": m, "shuffled_vectors": {**m, "attribute:trigger": 0.25, "attribute_mean": 0.375}}}},
         attributes={"test": {"generative_explanation": AttributeScoring(
             n=4, chance={"modifier": 0.25, "trigger": 0.0},
-            marks={"trigger": {"a": ["x"]}, "modifier": {"b": ["y"]}})}}))
+            marks={"trigger": {"a": ["x"]}, "modifier": {"b": ["y"]}})}}, version=EVAL_METRICS_VERSION))
     (ex / "final" / "eval" / "predictions.jsonl").write_text("")
     return run
 
@@ -81,14 +105,13 @@ def test_peer_lines_show_few_shot_draws_calibration_and_templates():
     from app.report import peer_lines
 
     methods = {
-        "explainer": {"strict_exact_match": 0.9, "strict_exact_match_lo": 0.8, "strict_exact_match_hi": 1.0,
-                      "confidence_mean": 0.8, "ece_bins": 10, "brier": 0.05, "brier_lo": 0.02, "brier_hi": 0.08,
-                      "ece": 0.1, "ece_lo": 0.08, "ece_hi": 0.14, "auroc_changed": 0.98, "auroc_changed_lo": 0.96,
-                      "auroc_changed_hi": 0.99, "template:0": 0.9, "template:1": 0.7, "template_spread": 0.2},
-        "majority": {"strict_exact_match": 0.47, "strict_exact_match_lo": 0.2, "strict_exact_match_hi": 0.7},
-        "fewshot_k4": {"n": 24, "draws": 3, "strict_exact_match": 0.0, "strict_exact_match_lo": 0.0,
-                       "strict_exact_match_hi": 0.0, "strict_exact_match_draw_min": 0.0,
-                       "strict_exact_match_draw_max": 0.0},
+        "explainer": {"strict_exact_match": Interval(0.9, 0.8, 1.0), "confidence_mean": 0.8, "ece_bins": 10,
+                      "brier": Interval(0.05, 0.02, 0.08), "ece": Interval(0.1, 0.08, 0.14),
+                      "auroc_changed": Interval(0.98, 0.96, 0.99), "template:0": 0.9, "template:1": 0.7,
+                      "template_spread": 0.2},
+        "majority": {"strict_exact_match": Interval(0.47, 0.2, 0.7)},
+        "fewshot_k4": {"n": 24, "draws": 3, "strict_exact_match": Interval(0.0, 0.0, 0.0),
+                       "strict_exact_match_draw_min": 0.0, "strict_exact_match_draw_max": 0.0},
     }
     text = "\n".join(peer_lines(methods))
     assert "fewshot_k4 0.00-0.00 over 3 draws, n 24" in text and "below the majority answer's 0.47" in text

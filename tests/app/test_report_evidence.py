@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from app.report import build_report, held_out_direction_lines
 from records.jsonl import write_json_atomic
-from records.schema import EvalMetrics
+from records.schema import EVAL_METRICS_VERSION, EvalMetrics, Interval
 from training.evaluate import HELD_OUT_DIRECTION
 
 
 def _strict(x, lo, hi, **gap):
-    return {"n": 60.0, "strict_exact_match": x, "strict_exact_match_lo": lo, "strict_exact_match_hi": hi, **gap}
+    return {"n": 60.0, "strict_exact_match": Interval(x, lo, hi), **gap}
 
 
 def _splits(gap, lo, hi):
     return {HELD_OUT_DIRECTION: {"generative_explanation": {
-        "explainer": _strict(1.0 + gap, 0.6, 0.9), "no_effect": _strict(1.0, 1.0, 1.0, gap=gap, gap_lo=lo, gap_hi=hi)}}}
+        "explainer": _strict(1.0 + gap, 0.6, 0.9), "no_effect": _strict(1.0, 1.0, 1.0, gap=Interval(gap, lo, hi))}}}
 
 
 def test_the_held_out_direction_shows_its_paired_gap_and_a_note_below_the_bound():
@@ -31,7 +31,8 @@ def test_the_report_summary_says_collapse_and_the_held_out_direction(tmp_path):
     run = tmp_path / "run"
     splits = {"test": {"generative_explanation": {"explainer": _strict(0.5, 0.4, 0.6)}}, **_splits(-0.25, -0.43, -0.08)}
     write_json_atomic(run / "explainer_task2" / "final" / "eval" / "metrics.json", EvalMetrics(
-        checkpoint="x", splits=splits, collapse={"test": {"orig_match": "all 8 answers are one: 'x'"}}))
+        checkpoint="x", splits=splits, collapse={"test": {"orig_match": "all 8 answers are one: 'x'"}},
+        version=EVAL_METRICS_VERSION))
     (run / "explainer_task2" / "final" / "eval" / "predictions.jsonl").write_text("")
     summary = build_report(run).read_text().split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "**COLLAPSE: test orig_match: all 8 answers are one: 'x'**" in summary
@@ -40,13 +41,13 @@ def test_the_report_summary_says_collapse_and_the_held_out_direction(tmp_path):
 
 def test_the_report_summary_gives_task1_paired_gaps_over_clusters_and_a_note(tmp_path):
     run = tmp_path / "run"
-    gap = {"n_clusters": 5.0, "similarity_gap": 0.048, "similarity_gap_lo": -0.07, "similarity_gap_hi": 0.16,
-           "similarity_sign_p": 0.25}
+    gap = {"n_clusters": 5.0, "similarity_gap": Interval(0.048, -0.07, 0.16), "similarity_sign_p": 0.25}
     methods = {"explainer": {"n": 20.0, "semantic_similarity": 0.8},
                "nearest_neighbour": {"n": 20.0, "semantic_similarity": 0.75, **gap},
                "vector_probe": {"n": 20.0, "semantic_similarity": 0.8, **gap}}
     write_json_atomic(run / "explainer_task1" / "final" / "eval" / "metrics.json",
-                      EvalMetrics(checkpoint="x", splits={"test": {"generative_explanation": methods}}))
+                      EvalMetrics(checkpoint="x", splits={"test": {"generative_explanation": methods}},
+                                  version=EVAL_METRICS_VERSION))
     (run / "explainer_task1" / "final" / "eval" / "predictions.jsonl").write_text("")
     text = build_report(run).read_text()
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]

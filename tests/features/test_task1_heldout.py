@@ -127,7 +127,7 @@ def _run(tmp_path: Path) -> None:
     # few-shot answers carry their own paired gap over items and draws (training/peers.py)
     assert {int(m["n_clusters"]) for k, m in methods.items()
             if k != "explainer" and not k.startswith("fewshot")} == {len(test_ids)}
-    assert {"similarity_gap_lo", "similarity_sign_p", "attribute_gap_hi"} <= set(methods["nearest_neighbour"])
+    assert {"similarity_gap", "similarity_sign_p", "attribute_gap"} <= set(methods["nearest_neighbour"])
     assert probe["attribute_mean"] >= explainer and probe["semantic_similarity"] >= sim["explainer"] - 0.02
     from training.task1_evidence import gap_lines
 

@@ -63,14 +63,24 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str) -> dict:
     row = {"recipe": recipe, "seed": seed, "wall_s": round(time.time() - t0)}
     for split, name in (("test", "test"), (HELD_OUT_DIRECTION, "held_out_direction")):
         methods = result["splits"].get(split, {}).get("generative_explanation", {})
-        row[name] = {m: {k: round(v[k], 3) for k in ("n", "strict_exact_match", "gap", "gap_lo", "gap_hi") if k in v}
-                     for m, v in methods.items()}
+        row[name] = {m: _flat(v) for m, v in methods.items()}
     preds = [json.loads(x) for x in (Path(result["out_dir"]) / "predictions.jsonl").read_text().splitlines()]
     said = [parse_change(p["prediction"]) for p in preds
             if p["split"] == HELD_OUT_DIRECTION and p["method"] == "explainer"
             and p["question_type"] == "generative_explanation"]
     row["held_out_direction_predicted_change"] = f"{sum(bool(s and s[1]) for s in said)}/{len(said)}"
     return row
+
+
+def _flat(v: dict) -> dict:
+    """A metrics row's n, strict score and gap as the flat numbers this script prints (n, strict_exact_match,
+    gap, gap_lo, gap_hi), rounded."""
+    out = {"n": v["n"]} if "n" in v else {}
+    if "strict_exact_match" in v:
+        out["strict_exact_match"] = v["strict_exact_match"].value
+    if "gap" in v:
+        out.update(gap=v["gap"].value, gap_lo=v["gap"].lo, gap_hi=v["gap"].hi)
+    return {k: round(x, 3) for k, x in out.items()}
 
 
 def main() -> int:

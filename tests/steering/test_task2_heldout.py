@@ -71,47 +71,47 @@ def test_toy_steering_explainer_beats_the_lookup_table_and_needs_its_vectors(tmp
         torch.set_num_threads(threads)
 
     test = result["splits"]["test"]["generative_explanation"]
-    strict = {m: v["strict_exact_match"] for m, v in test.items()}
+    strict = {m: v["strict_exact_match"].value for m, v in test.items()}
     print("\n" + result["table"] + "\n" + json.dumps(strict))
     # held-out scenarios: the explainer beats the lookup table on the same items (paired gap, whole
     # scenarios resampled) and the majority answer by far
-    assert test["lookup"]["gap"] >= 0.10 and test["lookup"]["gap_lo"] > 0, test["lookup"]
+    assert test["lookup"]["gap"].value >= 0.10 and test["lookup"]["gap"].lo > 0, test["lookup"]
     # (three null directions put more "unchanged" items in the data: the majority answer rose 0.47 -> 0.52)
-    assert test["majority"]["gap_lo"] > 0.15, test["majority"]
+    assert test["majority"]["gap"].lo > 0.15, test["majority"]
     # bug injection: with its vectors zeroed it cannot tell the directions apart and falls to the no-effect
     # bound (the true unsteered behaviour, said to be unchanged), never predicting a change; swapped
     # between items, the vectors mislead it. Either way it loses to itself with its own vectors.
     assert strict["zeroed_vectors"] <= strict["no_effect"] + 0.02, strict
-    assert test["zeroed_vectors"]["strict_changed_f1"] <= 0.2, test["zeroed_vectors"]
+    assert test["zeroed_vectors"]["strict_changed_f1"].value <= 0.2, test["zeroed_vectors"]
     for broken in ("zeroed_vectors", "shuffled_vectors"):
-        assert test[broken]["gap_lo"] > 0, (broken, test[broken])
+        assert test[broken]["gap"].lo > 0, (broken, test[broken])
     # the vector nearest neighbour (the most common answer of the training items with the most similar vector)
     # reads the arm, so it predicts changes (measured strict changed F1 0.61, majority 0), but not the scenario's
     # trigger family: the explainer beats it on the same scenarios (measured 0.93 vs 0.51, gap +0.42 [+0.27, +0.57])
     nn = test["vector_nearest_neighbour"]
-    assert nn["strict_changed_f1"] >= 0.3 and nn["gap_lo"] > 0, nn
+    assert nn["strict_changed_f1"].value >= 0.3 and nn["gap"].lo > 0, nn
     # calibration, bug injection on the explainer's own answers: its confidences and P(changed) paired with
     # the wrong items give a worse Brier score and an AUROC of "changed" near 0.5 (measured: Brier 0.05 -> 0.09,
     # AUROC 0.99 -> 0.49 over 20 shuffles)
-    assert test["explainer"]["auroc_changed"] >= 0.9, test["explainer"]
+    assert test["explainer"]["auroc_changed"].value >= 0.9, test["explainer"]
     _shuffled_calibration_is_worse(Path(result["out_dir"]) / "predictions.jsonl")
     # a direction never trained on (random3), along which nothing changes: the explainer does not invent an
     # effect it cannot know; within 0.05 of the no-effect bound on the same items (paired)
     new = result["splits"][HELD_OUT_DIRECTION]["generative_explanation"]
-    assert new["explainer"]["n"] > 0 and new["no_effect"]["gap"] >= -0.05, new["no_effect"]
+    assert new["explainer"]["n"] > 0 and new["no_effect"]["gap"].value >= -0.05, new["no_effect"]
 
 
 def _shuffled_calibration_is_worse(predictions: Path) -> None:
     import numpy as np
 
     from training.calibration import auroc, brier
-    from training.metrics import changed_flag, score_item
+    from training.metrics import changed_flag, strict_item
 
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     mine = [r for r in rows if r["split"] == "test" and r["method"] == "explainer"
             and r["question_type"] == "generative_explanation"]
     conf, p_changed = np.array([r["confidence"] for r in mine]), np.array([r["p_changed"] for r in mine])
-    right = np.array([score_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine])
+    right = np.array([strict_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine])
     changed = np.array([changed_flag(r["target"]) for r in mine])
     rng = np.random.default_rng(0)
     shuffled = [rng.permutation(len(mine)) for _ in range(20)]

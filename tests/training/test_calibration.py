@@ -47,10 +47,10 @@ def test_shuffled_confidences_worsen_ece_and_brier_and_bring_auroc_to_chance():
     good = calibration_metrics(conf, correct, p_changed, changed, n_boot=50)
     rng = np.random.default_rng(1)
     bad = calibration_metrics(rng.permutation(conf), correct, rng.permutation(p_changed), changed, n_boot=50)
-    assert good["ece"] < 0.05 and bad["ece"] > good["ece"] + 0.1, (good, bad)
-    assert bad["brier"] > good["brier"] + 0.1 and bad["brier_lo"] > good["brier_hi"], (good, bad)
-    assert good["auroc_changed"] > 0.9 and abs(bad["auroc_changed"] - 0.5) < 0.05, (good, bad)
-    assert good["ece_lo"] <= good["ece"] <= good["ece_hi"]
+    assert good["ece"].value < 0.05 and bad["ece"].value > good["ece"].value + 0.1, (good, bad)
+    assert bad["brier"].value > good["brier"].value + 0.1 and bad["brier"].lo > good["brier"].hi, (good, bad)
+    assert good["auroc_changed"].value > 0.9 and abs(bad["auroc_changed"].value - 0.5) < 0.05, (good, bad)
+    assert good["ece"].lo <= good["ece"].value <= good["ece"].hi
     assert good["confidence_mean"] == pytest.approx(bad["confidence_mean"])  # same distribution, other pairing
 
 
@@ -61,6 +61,7 @@ def test_calibration_per_question_type_reads_the_changed_flag_from_the_target():
                     target=" refusal") for i in range(3)]
     p_changed = [0.9 if i % 2 else 0.1 for i in range(6)] + [None] * 3
     out = calibration_by_question(exs, [True] * 9, [0.9] * 9, p_changed)
-    assert out["generative_explanation"]["auroc_changed"] == 1.0
+    assert out["generative_explanation"]["auroc_changed"].value == 1.0
     assert "auroc_changed" not in out["orig_match"]  # no "changed" to rank
-    assert out["orig_match"]["brier"] == pytest.approx(0.01) and out["orig_match"]["ece"] == pytest.approx(0.1)
+    assert out["orig_match"]["brier"].value == pytest.approx(0.01)
+    assert out["orig_match"]["ece"].value == pytest.approx(0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toy_records import tiny_random_explainer, write_toy_task3
 
-from records.schema import EvalMetrics, read_summary
+from records.schema import read_eval_metrics
 from training import collapse
 from training import train as T
 from training.config import load_train_config
@@ -57,7 +57,7 @@ def test_a_learning_rate_that_collapses_the_toy_is_flagged_by_training_and_evalu
     assert evals[-1]["collapse"] == summary["collapse"]
 
     result = run_evaluation(cfg, untrained=False, controls=False)
-    metrics = read_summary(Path(result["out_dir"]) / "metrics.json", EvalMetrics)
+    metrics = read_eval_metrics(Path(result["out_dir"]) / "metrics.json")
     assert metrics.collapse.get("test") and metrics.collapse == result["collapse"]
     assert "COLLAPSE: test" in result["table"]
 

@@ -18,6 +18,7 @@ from toy_records import context_records, organism_tokenizer
 
 from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, scenario_trigger
 from records.config import load_config
+from records.errors import StageFailure
 from records.jsonl import read_records, write_records_atomic
 from records.schema import CompareResult, ContextAblationRecord, content_id
 from records.split import group_keys, grouped_split
@@ -78,6 +79,26 @@ def _planted_dataset(root: Path, n: int, test_size: int) -> tuple[Path, Path]:
     (root / "assets" / "gold_106.json").write_text(json.dumps([{"text": s["text"], "label": s["label"]} for s in gold]))
     (root / "paths.yaml").write_text(f"data_root: {root / 'assets'}\n")
     return root / "records", root / "paths.yaml"
+
+
+def test_a_missing_answer_is_refused_never_scored_as_a_wrong_one():
+    """An item a method left unanswered (None) stops the comparison; "" would have been a wrong answer."""
+    targets = [UNCH.format("refusal"), CHG.format("compliance")] * 5
+    cc = C.CompareConfig(train_config="x", cross_model="y", output_dir="z", n_bootstrap=50)
+    preds = {"self": targets, "cross": targets, "text_classifier": [*targets[:-1], None]}
+    with pytest.raises(StageFailure, match="text_classifier answered 9 of 10 generative_explanation"):
+        C.score_methods([_Ex(t) for t in targets], preds, list(range(10)), cc)
+    unasked = {**preds, "text_classifier": [None] * 10}  # never asked (not scored there): left out, not zero
+    assert "text_classifier" not in C.score_methods([_Ex(t) for t in targets], unasked, list(range(10)),
+                                                    cc)["generative_explanation"].methods
+
+
+def test_a_compare_config_out_of_range_fails_at_load_naming_its_field():
+    from records.errors import InputError
+
+    for setting, field in (({"n_bootstrap": 0}, "n_bootstrap"), ({"max_steps": -1}, "max_steps")):
+        with pytest.raises(InputError, match=rf"at `\$\.{field}`"):
+            load_config(REPO / "configs" / "compare_task3_cpu.yaml", C.CompareConfig, setting)
 
 
 @pytest.fixture(scope="module")

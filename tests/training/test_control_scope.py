@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.evaluate import skip_control
+from training.eval_baselines import skip_control
 from training.examples import Example
 
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training.evaluate import format_table, majority_predictions, nearest_neighbour_predictions
+from training.eval_baselines import majority_predictions, nearest_neighbour_predictions
+from training.evaluate import format_table
 from training.examples import Example, causal_target
-from training.scoring import first_token, parse_change, score, score_item
+from training.scoring import lenient_first_word, lenient_item, parse_change, score
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _ex(q: str, original: str, new: str, text: str = "", task: str = "hint_attribution") -> Example:
-    target = causal_target(original, new) if q == "generative_explanation" else " " + (original if q == "orig_match" else new)
+    word = original if q == "orig_match" else new
+    target = causal_target(original, new) if q == "generative_explanation" else " " + word
     return Example(task=task, question_type=q, sample_id=text or f"{original}->{new}", messages=[], target=target,
                    input_text=text, meta={"original": original, "new": new, "changed": original != new})
 
@@ -62,21 +64,21 @@ def test_parse_change(text, parsed):
 
 def test_exact_match_needs_label_and_flag():
     ex = _ex("generative_explanation", "refusal", "compliance")
-    assert score_item(ex, "The most likely output would change to <<<compliance>>>.")["exact_match"]
-    assert score_item(ex, "the most likely output would change to <<<COMPLIANCE>>>")["exact_match"]
+    assert lenient_item(ex, "The most likely output would change to <<<compliance>>>.")["exact_match"]
+    assert lenient_item(ex, "the most likely output would change to <<<COMPLIANCE>>>")["exact_match"]
     # right label, wrong flag: content match without exact match
-    wrong_flag = score_item(ex, "The output would remain unchanged from <<<compliance>>>.")
+    wrong_flag = lenient_item(ex, "The output would remain unchanged from <<<compliance>>>.")
     assert wrong_flag["content_match"] and not wrong_flag["exact_match"]
-    unparsable = score_item(ex, "I cannot help with that.")
+    unparsable = lenient_item(ex, "I cannot help with that.")
     assert not unparsable["valid"] and not unparsable["exact_match"] and not unparsable["pred_changed"]
 
 
 def test_first_word_for_orig_and_change_match():
-    assert first_token("  refusal.") == "refusal"
-    assert first_token("Refusal, because it is harmful") == "refusal"
+    assert lenient_first_word("  refusal.") == "refusal"
+    assert lenient_first_word("Refusal, because it is harmful") == "refusal"
     ex = _ex("change_match", "refusal", "compliance")
-    assert score_item(ex, " compliance - sure")["exact_match"]
-    assert not score_item(ex, " refusal")["exact_match"]
+    assert lenient_item(ex, " compliance - sure")["exact_match"]
+    assert not lenient_item(ex, " refusal")["exact_match"]
 
 
 def test_changed_precision_recall_f1():
@@ -129,7 +131,8 @@ def test_feature_descriptions_scored_by_minilm_similarity():
     assert embed(["x"]).shape == (1, 384)
     good = score(exs, ["fires on phishing email requests", "fires on birthday poems for a grandmother"], embed)
     bad = score(exs, ["fires on birthday poems for a grandmother", "fires on phishing email requests"], embed)
-    assert good["generative_explanation"]["semantic_similarity"] > bad["generative_explanation"]["semantic_similarity"] + 0.2
+    sims = [s["generative_explanation"]["semantic_similarity"] for s in (good, bad)]
+    assert sims[0] > sims[1] + 0.2
 
 
 def test_table_lists_every_method():
@@ -157,30 +160,32 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert len(rows) == 4 * 6 + 2 * 3 * 6
     assert {r["draw"] for r in rows if r["method"] in fewshot} == {0, 1, 2}
     # the paper's strict scores ride along, each with its interval
+    assert metrics["version"] == 2  # scores with an interval are records.schema.Interval objects
     gen = metrics["splits"]["test"]["generative_explanation"]["explainer"]
-    assert gen["strict_exact_match_lo"] <= gen["strict_exact_match"] <= gen["strict_exact_match_hi"]
+    assert gen["strict_exact_match"]["lo"] <= gen["strict_exact_match"]["value"] <= gen["strict_exact_match"]["hi"]
     assert {"strict_changed_f1", "strict_unchanged_f1"} <= set(gen)
     assert "strict_unchanged_f1" not in metrics["splits"]["test"]["orig_match"]["explainer"]
     # calibration: the explainer's probability of each answer and P(changed) ride on its rows, and the metrics
     # are those of these rows (strict correctness, ECE_BINS bins)
     from training.calibration import brier, ece
-    from training.metrics import score_item as strict_item
+    from training.metrics import strict_item
 
     mine = [r for r in rows if r["method"] == "explainer" and r["question_type"] == "generative_explanation"]
     assert all(0 <= r["confidence"] <= 1 and 0 <= r["p_changed"] <= 1 for r in mine)
     correct = [strict_item(r["question_type"], r["prediction"], r["target"]).strict for r in mine]
-    assert gen["brier"] == pytest.approx(brier([r["confidence"] for r in mine], correct))
-    assert gen["ece"] == pytest.approx(ece([r["confidence"] for r in mine], correct)) and gen["ece_bins"] == 10
+    assert gen["brier"]["value"] == pytest.approx(brier([r["confidence"] for r in mine], correct))
+    assert gen["ece"]["value"] == pytest.approx(ece([r["confidence"] for r in mine], correct)) and gen["ece_bins"] == 10
     assert {"brier", "ece"} <= set(metrics["splits"]["test"]["orig_match"]["explainer"])
     # the few-shot rows carry their draws' spread and the paired gap to the explainer
     few = metrics["splits"]["test"]["generative_explanation"]["fewshot_k4"]
-    assert few["n"] == gen["n"] and few["draws"] == 3 and "gap_lo" in few
-    assert few["strict_exact_match_draw_min"] <= few["strict_exact_match"] <= few["strict_exact_match_draw_max"]
+    assert few["n"] == gen["n"] and few["draws"] == 3 and set(few["gap"]) == {"value", "lo", "hi"}
+    pooled = few["strict_exact_match"]["value"]
+    assert few["strict_exact_match_draw_min"] <= pooled <= few["strict_exact_match_draw_max"]
     assert set(metrics["seconds"]) >= {"fewshot", "calibration"}
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
-    from training.evaluate import lookup_predictions
+    from training.eval_baselines import lookup_predictions
 
     def ex(arm, context, target, q="generative_explanation"):
         return Example(task="act_patch", question_type=q, sample_id=f"{arm}:{context}:{target}", messages=[],
@@ -220,7 +225,7 @@ def test_vector_controls_zero_and_permute_the_vectors_the_explainer_reads(monkey
 
 @given(st.lists(st.integers(0, 6), max_size=40), st.integers(0, 2**32 - 1))
 def test_shuffled_vectors_come_from_another_group_whenever_there_is_one(groups, seed):
-    from training.evaluate import cross_group_donors
+    from training.eval_baselines import cross_group_donors
 
     donors = cross_group_donors(groups, np.random.default_rng(seed))
     assert len(donors) == len(groups)
@@ -229,7 +234,7 @@ def test_shuffled_vectors_come_from_another_group_whenever_there_is_one(groups, 
 
 
 def test_shuffled_vector_donors_are_uniform_over_the_other_groups():
-    from training.evaluate import cross_group_donors
+    from training.eval_baselines import cross_group_donors
 
     groups = ["a"] * 2 + ["b"] * 3 + ["c"] * 5
     rng = np.random.default_rng(0)

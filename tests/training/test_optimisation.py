@@ -21,7 +21,7 @@ from training import checkpoint as C
 from training import data as D
 from training import model as M
 from training import train as T
-from training.config import load_train_config
+from training.config import load_train_config, train_paths
 from training.dataset import load_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,15 +78,17 @@ def test_loraplus_puts_every_lora_b_and_only_those_at_ratio_times_lr(run):
     assert b == {n for n in trainable if "lora_B" in n} and b
     assert {names[id(p)] for p in plain[0]["params"]} == trainable - b  # lora_A, token rows
     # and the loop applies the scale: the saved optimizer's groups at the last step (s = 2)
-    groups = torch.load(out / "checkpoints" / "checkpoint-00000003" / "optimizer.pt", weights_only=True)["param_groups"]
+    saved = torch.load(out / "checkpoints" / "checkpoint-00000003" / "optimizer.pt", weights_only=True)
+    groups = saved["param_groups"]
     lr = LR * (1 - 2 / 18)
-    assert sorted((g["lr_scale"], g["lr"]) for g in groups) == [(1.0, pytest.approx(lr)), (RATIO, pytest.approx(RATIO * lr))]
+    want = [(1.0, pytest.approx(lr)), (RATIO, pytest.approx(RATIO * lr))]
+    assert sorted((g["lr_scale"], g["lr"]) for g in groups) == want
 
 
 def test_trainable_answer_tokens_train_exactly_the_listed_rows(run):
     toy, cfg, out = run
     tok = M.load_tokenizer(str(toy["model"]))
-    data = load_data(cfg, tok, {})
+    data = load_data(cfg, tok, {}, paths=train_paths(cfg))
     enc, _ = D.encode_all(tok, data.train, cfg.train.max_length)
     listed = M.trainable_tokens(cfg, enc, data.train, tok)
     assert listed == sorted({t for e in enc for t in e.ids[e.prompt_len:]})
@@ -145,7 +147,7 @@ def test_config_and_checkpoint_disagreeing_warns_and_says_who_wins(run, tmp_path
     assert rows[3]["lr"] == pytest.approx(2 * LR * (1 - 3 / 18))  # the config's learning rate wins
     # the checkpoint's counters continue (not restart): step 4 adds exactly its own examples' tokens
     tok = M.load_tokenizer(str(toy["model"]))
-    data = load_data(other, tok, {}, check_heldout=False)
+    data = load_data(other, tok, {}, paths=None)
     step4 = sum(len(D.encode_example(tok, data.train[i], i).ids) for i in rows[3]["examples"])
     assert rows[2]["tokens"] > 0 and rows[3]["tokens"] == rows[2]["tokens"] + step4
     # what the resumed run saves carries the config it ran with

@@ -91,7 +91,8 @@ def test_packed_rows_give_each_example_its_unpacked_logits_and_loss(attn):
             got = answer_logits(model, b, attn)
             want = torch.cat([alone[e.index] for e in members])
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-            packed_loss += float((torch.nn.functional.cross_entropy(got, b.targets, reduction="none") * b.weights).sum())
+            ce = torch.nn.functional.cross_entropy(got, b.targets, reduction="none")
+            packed_loss += float((ce * b.weights).sum())
         for e in items:
             b = D.collate([e], 0)
             alone_loss += float((torch.nn.functional.cross_entropy(alone[e.index], b.targets, reduction="none")
@@ -157,7 +158,8 @@ def test_gpu_configs_train_packed_and_liger_with_compiled_layers_is_refused():
         assert (t.packing, t.attn_implementation, t.bf16_adapters, t.compile_layers, t.liger) == (
             True, "flex_attention", True, True, False), path.name
     with pytest.raises(InputError, match="do not combine"):
-        load_train_config(str(configs / "af_context_ablation_cpu.yaml"), ["train.liger=true", "train.compile_layers=true"])
+        load_train_config(str(configs / "af_context_ablation_cpu.yaml"),
+                          ["train.liger=true", "train.compile_layers=true"])
 
 
 def test_gradient_checkpointing_gives_the_same_packed_loss_and_gradients():

@@ -59,9 +59,9 @@ def test_few_shot_scores_pool_the_draws_and_pair_with_the_explainer():
     wrong = ["garbage"] * 8
     rows = fewshot_metrics(test, right, [right, wrong, right], groups=None)["generative_explanation"]
     assert rows["n"] == 8 and rows["draws"] == 3
-    assert rows["strict_exact_match"] == pytest.approx(2 / 3)
+    assert rows["strict_exact_match"].value == pytest.approx(2 / 3)
     assert rows["strict_exact_match_draw_min"] == 0 and rows["strict_exact_match_draw_max"] == 1
-    assert rows["gap"] == pytest.approx(1 / 3) and rows["gap_lo"] <= rows["gap"] <= rows["gap_hi"]
+    assert rows["gap"].value == pytest.approx(1 / 3) and rows["gap"].lo <= rows["gap"].value <= rows["gap"].hi
     assert fewshot_subset(100, 0, 0) == list(range(100))
     sub = fewshot_subset(100, 10, 0)
     assert len(sub) == 10 and sub == sorted(sub) and sub == fewshot_subset(100, 10, 0)

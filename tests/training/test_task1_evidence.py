@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from organism.assets import MODIFIERS, TRIGGERS
+from records.schema import Interval
 from training.examples import Example
 from training.task1_evidence import (
     fill_description,
@@ -67,12 +68,11 @@ def test_sign_flip_is_exact_over_groups_and_the_gap_resamples_clusters():
 
 
 def test_gap_lines_note_a_baseline_whose_interval_reaches_zero():
-    m = {"n_clusters": 5.0, "similarity_gap": 0.048, "similarity_gap_lo": -0.07, "similarity_gap_hi": 0.16,
-         "similarity_sign_p": 0.25, "attribute_gap": 0.3, "attribute_gap_lo": 0.1, "attribute_gap_hi": 0.5,
-         "attribute_sign_p": 0.03}
+    m = {"n_clusters": 5.0, "similarity_gap": Interval(0.048, -0.07, 0.16), "similarity_sign_p": 0.25,
+         "attribute_gap": Interval(0.3, 0.1, 0.5), "attribute_sign_p": 0.03}
     note, *lines = gap_lines({"nearest_neighbour": m})
     assert note.startswith("NOTE: only 5 held-out clusters (fewer than 15): one cluster moves a mean by up to 0.20")
     assert "similarity +0.048 [-0.070, +0.160] p=0.250" in lines[0] and "over 5 held-out clusters" in lines[0]
     assert lines[1].startswith("NOTE: the nearest_neighbour baseline reaches the explainer on similarity (")
-    ok = {**m, "similarity_gap_lo": 0.01, "n_clusters": 16.0}
+    ok = {**m, "similarity_gap": Interval(0.048, 0.01, 0.16), "n_clusters": 16.0}
     assert len(gap_lines({"vector_probe": ok})) == 1

@@ -19,8 +19,9 @@ from records.schema import ContextAblationRecord
 from training import checkpoint as C
 from training import data as D
 from training import model as M
+from training import scoring
 from training import train as T
-from training.config import TrainConfig, load_train_config
+from training.config import TrainConfig, load_train_config, train_paths
 from training.continuous import ContinuousEmbedder, resolve_markers
 from training.dataset import load_data
 from training.examples import build_examples
@@ -60,8 +61,38 @@ def test_every_training_config_decodes(path):
     cpu = path.name.endswith("_cpu.yaml")
     assert (cfg.model_path == "toy") == cpu
     if not cpu:
-        assert (cfg.train.lora_r, cfg.train.learning_rate, cfg.train.num_epochs, cfg.train.eval_steps) == (128, 5e-5, 20, 500)
+        t = cfg.train
+        assert (t.lora_r, t.learning_rate, t.num_epochs, t.eval_steps) == (128, 5e-5, 20, 500)
         assert cfg.train.bf16 and cfg.model_path == "mistralai/Mistral-7B-v0.3"
+
+
+@pytest.mark.parametrize("setting,field,bound", [
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("train.learning_rate=0", "train.learning_rate", "> 0"),
+    ("train.learning_rate=-1e-3", "train.learning_rate", "> 0"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm", ">= 0"),
+    ("train.max_prompts=-1", "train.max_prompts", ">= 0"),
+    ("test.fewshot_k=[4, 0]", "test.fewshot_k[1]", ">= 1"),
+    ("test.fewshot_items=-2", "test.fewshot_items", ">= 0"),
+    ("train.lr_scheduler_type=cosine", "train.lr_scheduler_type", "Invalid enum value 'cosine'"),
+    ("device=tpu", "device", "Invalid enum value 'tpu'"),
+])
+def test_a_value_out_of_range_fails_at_load_naming_its_field(setting, field, bound):
+    """Bounds live in the config's types (msgspec Meta): one line with the file, the bound and the field."""
+    with pytest.raises(InputError) as err:
+        load_train_config(str(CPU_CONFIG), [setting])
+    text = str(err.value)
+    assert text.startswith(str(CPU_CONFIG)) and bound in text and f"at `$.{field}`" in text, text
+
+
+def test_a_nan_or_infinite_rate_fails_at_load():
+    from records.config import convert_config, read_yaml
+
+    raw = read_yaml(CPU_CONFIG)
+    for bad in (float("nan"), float("inf")):
+        raw["train"]["learning_rate"] = bad
+        with pytest.raises(InputError, match=r"at `\$\.train\.learning_rate`"):
+            convert_config(raw, TrainConfig, where="cfg")
 
 
 def test_unknown_keys_and_slots_are_rejected(tmp_path):
@@ -80,8 +111,10 @@ def test_examples_map_monitored_and_unmonitored_like_hint_attribution(toy):
     cfg = tiny_cfg(toy, toy["root"] / "unused")
     records = read_records(toy["records"] / "train.jsonl", ContextAblationRecord)
     r = next(r for r in records if r.behavior_changed)
-    exs = {e.question_type: e for e in build_examples([r], "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)}
-    assert exs["generative_explanation"].target == f"The most likely output would change to <<<{r.zeroshot_prediction}>>>."
+    built = build_examples([r], "hint_attribution", cfg.train.tasks["hint_attribution"], {}, 0)
+    exs = {e.question_type: e for e in built}
+    assert exs["generative_explanation"].target == (
+        f"The most likely output would change to <<<{r.zeroshot_prediction}>>>.")
     assert exs["orig_match"].target == " " + r.random_hint_prediction  # monitored behaviour
     assert exs["change_match"].target == " " + r.zeroshot_prediction  # unmonitored behaviour
     # the toy's template folds the system text into the user turn: the explainer sees it once, as the
@@ -148,7 +181,8 @@ def test_answer_tokens_are_the_target_and_eos(toy):
 def test_prompt_tokens_never_enter_the_loss_mask(toy):
     _, tok, _, enc = _encoded(toy)
     base = D.collate(enc, tok.pad_token_id)
-    changed = [D.Encoded(ids=list(e.ids), prompt_len=e.prompt_len, weight=e.weight, vector=None, index=e.index) for e in enc]
+    changed = [D.Encoded(ids=list(e.ids), prompt_len=e.prompt_len, weight=e.weight, vector=None, index=e.index)
+               for e in enc]
     for e in changed:  # change every prompt token: the scored positions and targets stay the same
         e.ids[: e.prompt_len] = [(t + 7) % 1000 + 100 for t in e.ids[: e.prompt_len]]
     other = D.collate(changed, tok.pad_token_id)
@@ -238,7 +272,7 @@ def test_heldout_row_hidden_in_training_data_is_refused_and_named(toy, tmp_path)
     cfg = tiny_cfg(toy, tmp_path / "out", f"train.dataset={bad}")
     tok = M.load_tokenizer(str(toy["model"]))
     with pytest.raises(InputError) as err:
-        load_data(cfg, tok, {})
+        load_data(cfg, tok, {}, paths=train_paths(cfg))
     text = str(err.value)
     assert "refusing to train" in text and "gold_106" in text
     assert f"index {victim.index}" in text and f"sample_id {victim.sample_id}" in text
@@ -250,8 +284,10 @@ def test_missing_heldout_file_refuses_unless_allowed(toy, tmp_path):
     paths.write_text(f"data_root: {tmp_path / 'nowhere'}\n")
     tok = M.load_tokenizer(str(toy["model"]))
     with pytest.raises(InputError, match="held-out set"):
-        load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}"), tok, {})
-    load_data(tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}", "train.allow_missing_heldout=true"), tok, {})
+        cfg = tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}")
+        load_data(cfg, tok, {}, paths=train_paths(cfg))
+    cfg = tiny_cfg(toy, tmp_path / "o", f"train.paths={paths}", "train.allow_missing_heldout=true")
+    load_data(cfg, tok, {}, paths=train_paths(cfg))
 
 
 def test_full_run_needs_a_debug_run_of_the_same_config(toy, tmp_path, capsys):
@@ -324,7 +360,8 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(toy, tmp_path):
     a = load_file(tmp_path / "straight" / "final" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "split" / "final" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    start = load_file(tmp_path / "split" / "checkpoints" / "checkpoint-00000003" / "adapter" / "adapter_model.safetensors")
+    start = load_file(tmp_path / "split" / "checkpoints" / "checkpoint-00000003" / "adapter"
+                      / "adapter_model.safetensors")
     assert any(not torch.equal(a[k], start[k]) for k in a)  # the adapter did move after the resume point
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
@@ -344,7 +381,7 @@ def test_the_debug_gate_fails_when_the_explainer_stopped_answering(toy, tmp_path
         got = ["a", "b", "c", "d"] if len(calls) == 1 else answers
         return {}, list(zip(examples[:len(got)], got))
 
-    monkeypatch.setattr(T, "eval_generation", broken)
+    monkeypatch.setattr(scoring, "eval_generation", broken)
     cfg = tiny_cfg(toy, tmp_path / "o")
     with pytest.raises(StageFailure, match=f"debug run FAILED: all 4 generated answers {why}"):
         T.main(cfg, debug=True)
@@ -353,7 +390,8 @@ def test_the_debug_gate_fails_when_the_explainer_stopped_answering(toy, tmp_path
 
 def test_the_debug_gate_accepts_a_model_that_answered_alike_before_training(toy, tmp_path, monkeypatch):
     """Five steps are too few to make a tiny model's answers differ: alike before and after is no failure."""
-    monkeypatch.setattr(T, "eval_generation", lambda explainer, examples, cfg, n: ({}, [(e, "same") for e in examples[:4]]))
+    monkeypatch.setattr(scoring, "eval_generation",
+                        lambda explainer, examples, cfg, n: ({}, [(e, "same") for e in examples[:4]]))
     cfg = tiny_cfg(toy, tmp_path / "o")
     T.main(cfg, debug=True)
     assert debug_marker(cfg).exists()
