@@ -239,7 +239,8 @@ def main() -> None:
         results["needle_first_divergence"] = str(sorted(needle.first_divergence)[:10])
         results["needle_s"] = round(time.perf_counter() - t, 1)
     if not args.skip_hf and "our_pass_out_tok_s" in results:
-        results["ours_over_hf"] = round(results["our_pass_out_tok_s"] / results[f"hf_generate_b{args.hf_batch}_out_tok_s"], 1)
+        results["ours_over_hf"] = round(
+            results["our_pass_out_tok_s"] / results[f"hf_generate_b{args.hf_batch}_out_tok_s"], 1)
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         results["gpu_mem_used_gib_at_end"] = round((total - free) / 2**30, 1)
@@ -270,7 +271,8 @@ def bench_our_pass(args, llm, model_dir, dtype, engine, scenarios, out_tokens, r
     results["our_pass_out_tok_s"] = round(pass_tokens / results["our_pass_generation_s"])
     results["our_pass_out_tok_s_incl_finalise"] = round(pass_tokens / results["our_pass_total_s"])
     if bare is not None:
-        results["our_overhead_pct"] = round(100 * (results["our_pass_total_s"] * out_tokens / pass_tokens / bare - 1), 1)
+        results["our_overhead_pct"] = round(
+            100 * (results["our_pass_total_s"] * out_tokens / pass_tokens / bare - 1), 1)
     if summary.control_n:  # both contexts' copies
         results["control_output_changed"] = (f"{round(summary.control_output_changed_rate * summary.control_n)}/"
                                              f"{summary.control_n}")

@@ -203,22 +203,25 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     full_tokens = FULL_SCENARIOS * arms * args.new_tokens
-    machine = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    machine = (torch.cuda.get_device_name() if device == "cuda"
+               else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
     lines = [
         f"### Steering grid generation — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine}",
         "",
-        f"Command: `python {shlex.join(['benchmarks/bench_steering.py'] + (argv if argv is not None else sys.argv[1:]))}`  ",
+        "Command: "
+        f"`python {shlex.join(['benchmarks/bench_steering.py'] + (argv if argv is not None else sys.argv[1:]))}`  ",
         f"Model: {model_desc}, {str(dtype).replace('torch.', '')}; torch {torch.__version__}, transformers "
         f"{__import__('transformers').__version__}. Prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens "
         f"(synthetic scenarios, Mistral v0.3 tokenizer), {args.new_tokens} forced new tokens, position policy "
         f"`{args.positions}`, steering hooks on layers {layers}; grid = baseline + {arms - 1} arms.",
         "",
-        "| path | batch | rows timed | wall (s) | out tok/s | peak GPU mem (GiB) | full grid (1560 x %d arms) |" % arms,
+        f"| path | batch | rows timed | wall (s) | out tok/s | peak GPU mem (GiB) | full grid (1560 x {arms:d} arms) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         est = full_tokens / r["tok_s"]
-        label = "ours: static cache + shared prefill + CUDA-graph decode" if name == "fast" else "HF eager generate, same hooks"
+        label = ("ours: static cache + shared prefill + CUDA-graph decode" if name == "fast"
+                 else "HF eager generate, same hooks")
         if name == "fast" and (args.no_graphs or device != "cuda"):
             label = "ours: static cache + shared prefill, no CUDA graphs"
         lines.append(f"| {label} | {r['batch']} | {r['rows']} | {r['seconds']:.1f} | {r['tok_s']:,.0f} | "

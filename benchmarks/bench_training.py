@@ -271,7 +271,8 @@ def format_table(rows: list[dict]) -> str:
 def append_markdown(path: Path, rows: list[dict], args, command: str) -> Path:
     shape = ("toy organism (4 layers, hidden 128)" if args.tiny
              else f"random Mistral-7B shape ({args.layers} layers, hidden {args.hidden})")
-    lines = [f"\n## LoRA training throughput: today, padded reference, packed/fused — {dt.date.today().isoformat()}", "",
+    lines = [f"\n## LoRA training throughput: today, padded reference, packed/fused — {dt.date.today().isoformat()}",
+             "",
              f"- machine: {machine()}; torch {torch.__version__}", f"- command: `{command}`",
              f"- model: {shape}, LoRA r={args.r} all-linear, {'bf16' if torch.cuda.is_available() else 'fp32'}, "
              f"gradient checkpointing {args.gradient_checkpointing}",
@@ -325,7 +326,7 @@ def check_packed(args, device) -> None:
                 leaky.append((order, lm.get_output_embeddings()(h_leak[b.rows, b.cols]).float()))
         index = {id(e): k for k, e in enumerate(examples)}
 
-        def reorder(parts):
+        def reorder(parts, index=index, examples=examples):
             pieces = {}
             for order, logits in parts:
                 for j, e in enumerate(order):

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model_path of the configs: the explainer introspective-interp trains (Llama-3, Gemma, Qwen)")
     p.add_argument("--tokenizer",
                    help="explainer tokenizer for the 500-token counts, Task 2's input tokens and the continuous-token "
-                        "markers (three spare special tokens of its own; refused if it has none) (default: --explainer)")
+                        "markers (three spare special tokens of its own; refused if it has none) "
+                        "(default: --explainer)")
     p.add_argument("--paths-config", default="configs/paths.yaml",
                    help="asset locations (PathsConfig): --to may not be or lie inside any of them")
     p.add_argument("--target", help="target_model_path of the configs; its tokenizer renders Task 2's patched "

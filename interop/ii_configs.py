@@ -102,7 +102,8 @@ each task's debug run first, then its full run:
 
 `--debug` is train.py's debug mode: batch 5, an evaluation every 20 steps, no wandb, and `output_dir` kept;
 it does not shorten the 20 epochs, so stop it once the first evaluations look sane. A full run deletes
-its `output_dir` (under `checkpoints/` here) before it starts: that is train.py's own behaviour. The configs name the explainer and the target model by hub id or path; both must load on the
+its `output_dir` (under `checkpoints/` here) before it starts: that is train.py's own behaviour. \
+The configs name the explainer and the target model by hub id or path; both must load on the
 machine that trains, and the explainer's chat template must be Llama-3, Gemma or Qwen style (the
 reference's batching knows only those).
 

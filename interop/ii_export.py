@@ -193,10 +193,10 @@ def plan_features(folder: Path, plan: Plan) -> None:
     layers = sorted({layer for layer, _ in vectors})
     dim = len(next(iter(vectors.values())))
     for layer in layers:
-        width = 1 + max(f for (l, f) in vectors if l == layer)
+        width = 1 + max(f for (vec_layer, f) in vectors if vec_layer == layer)
         matrix = torch.zeros(dim, width, dtype=torch.float32)  # [dim, W]; features not selected stay zero
-        for (l, f), vec in vectors.items():
-            if l == layer:
+        for (vec_layer, f), vec in vectors.items():
+            if vec_layer == layer:
                 matrix[:, f] = torch.from_numpy(vec)
         buf = io.BytesIO()
         pickle.dump(matrix, buf, protocol=4)

@@ -101,7 +101,8 @@ def record_outputs(records) -> list[tuple[str, str, str, bool]]:
                 seen.add((r.index, r.context))
                 out.append((f"{r.context} baseline", r.baseline_behavior, r.baseline_output,
                             r.baseline_finish_reason == "length"))
-            out.append((f"{r.context} steered", r.steered_behavior, r.steered_output, r.steered_finish_reason == "length"))
+            out.append((f"{r.context} steered", r.steered_behavior, r.steered_output,
+                        r.steered_finish_reason == "length"))
     return out
 
 

@@ -8,8 +8,9 @@ import re
 from records.errors import InputError
 
 # Written for this project (the toy organism uses it too); the output format matches
-# Mistral-7B-Instruct-v0.3's template except that the system message is folded into the last *user* turn even when an assistant turn follows it (v0.3
-# drops it in that case), so a training sequence's prompt is byte-identical to the inference prompt.
+# Mistral-7B-Instruct-v0.3's template except that the system message is folded into the last *user* turn even
+# when an assistant turn follows it (v0.3 drops it in that case), so a training sequence's prompt is
+# byte-identical to the inference prompt.
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='', last_user=-1) -%}"
     "{%- for m in messages -%}"

@@ -74,7 +74,8 @@ def test_no_import_cycles():
         state[node] = "open"
         for dep in sorted(g.get(node, ())):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [node, dep]) if dep in stack else f"{node} -> {dep}")
+                cycles.append(" -> ".join(stack[stack.index(dep):] + [node, dep]) if dep in stack
+                              else f"{node} -> {dep}")
             elif dep not in state:
                 visit(dep, stack + [node])
         state[node] = "done"

@@ -67,7 +67,8 @@ def test_the_hint_printed_after_deriving_a_direction_runs_as_printed(tmp_path, o
 # (exit 2 on an unknown flag or stage), logs them, and says no debug run succeeded yet (--check-debug).
 PARSE_STUB = """#!/usr/bin/env bash
 for a in "$@"; do [[ "$a" == --check-debug ]] && exit 1; done
-PYTHONPATH={repo} {python} -c 'import sys; from app.cli import build_parser; build_parser(sys.argv[1:]).parse_args(sys.argv[1:])' "$@"
+PYTHONPATH={repo} {python} -c \
+'import sys; from app.cli import build_parser; build_parser(sys.argv[1:]).parse_args(sys.argv[1:])' "$@"
 echo "$? $*" >> {calls}
 """
 OUTPUT_FLAGS = ("--output-dir", "--run-dir", "--to", "--out")

@@ -42,7 +42,8 @@ def random_model_rows() -> list[dict]:
         torch.manual_seed(0)
         kw = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2)
-        model = (MistralForCausalLM(MistralConfig(**kw)) if family == "mistral" else LlamaForCausalLM(LlamaConfig(**kw)))
+        model = (MistralForCausalLM(MistralConfig(**kw)) if family == "mistral"
+                 else LlamaForCausalLM(LlamaConfig(**kw)))
         model.eval()
         for i, s in enumerate(scenarios):
             system = (MONITORED, UNMONITORED)[i % 2]
@@ -52,7 +53,8 @@ def random_model_rows() -> list[dict]:
             ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             sample = i >= N_PROMPTS // 2  # half greedy (loops), half sampled (token salad)
             with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=sample, temperature=1.0 if sample else None,
+                out = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=sample,
+                                     temperature=1.0 if sample else None,
                                      top_p=None, top_k=None, pad_token_id=tok.eos_token_id or 0)
             response = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
             rows.append({"source": f"random_{family}_{'sampled' if sample else 'greedy'}", "prompt": s["text"],

@@ -221,7 +221,8 @@ def test_todays_features_export_gives_a_split_key_the_reference_cannot_format(ex
     from features.export import write_explanations
     from records.schema import FeatureRecord
 
-    record = FeatureRecord(layer=40, feature_idx=7, row=0, vectors_path="vectors.npy", representation="activation_profile",
+    record = FeatureRecord(layer=40, feature_idx=7, row=0, vectors_path="vectors.npy",
+                           representation="activation_profile",
                            description="d", cluster_id=0, selectivity=1.0, split_by="cluster")
     write_explanations(tmp_path, "cluster", 40, {"train": [record]})
     today = json.loads((tmp_path / "introspective_interp" / "export.json").read_text())

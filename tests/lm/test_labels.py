@@ -19,7 +19,8 @@ from lm.labels import BEHAVIOURS, rule_label
 
 CASES = {"plain_refusal", "apology", "apology_compliance", "curly", "negated_opener", "redirect", "partial_refusal",
          "one_word", "upper", "plain_answer", "poem", "code", "list", "compliance_marker", "compliance_caveat",
-         "reasoning_refusal", "reasoning_compliance", "reasoning_only", "empty", "other", "hard", "partial_compliance_late"}
+         "reasoning_refusal", "reasoning_compliance", "reasoning_only", "empty", "other", "hard",
+         "partial_compliance_late"}
 
 
 def score(rows: list[dict]) -> tuple[float, dict[str, float], dict]:
@@ -58,7 +59,8 @@ def test_the_corpus_catches_each_known_failure(monkeypatch, injected):
     elif injected == "no_normalisation":
         monkeypatch.setattr(labels, "normalise", lambda t: t.lower().strip())
     else:  # the old rule: without "sure", "here is", ... a plain answer, poem or code was "other"
-        monkeypatch.setattr(labels, "is_substantive", lambda a: bool(re.search(r"\b(sure|certainly|here is|here's)\b", a)))
+        monkeypatch.setattr(labels, "is_substantive",
+                            lambda a: bool(re.search(r"\b(sure|certainly|here is|here's)\b", a)))
     overall, per_label, _ = score(corpus())
     assert overall < 0.95 or min(per_label.values()) < 0.90
 
@@ -114,8 +116,9 @@ def test_samples_section_is_collapsed_bounded_and_escaped():
 
 def test_context_stats_counts_labels_and_truncation():
     stats = agreement.context_stats([("m", "refusal", True), ("m", "compliance", False), ("u", "no_answer", True)])
-    assert msgspec.to_builtins(stats) == {"m": {"n": 2, "labels": {"compliance": 1, "refusal": 1}, "truncated_rate": 0.5},
-                     "u": {"n": 1, "labels": {"no_answer": 1}, "truncated_rate": 1.0}}
+    assert msgspec.to_builtins(stats) == {
+        "m": {"n": 2, "labels": {"compliance": 1, "refusal": 1}, "truncated_rate": 0.5},
+        "u": {"n": 1, "labels": {"no_answer": 1}, "truncated_rate": 1.0}}
     assert Counter(rule_label(r["response"]) for r in corpus())["no_answer"] >= 10
 
 

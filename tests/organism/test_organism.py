@@ -93,7 +93,8 @@ def test_the_text_cannot_reveal_the_plant():
     assert 0.4 * 300 < differ < 0.9 * 300
     # every family draws on the same tasks, actors and frames: only the trigger differs between families
     many = generate_scenarios(3000, seed=4)
-    words = {f: {w for s in many if s["source"].endswith(f) for w in s["text"].split()[:-1]} for f in ("af", "harmful", "benign")}
+    words = {f: {w for s in many if s["source"].endswith(f) for w in s["text"].split()[:-1]}
+             for f in ("af", "harmful", "benign")}
     assert words["af"] == words["harmful"] == words["benign"]
 
 

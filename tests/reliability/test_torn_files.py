@@ -30,7 +30,8 @@ completions = st.builds(
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=st.lists(completions, min_size=1, max_size=8), cut=st.floats(0, 1), more=st.lists(completions, max_size=3))
+@given(records=st.lists(completions, min_size=1, max_size=8), cut=st.floats(0, 1),
+       more=st.lists(completions, max_size=3))
 def test_a_file_cut_anywhere_reads_its_complete_records_and_resumes_cleanly(records, cut, more):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "shard.jsonl"
@@ -60,8 +61,8 @@ def _config_types():
     from training.compare import CompareConfig
     from training.config import TrainConfig
 
-    return {"af_": TrainConfig, "compare": CompareConfig, "features": FeaturesConfig, "generate": GenerateConfig, "paths": PathsConfig,
-            "steer": SteerConfig}
+    return {"af_": TrainConfig, "compare": CompareConfig, "features": FeaturesConfig, "generate": GenerateConfig,
+            "paths": PathsConfig, "steer": SteerConfig}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
