@@ -32,7 +32,7 @@ from lm.batching import left_pad, pad_token_id
 from records.errors import InputError
 from records.jsonl import write_atomic
 from records.schema import Scenario
-from steering.config import SteerConfig
+from steering.config import DeriveConfig, SteerConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,13 @@ def mean_residual(model, prompts: Sequence[Sequence[int]], layer: int, pad_id: i
     return (total / count).cpu().numpy()
 
 
-def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, rendering: str,
-           af_labels: Sequence[str], context: str = "unmonitored", positions: str = "last",
-           batch_size: int = 16, af_only: bool = False) -> tuple[np.ndarray, dict]:
-    """(direction, metadata) as the module docstring describes; `af_only` restricts the monitoring
-    contrast to AF-labelled scenarios. Raises InputError when a side is empty."""
+def derive(model, tokenizer, job: DeriveJob, layer: int, how: DeriveConfig, templates,
+           batch_size: int = 16) -> tuple[np.ndarray, dict]:
+    """(direction, metadata) as the module docstring describes, from `job`'s scenarios at `layer`, with `how`'s
+    contrast, context, positions and af_only (which restricts the monitoring contrast to AF-labelled
+    scenarios); `how.layer` is not read. Raises InputError when a side is empty."""
+    contrast, context, positions, af_only = how.contrast, how.context, how.positions, how.af_only
+    scenarios, af_labels, rendering = job
     pad = pad_token_id(tokenizer)
     if af_only:
         if contrast != "monitoring":
@@ -247,9 +249,7 @@ def derived_directions(cfg: SteerConfig, work: Path, model=None, tokenizer=None,
     for layer in sorted(set(cfg.layers)):
         path = work / f"derived_L{layer}.npy"
         if not path.exists():
-            d = cfg.derive
-            vec, _ = derive(model, tokenizer, job.scenarios, layer, d.contrast, cfg.prompts, job.rendering,
-                            job.af_labels, d.context, d.positions, af_only=d.af_only)
+            vec, _ = derive(model, tokenizer, job, layer, cfg.derive, cfg.prompts)
             _write_npy(path, vec)
         raw[layer] = np.load(path).astype(np.float64)
     derived = from_vectors("derived", raw)

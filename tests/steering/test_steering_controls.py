@@ -56,6 +56,7 @@ def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, deri
     from records.paths import PathsConfig
     from records.schema import SteeringRecord, SteeringSummary, read_summary
     from steering import direction as dirmod
+    from steering.config import DeriveConfig
 
     root, _, paths = toy_assets
     out = tmp_path / "controls"
@@ -92,7 +93,8 @@ def test_controls_and_a_breaking_alpha_on_the_toy(organism_dir, toy_assets, deri
     rendering = chat.detect_chat_rendering(tok)
 
     def unit_of(scen):
-        vec, _ = dirmod.derive(model, tok, scen, 2, "monitoring", PromptTemplates(), rendering, ["alignment_faking"])
+        job = dirmod.DeriveJob(scen, ["alignment_faking"], rendering)
+        vec, _ = dirmod.derive(model, tok, job, 2, DeriveConfig(contrast="monitoring"), PromptTemplates())
         return vec / np.linalg.norm(vec)
 
     np.testing.assert_allclose(units["derived"], unit_of(scenarios[:2]), rtol=1e-4, atol=1e-5)
