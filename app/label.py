@@ -231,7 +231,9 @@ def _summary(src: Path, out: Path, kind, records, controls, manifest: dict):
         return msgspec.structs.replace(new, wall_seconds=old.wall_seconds,
                                        output_tokens_per_second=old.output_tokens_per_second)
     from steering.config import SteerConfig
-    from steering.run import grid_arms, save_heatmap, summarise
+    from steering.grid import grid_arms
+    from steering.plots import save_heatmap
+    from steering.science import summarise
 
     if not manifest:
         raise InputError(f"{src}: no manifest.json; Task 2's summary needs the grid it was run with")

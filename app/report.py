@@ -361,7 +361,8 @@ def build_report(run: Path) -> Path:
 
     t2 = run / "task2"
     if (t2 / "summary.json").is_file():
-        from steering.run import format_table, save_heatmap
+        from steering.plots import save_heatmap
+        from steering.science import format_table
 
         s = read_summary(t2 / "summary.json", SteeringSummary)
         save_heatmap(s, plots / "task2_heatmap.png", "Behaviour change rate: steered layer(s) x alpha")

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     hidden = model.config.hidden_size
     direction = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
     direction = (direction / direction.norm()).to(device)
-    # sorted by length, as steering.run.plan_batches orders the real grid's rows (less padding per batch)
+    # sorted by length, as steering.grid.plan_batches orders the real grid's rows (less padding per batch)
     prompts = sorted(make_prompts(tokenizer, n_slice, lo, hi), key=len)
     print(f"setup {time.perf_counter() - t:.1f}s: {model_desc}, {device}, {dtype}; slice {n_slice} scenarios x "
           f"{arms} arms, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens, {args.new_tokens} new",

@@ -27,16 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Task 2: add alpha * unit(direction) to the residual stream after chosen decoder layers and generate "
         "greedily for every scenario under every arm (baseline + each layer set x alpha), all arms of many "
-        "scenarios in one batch. Writes ActPatch-style records (train.jsonl / test.jsonl, last test_size "
-        "scenarios held out), summary.json, heatmap.png and a PROGRESS.md entry. With --derive-direction it "
+        "scenarios in one batch. Writes ActPatch-style records (train.jsonl / test.jsonl: whole groups of about "
+        "test_size scenarios held out), summary.json, heatmap.png and a PROGRESS.md entry. With --derive-direction it "
         "instead derives a direction (difference of mean residuals) for the model and saves it as .npy + .json.")
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="YAML decoded into SteerConfig (steering/config.py); configs/steer_cpu.yaml runs the toy "
                         f"organism on CPU (default {DEFAULT_CONFIG})")
-    p.add_argument("--input", help="scenario JSON (gold-style list of {text, label}); default: gold_1560 of the "
-                                   "paths config")
+    p.add_argument("--input", help="scenario JSON or JSONL (gold-style list of {text, label}); default: gold_1560 "
+                                   "of the paths config")
     p.add_argument("--output-dir", help="where records go; refused inside a source data folder")
     p.add_argument("--model", help="organism: local folder, cached hub id, or 'toy'")
     p.add_argument("--direction", metavar="PATH", help=".npy of shape (hidden_size,); default: the config's, else "
@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="N processes, one per GPU, each on its own shard of the scenarios; merged into the "
                         "same records as one process (and a run resumes with any N)")
     p.add_argument("--limit", type=int, help="only the first N scenarios (quick tries)")
-    p.add_argument("--test-size", type=int, help="last N scenarios held out as test.jsonl")
+    p.add_argument("--test-size", type=int, help="about N scenarios held out as test.jsonl (whole groups, per "
+                                                  "label)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished output folder that has nothing to resume (no _work/, e.g. a relabelled "
                         "copy); its old files stay in .previous/ until the new run completes")

@@ -1,13 +1,27 @@
-"""Config of the Task 2 steering grid (steer): defaults in the type, YAML in configs/steer*.yaml."""
+"""Config of the Task 2 steering grid (steer): defaults in the type, YAML in configs/steer*.yaml.
+
+Sign and range rules are bounds in the types (msgspec `Meta`), so a wrong value fails when the YAML and the
+flags are decoded, naming its field: `configs/x.yaml: Expected `int` >= 1 - at `$.batch_size` (value: 0)`.
+What a type cannot say (rules across fields) is steering/run.py's `check_config`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from lm.chat import PromptTemplates
 from lm.judge_config import JudgeConfig
+
+Count = Annotated[int, Meta(ge=0)]  # 0 allowed: "none" or, for limit, "all"
+Positive = Annotated[int, Meta(ge=1)]
+Share = Annotated[float, Meta(ge=0.0, le=1.0)]
+# An alpha multiplies a unit vector (raw) or a residual norm: beyond +-1e6 there is only overflow. The bound
+# also refuses NaN and inf, which YAML spells .nan and .inf.
+Alpha = Annotated[float, Meta(ge=-1e6, le=1e6)]
+Layer = Annotated[int, Meta(ge=0)]  # decoder layers count from 0; the model's depth is checked against its config
 
 
 class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,42 +42,44 @@ class DeriveConfig(msgspec.Struct, forbid_unknown_fields=True):
 class CoherenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     """When a steered output counts as `degenerate` (lm/coherence.py): any one check suffices."""
 
-    ngram: int = 3  # token n-gram size of the repetition check
-    max_repeated: float = 0.5  # share of the output's token n-grams that repeat an earlier one
-    min_compression: float = 0.3  # zlib-compressed bytes / UTF-8 bytes (outputs of >= 64 bytes only)
+    ngram: Positive = 3  # token n-gram size of the repetition check
+    max_repeated: Share = 0.5  # share of the output's token n-grams that repeat an earlier one
+    # zlib-compressed bytes / UTF-8 bytes (outputs of >= 64 bytes only); 0 turns the check off
+    min_compression: Annotated[float, Meta(ge=0.0)] = 0.3
     # median per-token loss (nats) of the steered output under the UNSTEERED model, given the prompt
-    max_median_loss: float = 6.0
+    max_median_loss: Annotated[float, Meta(ge=0.0)] = 6.0
 
 
 class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Everything the steering grid needs. Arms: baseline (once per scenario) + each (layer set, alpha)."""
 
-    input: str = ""  # scenario JSON; "" = gold_1560 from the paths config
+    input: str = ""  # scenario JSON or JSONL (records/assets.py load_scenarios); "" = gold_1560 of the paths config
     output_dir: str = "data/af_steering"
     # "" = organism_model of the paths config; else a local folder, a cached hub id, or "toy" (the toy organism)
     model: str = ""
     tokenizer: str = ""  # "" = the model's own
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     direction: str = ""  # .npy of shape (hidden_size,); "" = af_intent_direction from the paths config
-    layers: list[int] = msgspec.field(default_factory=lambda: [20, 30])  # each steered alone
+    layers: Annotated[list[Layer], Meta(min_length=1)] = msgspec.field(default_factory=lambda: [20, 30])  # each alone
     layers_together: bool = False  # also one arm set steering all `layers` at once
-    alphas: list[float] = msgspec.field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0])
+    alphas: Annotated[list[Alpha], Meta(min_length=1)] = msgspec.field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0])
     # raw: alpha multiplies the unit direction; residual_norm: alpha in units of the mean residual norm at
     # the layer, measured on this run's own prompts (recorded in summary.json and every record).
     scale: Literal["raw", "residual_norm"] = "residual_norm"
-    norm_prompts: int = 64  # prompts (first N, input order) used to measure residual norms
+    norm_prompts: Positive = 64  # prompts (first N, input order) used to measure residual norms
     positions: Literal["last", "all", "generated"] = "last"
     # Which system prompt the scenarios are rendered with (one run per listed context; baseline per context).
-    contexts: list[Literal["monitored", "unmonitored"]] = msgspec.field(default_factory=lambda: ["unmonitored"])
-    max_new_tokens: int = 256
-    batch_size: int = 256  # rows (scenario x arm) per generation batch; OOM halves it and retries
-    data_parallel: int = 1  # processes, one per GPU, each on its own shard of the scenarios
+    contexts: Annotated[list[Literal["monitored", "unmonitored"]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["unmonitored"])
+    max_new_tokens: Positive = 256
+    batch_size: Positive = 256  # rows (scenario x arm) per generation batch; OOM halves it and retries
+    data_parallel: Positive = 1  # processes, one per GPU, each on its own shard of the scenarios
     engine: Literal["fast", "hf"] = "fast"  # fast: static cache + CUDA-graph decode; hf: transformers generate
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # fast engine: auto = on with a CUDA GPU
-    test_size: int = 200  # about N scenarios form test.jsonl: whole groups, drawn per label (records/split.py)
+    test_size: Count = 200  # about N scenarios form test.jsonl: whole groups, drawn per label (records/split.py)
     # regex whose capture groups scenarios (the toy's nonce trigger); "" = near-duplicate texts
     group_pattern: str = ""
-    limit: int = 0  # 0 = all scenarios; N = the first N
+    limit: Count = 0  # 0 = all scenarios; N = the first N
     inline_vectors: bool = False  # write each record's intervention vector (hidden_size floats) inline
     # who labels behaviour (lm/judge_config.py); the judge runs on vLLM with this run's dtype
     judge: JudgeConfig = msgspec.field(default_factory=JudgeConfig)
@@ -80,7 +96,7 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # plain names (L2@a1); the others are "<direction>/L2@a1".
     derived: bool = False
     negate: bool = False  # also the negation of the file direction and of the derived one
-    random_directions: int = 0
+    random_directions: Count = 0
     alpha_zero: bool = False  # the alpha-0 arms as records (train/test) too, not only as the noise floor
     # The noise floor: an alpha-0 row per layer set in the batches of each scenario's other arms, and one more
     # at another batch position (a batch of its own at the plan's end); their change rate is reported beside

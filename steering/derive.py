@@ -51,8 +51,8 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model_dir)
     rendering = chat.detect_chat_rendering(tokenizer, cfg.model)
     model = backends.load_hf_model(model_dir, cfg.dtype)
-    vec, meta = dirmod.derive(model, tokenizer, scenarios, d.layer, d.contrast, cfg.prompts, rendering,
-                              paths.af_labels, d.context, d.positions, af_only=d.af_only)
+    job = dirmod.DeriveJob(scenarios, list(paths.af_labels), rendering)
+    vec, meta = dirmod.derive(model, tokenizer, job, d.layer, d, cfg.prompts)
     meta.update(model=cfg.model if cfg.model != "toy" else model_dir, scenarios=str(input_path),
                 n_scenarios=len(scenarios), held_out_test=n_test)
     path = dirmod.save_direction(d.out, vec, meta)

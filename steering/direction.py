@@ -1,5 +1,8 @@
 """Steering directions: load and validate one, or derive one for the organism itself.
 
+The directions of one run (`direction_names`: the file's, its negation, the in-run derived one, seeded
+random controls) are `Direction`s: a unit vector per steered layer.
+
 A derived direction is the difference of mean residuals (the output of one decoder layer) between two
 sets of prompts, rendered the way Task 3 renders them (the organism's chat template, the same system
 prompts):
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -26,6 +30,9 @@ import torch
 from lm import chat
 from lm.batching import left_pad, pad_token_id
 from records.errors import InputError
+from records.jsonl import write_atomic
+from records.schema import Scenario
+from steering.config import DeriveConfig, SteerConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +84,18 @@ def load_direction(path: str | Path, hidden_size: int, model: str = "the model")
     return (vec / norm).astype(np.float32), {"path": str(path), "id": direction_id(path), "norm": norm}
 
 
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(path, buf.getvalue())
+
+
 def save_direction(out: str | Path, vector: np.ndarray, meta: dict) -> Path:
     """Write `<out>` (.npy) or `<out>/<default name>.npy`, plus the .json metadata beside it."""
-    from records.jsonl import write_atomic
-
     out = Path(out)
     path = out if out.suffix == ".npy" else out / f"direction_{meta['contrast']}_L{meta['layer']}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(vector, dtype=np.float32))
-    write_atomic(path, buf.getvalue())
+    _write_npy(path, np.asarray(vector, dtype=np.float32))
     meta = dict(meta, direction_id=direction_id(path), file=path.name)
     write_atomic(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
     return path
@@ -123,11 +130,13 @@ def mean_residual(model, prompts: Sequence[Sequence[int]], layer: int, pad_id: i
     return (total / count).cpu().numpy()
 
 
-def derive(model, tokenizer, scenarios, layer: int, contrast: str, templates, rendering: str,
-           af_labels: Sequence[str], context: str = "unmonitored", positions: str = "last",
-           batch_size: int = 16, af_only: bool = False) -> tuple[np.ndarray, dict]:
-    """(direction, metadata) as the module docstring describes; `af_only` restricts the monitoring
-    contrast to AF-labelled scenarios. Raises InputError when a side is empty."""
+def derive(model, tokenizer, job: DeriveJob, layer: int, how: DeriveConfig, templates,
+           batch_size: int = 16) -> tuple[np.ndarray, dict]:
+    """(direction, metadata) as the module docstring describes, from `job`'s scenarios at `layer`, with `how`'s
+    contrast, context, positions and af_only (which restricts the monitoring contrast to AF-labelled
+    scenarios); `how.layer` is not read. Raises InputError when a side is empty."""
+    contrast, context, positions, af_only = how.contrast, how.context, how.positions, how.af_only
+    scenarios, af_labels, rendering = job
     pad = pad_token_id(tokenizer)
     if af_only:
         if contrast != "monitoring":
@@ -202,3 +211,69 @@ def from_vectors(name: str, raw: dict[int, np.ndarray]) -> Direction:
     units = {k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in sorted(raw.items())}
     ids = {k: hashlib.sha256(u.tobytes()).hexdigest()[:16] for k, u in units.items()}
     return Direction(name, "derived", ids, {k: float(np.linalg.norm(v)) for k, v in raw.items()}, units)
+
+
+# ------------------------------------------------------------------------------------------ a run's directions
+
+class DeriveJob(NamedTuple):
+    """What the in-run derived direction is computed from: the TRAINING scenarios only."""
+
+    scenarios: list[Scenario]
+    af_labels: list[str]
+    rendering: str
+
+
+def direction_names(cfg: SteerConfig) -> list[tuple[str, bool]]:
+    """(name, differs per layer) of every direction of the run, the file direction first."""
+    names = [("file", False)] + ([("derived", True)] if cfg.derived else [])
+    if cfg.negate:
+        names += [(f"-{n}", per_layer) for n, per_layer in names]
+    return names + [(f"random{k}", False) for k in range(cfg.random_directions)]
+
+
+def fixed_directions(cfg: SteerConfig, unit: np.ndarray, dir_info: dict) -> list[Direction]:
+    """The directions that need no model: the file's, its negation, the random controls."""
+    layers = sorted(set(cfg.layers))
+    file = same_everywhere("file", "file", dir_info["id"], dir_info["norm"], unit, layers)
+    out = [file] + ([negated(file)] if cfg.negate else [])
+    return out + random_directions(cfg.random_directions, unit.shape[0], cfg.seed, layers)
+
+
+def derived_directions(cfg: SteerConfig, work: Path, model=None, tokenizer=None,
+                       job: DeriveJob | None = None) -> list[Direction]:
+    """The derived direction at each steered layer (and its negation): computed once per run into
+    `_work/derived_L<layer>.npy`, then read back (resume, records)."""
+    if not cfg.derived:
+        return []
+    raw = {}
+    for layer in sorted(set(cfg.layers)):
+        path = work / f"derived_L{layer}.npy"
+        if not path.exists():
+            vec, _ = derive(model, tokenizer, job, layer, cfg.derive, cfg.prompts)
+            _write_npy(path, vec)
+        raw[layer] = np.load(path).astype(np.float64)
+    derived = from_vectors("derived", raw)
+    return [derived] + ([negated(derived)] if cfg.negate else [])
+
+
+def sort_directions(cfg: SteerConfig, directions: list[Direction]) -> list[Direction]:
+    order = [n for n, _ in direction_names(cfg)]
+    return sorted(directions, key=lambda d: order.index(d.name))
+
+
+def direction_file(d: Direction, layer: int) -> str:
+    """Where a record's direction lies, relative to the records folder."""
+    if d.name == "file":
+        return "direction.npy"
+    return f"directions/{d.name}_L{layer}.npy" if d.per_layer else f"directions/{d.name}.npy"
+
+
+def save_directions(out: Path, directions: list[Direction]) -> None:
+    """Every direction but the file's (direction.npy) as the unit vectors the records point at."""
+    for d in directions:
+        if d.name == "file":
+            continue
+        for layer in sorted(d.vectors) if d.per_layer else [next(iter(d.vectors))]:
+            path = out / direction_file(d, layer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_npy(path, d.vectors[layer])

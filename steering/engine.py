@@ -373,7 +373,8 @@ class FastSteeredGenerator:
 
 @torch.inference_mode()
 def hf_generate(model, direction: torch.Tensor, layers: Sequence[int], policy: str, rows: Sequence[Row],
-                max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, force_length: bool = False) -> list[Generated]:
+                max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,
+                force_length: bool = False) -> list[Generated]:
     """The same rows through transformers' `generate` (dynamic cache, eager) with the same hooks."""
     device = next(model.parameters()).device
     ids, attn = left_pad([r.prompt for r in rows], pad_id)  # [batch, width]

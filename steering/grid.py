@@ -1,20 +1,28 @@
-"""The grid: arms (baseline + each (layer set, alpha)), their validation, and the alpha scale.
+"""The grid and its batch plan: arms (baseline + each (layer set, alpha) per direction), the alpha scale, and
+the rows (scenario x context x arm) sorted by prompt length and cut into batches of one direction each.
 
-Everything here is checked before any model weights are loaded: layers against the model's depth (read
-from its config.json), an empty grid, alphas that are not finite numbers.
+Layers are checked against the model's depth (read from its config.json) before any weights load; an empty
+grid and alphas that are not finite numbers are refused by the config's types (steering/config.py).
+`SteerPlan` holds a run's resolved inputs: what every step after the setup reads.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from lm.batching import left_pad
+from lm.chat import RenderedPrompt
+from lm.judge_config import JudgeConfig
 from records.errors import InputError
-from records.schema import ResidualNorm
+from records.schema import ResidualNorm, Scenario, SteeringRecord
+from steering.config import SteerConfig
+from steering.direction import DeriveJob, Direction, direction_names
 
 BASELINE = "baseline"
 
@@ -35,7 +43,8 @@ def parse_number_list(text: str, what: str, integer: bool = False) -> list:
     """"0.5,1,2" -> [0.5, 1.0, 2.0]; a non-number names itself in a one-line InputError."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
-        raise InputError(f"{what} {text!r}: empty; give a comma-separated list, e.g. {'20,30' if integer else '0.5,1,2,5'}")
+        example = "20,30" if integer else "0.5,1,2,5"
+        raise InputError(f"{what} {text!r}: empty; give a comma-separated list, e.g. {example}")
     out = []
     for item in items:
         try:
@@ -49,23 +58,12 @@ def parse_number_list(text: str, what: str, integer: bool = False) -> list:
     return out
 
 
-def validate_grid(layers: Sequence[int], alphas: Sequence[float], depth: int, model: str = "model") -> None:
-    """One-line InputErrors for an empty grid, a layer outside [0, depth), a non-finite or non-numeric alpha."""
-    if not layers:
-        raise InputError("layers: empty grid; give at least one layer, e.g. --layers 20,30")
-    if not alphas:
-        raise InputError("alphas: empty grid; give at least one alpha, e.g. --alphas 0.5,1,2,5")
+def check_depth(layers: Sequence[int], depth: int, model: str = "model") -> None:
+    """A one-line InputError for a layer outside [0, depth) of the model."""
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise InputError(f"layers: {layer!r} is not an integer layer index")
         if not 0 <= layer < depth:
             raise InputError(f"layers: layer {layer} does not exist in {model}, which has {depth} layers "
                              f"(valid: 0..{depth - 1})")
-    for alpha in alphas:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise InputError(f"alphas: {alpha!r} is not a number")
-        if not math.isfinite(alpha):
-            raise InputError(f"alphas: {alpha!r} is not a finite number")
 
 
 def build_arms(layers: Sequence[int], alphas: Sequence[float], together: bool = False) -> list[Arm]:
@@ -98,7 +96,7 @@ def build_direction_arms(directions, layers: Sequence[int], alphas: Sequence[flo
 
 
 def other_position_arm(layers: Sequence[int]) -> Arm:
-    """The noise floor's alpha-0 arm that runs in batches of its own (steering/run.plan_direction_batches),
+    """The noise floor's alpha-0 arm that runs in batches of its own (plan_direction_batches),
     not beside its scenario's other arms. Alpha 0 adds nothing at any layer: the first one stands for all."""
     return Arm(arm_name(layers[:1], 0.0) + "~other-batch", tuple(layers[:1]), 0.0, "file", True)
 
@@ -142,7 +140,8 @@ def measure_residual_norms(model, prompts: Sequence[Sequence[int]], layers: Sequ
         values = torch.cat(norms[layer])
         if values.numel() == 0:
             raise InputError("residual_norm scale: the prompts have no tokens after BOS to measure")
-        out[layer] = ResidualNorm(mean=float(values.mean()), median=float(values.median()), n_tokens=int(values.numel()))
+        out[layer] = ResidualNorm(mean=float(values.mean()), median=float(values.median()),
+                                  n_tokens=int(values.numel()))
     return out
 
 
@@ -151,3 +150,90 @@ def effective_alphas(arm: Arm, scale: str, norms: dict[int, ResidualNorm] | None
     if scale == "raw":
         return [arm.alpha for _ in arm.layers]
     return [arm.alpha * norms[layer].mean for layer in arm.layers]
+
+
+# ------------------------------------------------------------------------------------------ the run's plan
+
+class SteerPlan(NamedTuple):
+    """A run's resolved inputs (steering/run.py resolves them once): what generation and the records read."""
+
+    cfg: SteerConfig
+    model_dir: str
+    scenarios: list[Scenario]  # training scenarios first (whole groups, records/split.py), then the test ones
+    n_train: int  # how many of `scenarios` are training scenarios
+    af_labels: list[str]
+    rendered: dict[tuple[int, str], RenderedPrompt]  # (scenario index, context) -> its prompt
+    arms: list[Arm]  # grid_arms(cfg): the baseline first
+    unit: np.ndarray  # the file direction, unit length, float32 (hidden,)
+    dir_info: dict  # the file direction's {"path", "id", "norm"} (steering/direction.py load_direction)
+    fixed: list[Direction]  # the directions that need no model (steering/direction.py fixed_directions)
+    job: DeriveJob | None  # what the in-run derived direction comes from (None: no derived direction)
+    work: Path  # the output folder's _work/ (shards, residual norms, derived vectors)
+    rendering: str  # how the model's chat template took the system prompt (lm/chat.py)
+    judge: JudgeConfig  # the behaviour labeller's settings, resolved for this stage (lm/judge_config.py)
+    labeller: str  # what records store as `labeller` (lm/judge.py labeller_name)
+
+    @property
+    def groups(self) -> list[tuple[int, str, list[int]]]:
+        """(scenario index, context, prompt token ids) of every prompt, scenario-major."""
+        return [(i, c, self.rendered[(i, c)].token_ids) for i in range(len(self.scenarios)) for c in self.cfg.contexts]
+
+
+def row_key(index: int, context: str, arm: str, digest: str) -> str:
+    """`<scenario index>:<context>:<arm>:<prompt digest>`: a completion is reused only for exactly its prompt.
+    The arm's name carries its direction ("random0/L2@a1"; the file direction's arms are plain)."""
+    return f"{index}:{context}:{arm}:{digest}"
+
+
+def grid_arms(cfg: SteerConfig) -> list[Arm]:
+    """Every arm of the run: the grid's, its alpha-0 arms (alpha_zero or the noise floor) and the noise
+    floor's alpha-0 arm at another batch position (last: its batches run at the plan's end)."""
+    arms = build_direction_arms(direction_names(cfg), cfg.layers, cfg.alphas, cfg.layers_together,
+                                cfg.alpha_zero or cfg.noise_floor)
+    return arms + ([other_position_arm(cfg.layers)] if cfg.noise_floor else [])
+
+
+def control_only(cfg: SteerConfig, arm: Arm) -> bool:
+    """An arm that exists for the noise floor only: its rows go to noise_control.jsonl, never to train/test."""
+    return arm.other_position or (bool(arm.layers) and arm.alpha == 0.0 and arm.direction == "file"
+                                  and not cfg.alpha_zero and 0.0 not in cfg.alphas)
+
+
+def in_training(r: SteeringRecord, n_train_scenarios: int) -> bool:
+    """Training split: the first scenarios; the test scenarios follow (steering/run.py orders them so: whole
+    groups per side, records/split.py)."""
+    return r.index < n_train_scenarios
+
+
+def held_out_row(cfg: SteerConfig, n_train_scenarios: int, index: int, arm: Arm) -> bool:
+    """A held-out direction (test_directions) steers the test scenarios only: no row of it is ever in the
+    training split, and none is generated that no split would hold."""
+    return arm.direction in cfg.test_directions and index < n_train_scenarios
+
+
+def norm_sample(cfg: SteerConfig, groups) -> list[list[int]]:
+    """The prompts the residual norms are measured on: the first norm_prompts scenarios of every context."""
+    return [ids for i, _, ids in groups if i < cfg.norm_prompts]
+
+
+def plan_batches(groups: list[tuple[int, str, list[int]]], arms: list[Arm], batch_size: int,
+                 skip=lambda index, arm: False):
+    """Rows (index, context, arm) sorted by prompt length (then input order), cut into batches; `skip`
+    leaves out rows that are not steered (a held-out direction on a training scenario)."""
+    order = sorted(groups, key=lambda g: (len(g[2]), g[0], g[1]))
+    rows = [(i, ctx, arm) for i, ctx, _ in order for arm in arms if not skip(i, arm)]
+    return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+
+
+def plan_direction_batches(groups, arms: list[Arm], directions: list[Direction], batch_size: int,
+                           skip=lambda index, arm: False):
+    """(direction, layer for a per-layer direction or None, batch) in plan order: every batch steers along
+    one unit vector. The baseline rides with the file direction (its coefficients are 0)."""
+    by_name = {d.name: d for d in directions}
+    parts: dict[tuple[str, int | None, bool], list[Arm]] = {}
+    for arm in arms:  # the noise floor's other-position arm: batches of its own
+        d = by_name[arm.direction]
+        parts.setdefault((d.name, arm.layers[0] if d.per_layer and arm.layers else None, arm.other_position),
+                         []).append(arm)
+    return [(by_name[name], layer, b) for (name, layer, _), own in parts.items()
+            for b in plan_batches(groups, own, batch_size, skip)]

@@ -1,10 +1,11 @@
 """Steering science: is a direction's effect specific, above its controls, and graded with alpha?
 
-From the records of one run: per arm the share of outputs changed and the share degenerate, change rates
-per scenario family (AF / harmful / benign), a specificity score (AF change rate minus the change rate
-of all non-AF records: a generic refusal axis that flips every family scores ~0), the random-direction
-and alpha-0 controls beside the real directions, and the dose-response per direction. Degenerate
-outputs are never a change (lm/coherence.py).
+`summarise` turns one run's records into summary.json (SteeringSummary); the text tables and report lines
+come from the summary alone (the heatmap: steering/plots.py). From the records of one run: per arm the
+share of outputs changed and the share degenerate, change rates per scenario family (AF / harmful /
+benign), a specificity score (AF change rate minus the change rate of all non-AF records: a generic refusal
+axis that flips every family scores ~0), the random-direction and alpha-0 controls beside the real
+directions, and the dose-response per direction. Degenerate outputs are never a change (lm/coherence.py).
 
 The noise floor: alpha-0 rows add nothing, so any change they show against the baseline is the engine's
 (batch composition, padding, kernels). Each arm's change rate is reported beside the alpha-0 change rate at
@@ -15,9 +16,21 @@ arm whose change rate does not clear that floor's Wilson 95% upper bound is flag
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
-from records.schema import ArmSummary, DoseResponse, NoiseFloor, NoiseRate, SteeringRecord, SteeringSummary
+from lm import agreement
+from records.schema import (
+    ArmSummary,
+    DoseResponse,
+    NoiseFloor,
+    NoiseRate,
+    ResidualNorm,
+    SteeringRecord,
+    SteeringSummary,
+)
+from steering import grid
+from steering.config import SteerConfig
 
 AF = "af"
 MOSTLY_DEGENERATE = 0.5  # an arm above this share of degenerate outputs is warned about
@@ -184,9 +197,10 @@ def report_section(summary: SteeringSummary) -> list[str]:
     md = ["### Specificity and controls", "",
           "Change = behaviour label differs from the baseline's; degenerate outputs (coherence check) are "
           "never a change. Specificity = AF change rate minus the non-AF change rate; a family whose baseline "
-          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns. Noise floor = "
-          "the change rate of alpha-0 rows (nothing added) at the arm's layers, in its batches and at another batch "
-          "position; a change no larger than its 95% upper bound is marked inside the floor.", "", *table_lines(summary), ""]
+          "already shows the pushed-to behaviour cannot change, so read it beside the per-family columns. Noise "
+          "floor = the change rate of alpha-0 rows (nothing added) at the arm's layers, in its batches and at another "
+          "batch position; a change no larger than its 95% upper bound is marked inside the floor.", "",
+          *table_lines(summary), ""]
     md += [f"- {line}" for line in control_lines(summary)] or ["- no real direction changes >= 50% of outputs"]
     md += [f"- {line}" for line in noise_lines(summary)]
     md += ["", "Dose-response per direction:", "", "| direction | layers | alpha: changed (degenerate) |",
@@ -196,3 +210,50 @@ def report_section(summary: SteeringSummary) -> list[str]:
         md.append(f"| {c.direction} | {c.layers} | {cells} |")
     md += [""] + [f"**Warning:** {w}" for w in summary.warnings] + ([""] if summary.warnings else [])
     return md
+
+
+def summarise(records: list[SteeringRecord], cfg: SteerConfig, arms: list[grid.Arm],
+              norms: dict[int, ResidualNorm] | None) -> SteeringSummary:
+    """Behaviour change rate per (layer set, alpha), overall and per context and label; residual norms."""
+    grid_only = [arm for arm in arms[1:] if not grid.control_only(cfg, arm)]
+    sets = list(dict.fromkeys(arm.layers for arm in grid_only if arm.direction == "file"))
+    alphas = list(dict.fromkeys(arm.alpha for arm in grid_only if arm.direction == "file"))
+    by_arm: dict[str, list[SteeringRecord]] = {}
+    for r in records:
+        by_arm.setdefault(r.arm, []).append(r)
+    floor = noise_floor(records, {a.name for a in arms if a.other_position})
+
+    table = [[change_rate(by_arm.get(grid.arm_name(s, a), [])) for a in alphas] for s in sets]
+    per_arm = {}
+    for arm in grid_only:
+        rs = by_arm.get(arm.name, [])
+        per_arm[arm.name] = ArmSummary(
+            n=len(rs), behavior_changed_rate=change_rate(rs),
+            output_changed_rate=sum(r.is_different for r in rs) / len(rs) if rs else None,
+            by_label={lab: change_rate([r for r in rs if r.label == lab]) for lab in sorted({r.label for r in rs})},
+            transitions=dict(sorted(Counter(f"{r.baseline_behavior}->{r.steered_behavior}" for r in rs).items())),
+            direction=arm.direction, degenerate_rate=degenerate_rate(rs), by_family=by_family(rs),
+            specificity=specificity(rs))
+        if arm.alpha != 0.0:
+            set_noise_floor(per_arm[arm.name], floor, "+".join(map(str, arm.layers)))
+    kept = [r for r in records if r.arm in per_arm]
+    summary = SteeringSummary(
+        n_records=len(records), n_scenarios=len({r.index for r in records}), contexts=list(cfg.contexts),
+        scale=cfg.scale, positions=cfg.positions, layer_sets=["+".join(map(str, s)) for s in sets],
+        alphas=alphas, behavior_changed_rate=table, per_arm=per_arm,
+        residual_norms={str(k): v for k, v in (norms or {}).items()}, dose_response=dose_response(kept),
+        labels_per_context=agreement.context_stats(
+            [(c, label, cut) for c, label, _, cut in agreement.record_outputs(kept)]),
+        noise_floor=floor if cfg.noise_floor else None)
+    summary.warnings = warnings(summary)
+    return summary
+
+
+def format_table(summary: SteeringSummary) -> list[str]:
+    """The behaviour change rate as text: one line per layer set, one column per alpha."""
+    alphas = summary.alphas
+    head = "layers \\ alpha | " + " | ".join(f"{a:g}" for a in alphas)
+    lines = [head]
+    for name, row in zip(summary.layer_sets, summary.behavior_changed_rate):
+        lines.append(f"{name:>14} | " + " | ".join("-" if v is None else f"{v:.1%}" for v in row))
+    return lines

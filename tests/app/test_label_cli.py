@@ -19,7 +19,7 @@ from records.jsonl import read_records, write_json_atomic, write_records_atomic
 from records.schema import ContextAblationRecord, ControlRecord, EngineInfo, PatchPosition, SteeringRecord
 from steering import grid
 from steering.config import SteerConfig
-from steering.run import summarise as summarise_task2
+from steering.science import summarise as summarise_task2
 
 TASK3_LABEL_FIELDS = {"random_hint_prediction", "zeroshot_prediction", "monitored_behavior", "unmonitored_behavior",
                       "behavior_changed", "labeller"}

@@ -51,7 +51,7 @@ def cfg(out: Path, model, direction: Path, **kw) -> SteerConfig:
     base = dict(output_dir=str(out), model=str(model), direction=str(direction), dtype="float32", layers=[2],
                 alphas=[1.0], norm_prompts=NORM_PROMPTS, max_new_tokens=6, batch_size=2, test_size=TEST_SIZE,
                 cuda_graphs="off", heatmap=False, progress_log=str(out.parent / "P.md"),
-                noise_floor=False)  # 2 rows per scenario; the noise floor's resume: tests/steering/test_steering.py
+                noise_floor=False)  # 2 rows per scenario; the noise floor's resume: tests/steering/test_steering_run.py
     return SteerConfig(**{**base, **kw})
 
 
