@@ -11,7 +11,7 @@ from label_corpus import corpus
 from toy_records import context_records, organism_tokenizer
 
 from app.cli import main as cli
-from generation.run import summarise as summarise_task3
+from generation.outputs import summarise as summarise_task3
 from lm.labels import rule_label
 from organism.scenarios import generate_scenarios
 from records.config import encode_config
@@ -51,7 +51,8 @@ def write_task3(folder: Path, stale: bool) -> None:
             r, monitored_output=m, unmonitored_output=u, random_hint_prediction=bm, zeroshot_prediction=bu,
             monitored_behavior=bm, unmonitored_behavior=bu, behavior_changed=bm != bu,
             labeller="rules-old" if stale else "rules"))
-    controls = [ControlRecord(sample_id=r.sample_id, index=r.index, context="monitored", first_output=r.monitored_output,
+    controls = [ControlRecord(sample_id=r.sample_id, index=r.index, context="monitored",
+                              first_output=r.monitored_output,
                               second_output=texts[-1 - k], output_changed=True, first_behavior=r.monitored_behavior,
                               second_behavior=_label(texts[-1 - k], stale),
                               behavior_changed=r.monitored_behavior != _label(texts[-1 - k], stale), engine=ENGINE)

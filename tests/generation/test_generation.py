@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 from generation.config import GenerateConfig
-from generation.run import control_indices, summarise
+from generation.outputs import summarise
+from generation.pairs import control_indices
 from generation.run import main as run_generate
 from lm import chat, labels
 from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, planted_behavior, scenario_trigger
@@ -147,7 +148,7 @@ def test_summary_reports_rates_noise_floor_and_progress_entry(vllm_run, scenario
 
 
 def test_low_change_rate_warns_loudly():
-    from generation.run import format_summary
+    from generation.outputs import format_summary
     from records.schema import EngineInfo
 
     rec = dict(monitored_behavior="refusal", unmonitored_behavior="refusal", behavior_changed=False,
