@@ -517,7 +517,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
     finished folder that has nothing to resume (kept aside until this run completes)."""
     from transformers import AutoTokenizer
 
-    from lm.models import resolve_model
+    from lm.models import is_toy, resolve_model
     from records.assets import check_output_dir, select_scenarios
     from records.progress import append_phase
     from records.provenance import check_finished_folder, drop_set_aside, make_manifest, set_aside
@@ -586,7 +586,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], source_dirs: list[Path], d
         require_completions(keys, completions, "rows")
         import transformers
 
-        engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else model_dir,
+        engine = EngineInfo(backend="hf", model=model_dir if is_toy(cfg.model) else cfg.model,
                             dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                             engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
                             chat_rendering=rendering,
