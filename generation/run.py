@@ -25,12 +25,13 @@ from generation.pairs import SENT_AS, SIDES, build_requests, key_index, key_side
 from lm import backends, chat
 from lm import judge as lm_judge
 from lm.judge_config import for_stage
-from records.assets import check_output_dir, select_scenarios
 from records.config import revalidate
+from records.guards import check_output_dir
 from records.lock import output_lock
 from records.parallel import read_all_shards
 from records.provenance import check_finished_folder, set_aside
 from records.resume import check_resume_key, require_completions
+from records.scenarios import select_scenarios
 from records.schema import ContextAblationSummary, EngineInfo, RawCompletion, Scenario
 
 
