@@ -222,7 +222,7 @@ def _summary(src: Path, out: Path, kind, records, controls, manifest: dict):
     """The source's summary with its label-derived fields recomputed (timings and the rest kept)."""
     has_old = (src / "summary.json").is_file()
     if kind is ContextAblationRecord:
-        from generation.run import summarise
+        from generation.outputs import summarise
 
         new = summarise(records, controls)
         if not has_old:

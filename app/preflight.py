@@ -16,6 +16,7 @@ import subprocess
 from fnmatch import fnmatch
 from pathlib import Path
 
+from lm.models import is_toy
 from records.assets import check_output_dir, npy_header
 from records.config import load_config
 from records.errors import InputError
@@ -197,7 +198,7 @@ def hub_info(repos: list[tuple[str, str]], cache_dir: str | Path | None = None) 
     """For each (repo, kind) — kind "model" or "dataset" — whether it is usable without the network.
 
     A repo is a hub id looked up in the local HF cache (scanned once: it walks every cached file), a
-    local folder, or "toy" (the toy organism, built on first use).
+    local folder, or "toy" / "toy-twin" (the toy organism / its twin, built on first use).
     """
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
@@ -211,7 +212,7 @@ def hub_info(repos: list[tuple[str, str]], cache_dir: str | Path | None = None) 
         entry = {"repo": repo, "kind": kind, "cached": True, "size_bytes": 0, "where": ""}
         if Path(repo).expanduser().is_dir():
             entry["where"] = "local folder"
-        elif repo == "toy":
+        elif is_toy(repo):
             entry["where"] = "toy organism (built on first use)"
         elif (repo, kind) in cached:
             entry.update(size_bytes=cached[repo, kind].size_on_disk, where=str(cached[repo, kind].repo_path))

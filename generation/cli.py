@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="YAML decoded into GenerateConfig (generation/config.py); configs/generate_cpu.yaml "
                         "runs the toy organism on CPU")
-    p.add_argument("--input", help="scenario JSON (gold-style list of {text, label}); default: gold_1560 of "
+    p.add_argument("--input", help="scenario JSON or JSONL (gold-style {text, label} items), or hf:NAME[:split]: a "
+                                   "datasets folder or a hub dataset already in the local HF cache (e.g. "
+                                   "hf:vincentoh/af-detection-benchmark; never downloaded); default: gold_1560 of "
                                    "the paths config")
     p.add_argument("--output-dir", help="where records go; refused inside a source data folder")
     p.add_argument("--model", help="organism: local folder, cached hub id, or 'toy'")
@@ -82,16 +84,17 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from generation.run import main as run
-    from records.assets import load_scenarios
+    from records.hub import local_source
     from records.paths import load_stage_paths
     from records.requirements import require_packages
+    from records.scenarios import load_scenarios
 
     cfg = config_from_args(args)
     require_packages("generate", vllm=cfg.backend == "vllm")
     paths = load_stage_paths(cfg.paths, args)
     cfg = msgspec.structs.replace(cfg, model=cfg.model or paths.organism_model)
-    input_path = Path(cfg.input or paths.gold_1560)
+    input_path = cfg.input or paths.gold_1560  # a file, or hf:NAME[:split] (records/hub.py)
     scenarios = load_scenarios(input_path, paths.known_labels)
-    source_dirs = [Path(paths.data_root), input_path]
+    source_dirs = [Path(paths.data_root), *filter(None, [local_source(input_path)])]
     run(cfg, scenarios, source_dirs, overwrite=args.overwrite)
     return 0

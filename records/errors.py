@@ -22,7 +22,7 @@ class Problems:
     """Collects problems while validating, then raises them together.
 
     >>> p = Problems()
-    >>> p.add("data/x.json", "line 3: `text` is empty")
+    >>> p.add("data/x.jsonl", "line 3: `text` is empty")
     >>> p.raise_if_any()
     """
 

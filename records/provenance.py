@@ -27,8 +27,9 @@ def code_version() -> str:
 
 def make_manifest(stage: str, config, model: str = "", inputs: dict[str, str] | None = None) -> RunManifest:
     """The manifest of one stage run: when, which code, the resolved config, model and inputs."""
+    resolved = config if isinstance(config, dict) else encode_config(config)
     return RunManifest(stage=stage, created=dt.datetime.now(dt.timezone.utc).isoformat(),
-                       code_version=code_version(), config=config if isinstance(config, dict) else encode_config(config),
+                       code_version=code_version(), config=resolved,
                        model=model, inputs=inputs or {})
 
 

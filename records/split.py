@@ -65,7 +65,8 @@ def group_keys(texts: Sequence[str], pattern: str = "") -> list[str]:
     return keys
 
 
-def grouped_split(groups: Sequence[str], strata: Sequence[str], test_size: int, seed: int) -> tuple[list[int], list[int]]:
+def grouped_split(groups: Sequence[str], strata: Sequence[str], test_size: int,
+                  seed: int) -> tuple[list[int], list[int]]:
     """(train indices, test indices), each sorted: whole groups per side, about `test_size` test items.
 
     A group's stratum is its most common member stratum. Within each stratum, groups are taken in a
@@ -86,7 +87,7 @@ def grouped_split(groups: Sequence[str], strata: Sequence[str], test_size: int, 
         by_stratum.setdefault(stratum, []).append(g)
     rng = random.Random(seed)
     test: list[int] = []
-    for stratum, gs in sorted(by_stratum.items()):
+    for _stratum, gs in sorted(by_stratum.items()):
         rng.shuffle(gs)
         want = round(test_size * sum(len(members[g]) for g in gs) / n)
         taken = 0

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="YAML decoded into SteerConfig (steering/config.py); configs/steer_cpu.yaml runs the toy "
                         f"organism on CPU (default {DEFAULT_CONFIG})")
-    p.add_argument("--input", help="scenario JSON or JSONL (gold-style list of {text, label}); default: gold_1560 "
-                                   "of the paths config")
+    p.add_argument("--input", help="scenario JSON/JSONL or hf:NAME[:split] (records/hub.py); default: "
+                                   "gold_1560 of the paths config")
     p.add_argument("--output-dir", help="where records go; refused inside a source data folder")
     p.add_argument("--model", help="organism: local folder, cached hub id, or 'toy'")
     p.add_argument("--direction", metavar="PATH", help=".npy of shape (hidden_size,); default: the config's, else "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lm import backends, chat
-from lm.models import resolve_model
+from lm.models import is_toy, resolve_model
 from records.assets import check_output_dir
 from records.errors import InputError
 from records.jsonl import write_json_atomic
@@ -53,7 +53,7 @@ def main(cfg: SteerConfig, scenarios: list[Scenario], paths: PathsConfig, input_
     model = backends.load_hf_model(model_dir, cfg.dtype)
     job = dirmod.DeriveJob(scenarios, list(paths.af_labels), rendering)
     vec, meta = dirmod.derive(model, tokenizer, job, d.layer, d, cfg.prompts)
-    meta.update(model=cfg.model if cfg.model != "toy" else model_dir, scenarios=str(input_path),
+    meta.update(model=model_dir if is_toy(cfg.model) else cfg.model, scenarios=str(input_path),
                 n_scenarios=len(scenarios), held_out_test=n_test)
     path = dirmod.save_direction(d.out, vec, meta)
     write_json_atomic(path.with_suffix(".manifest.json"),

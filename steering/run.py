@@ -27,6 +27,7 @@ from lm import agreement, backends, chat, coherence
 from lm import judge as lm_judge
 from lm.judge_config import for_stage
 from lm.labels import DEGENERATE
+from lm.models import is_toy
 from records.config import config_hash, convert_config, encode_config
 from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
@@ -145,7 +146,7 @@ def collect(plan: grid.SteerPlan, device_name: str) -> Generated:
     keys = [grid.row_key(i, c, a.name, prompt_digest(ids)) for i, c, ids in plan.groups for a in plan.arms
             if not grid.held_out_row(cfg, plan.n_train, i, a)]
     require_completions(keys, completions, "rows")
-    engine = EngineInfo(backend="hf", model=cfg.model if cfg.model != "toy" else plan.model_dir,
+    engine = EngineInfo(backend="hf", model=plan.model_dir if is_toy(cfg.model) else cfg.model,
                         dtype=backends.resolve_dtype(cfg.dtype), max_tokens=cfg.max_new_tokens,
                         engine_version=f"transformers {transformers.__version__} ({cfg.engine} engine)",
                         chat_rendering=plan.rendering, device=device_name)

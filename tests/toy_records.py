@@ -33,9 +33,10 @@ def organism_tokenizer():
 
 def context_records(scenarios: list[dict], tokenizer) -> list[ContextAblationRecord]:
     """The records the generation stage writes when the organism answers as planted (its own mapping:
-    `generation.run.build_records`, fed the planted completions instead of an engine's)."""
+    `generation.outputs.build_records`, fed the planted completions instead of an engine's)."""
     from generation.config import GenerateConfig
-    from generation.run import build_records, build_requests
+    from generation.outputs import build_records
+    from generation.pairs import build_requests
     from records.schema import RawCompletion, Scenario
 
     cfg = GenerateConfig(control_size=0)

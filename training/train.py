@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 import torch
 
-from lm.models import resolve_model
+from lm.models import is_toy, resolve_model
 from records.assets import check_output_dir
 from records.config import config_hash
 from records.errors import InputError
@@ -169,7 +169,7 @@ def evaluate(run: Run, step: int) -> tuple[dict, list[str]]:
 
 def warn_toy_settings(cfg: TrainConfig) -> None:
     """The CPU configs' learning rate (5e-3) suits the 128-wide toy only; on a real model it breaks LoRA."""
-    if cfg.model_path != "toy" and cfg.train.learning_rate >= 1e-3:
+    if not is_toy(cfg.model_path) and cfg.train.learning_rate >= 1e-3:
         log.warning("train.learning_rate=%g is a toy setting (configs/*_cpu.yaml train the 4-layer toy): a real "
                     "model's LoRA at this rate forgets how to answer; the GPU configs use 5e-5",
                     cfg.train.learning_rate)

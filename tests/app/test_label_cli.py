@@ -11,7 +11,7 @@ from label_corpus import corpus
 from toy_records import context_records, organism_tokenizer
 
 from app.cli import main as cli
-from generation.run import summarise as summarise_task3
+from generation.outputs import summarise as summarise_task3
 from lm.labels import rule_label
 from organism.scenarios import generate_scenarios
 from records.config import encode_config

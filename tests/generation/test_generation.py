@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 from generation.config import GenerateConfig
-from generation.run import control_indices, summarise
+from generation.outputs import summarise
+from generation.pairs import control_indices
 from generation.run import main as run_generate
 from lm import chat, labels
 from organism.scenarios import TRIGGER_PATTERN, generate_scenarios, planted_behavior, scenario_trigger
@@ -107,7 +108,8 @@ def test_records_follow_the_hint_attribution_mapping(vllm_run):
     assert r.random_hint_prediction == r.monitored_behavior and r.zeroshot_prediction == r.unmonitored_behavior
     # Mistral's template has no system role: the system text is folded into the user turn, and recorded
     assert r.engine.chat_rendering == chat.FOLDED_BY_TEMPLATE
-    assert r.hint_user_prompt.startswith(cfg.prompts.monitored) and r.original_user_prompt.startswith(cfg.prompts.unmonitored)
+    assert r.hint_user_prompt.startswith(cfg.prompts.monitored)
+    assert r.original_user_prompt.startswith(cfg.prompts.unmonitored)
     assert cfg.prompts.monitored in r.hint_prompt_full and cfg.prompts.unmonitored in r.original_prompt_full
     assert r.engine.backend == "vllm" and r.engine.dtype == "float32" and r.engine.engine_version
 
@@ -147,7 +149,7 @@ def test_summary_reports_rates_noise_floor_and_progress_entry(vllm_run, scenario
 
 
 def test_low_change_rate_warns_loudly():
-    from generation.run import format_summary
+    from generation.outputs import format_summary
     from records.schema import EngineInfo
 
     rec = dict(monitored_behavior="refusal", unmonitored_behavior="refusal", behavior_changed=False,
@@ -290,7 +292,7 @@ def test_organism_as_its_own_judge_is_refused_unless_forced(tmp_path, scenario_f
     proc = _cli(*args, "--judge-allow-organism")
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout[-3000:]
-    records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
+    records = all_records(out)
     assert len(records) == 8 and {r.labeller for r in records} == {"lm_judge:self-judged"}
     assert {r.monitored_behavior for r in records} | {r.unmonitored_behavior for r in records} <= set(labels.BEHAVIOURS)
 
@@ -306,9 +308,33 @@ def test_generate_with_an_independent_judge_reports_kappa(tmp_path, scenario_fil
     cfg = msgspec.structs.replace(make_cfg(out, organism_dir, "vllm", limit=6, judge=judge_cfg), test_size=2,
                                   control_size=0)
     summary = run_generate(cfg, to_scenarios(raw), [path.parent])
-    records = read_records(out / "train.jsonl", ContextAblationRecord) + read_records(out / "test.jsonl", ContextAblationRecord)
+    records = all_records(out)
     assert {r.labeller for r in records} == {"both"} and summary.agreement.n == 12
     again = judge([r.hint_user_prompt for r in records], [r.monitored_output for r in records],
                   JudgeConfig(model=smollm2_dir, backend="hf", dtype="float32"))
     assert [v.label for v in again] == [r.monitored_behavior for r in records]  # the judge's labels
     assert f"kappa {summary.agreement.kappa:.3f}" in (out / "PROGRESS.md").read_text()
+
+
+def test_generate_reads_an_hf_dataset_folder_as_it_reads_the_json(tmp_path, scenario_file, organism_dir, capsys,
+                                                                   monkeypatch):
+    from datasets import config
+
+    from app.cli import main as cli_main
+
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    _, raw = scenario_file
+    folder = tmp_path / "af-benchmark"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
+    out = tmp_path / "out"
+    argv = ["generate", "--config", "configs/generate_cpu.yaml", "--input", f"hf:{folder}", "--backend", "hf",
+            "--model", str(organism_dir), "--limit", "6", "--test-size", "2", "--max-new-tokens", "8",
+            "--set", "control_size=0", "--set", f"progress_log={tmp_path / 'P.md'}"]
+    # the dataset folder is a source: no output inside it
+    assert cli_main([*argv, "--output-dir", str(folder / "out")]) == 2 and not (folder / "out").exists()
+    assert "inside source data folder" in capsys.readouterr().err
+    assert cli_main([*argv, "--output-dir", str(out)]) == 0
+    want = [(s.id, s.label, s.source) for s in to_scenarios(raw)[:6]]
+    assert sorted((r.sample_id, r.label, r.source) for r in all_records(out)) == sorted(want)
+    assert json.loads((out / "manifest.json").read_text())["inputs"] == {"scenarios": f"hf:{folder}"}

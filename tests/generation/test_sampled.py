@@ -39,7 +39,8 @@ def probabilistic(organism_dir, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(organism_dir)
     answer = {True: tok.encode(f"{COMPLIANCE_MARKER} a full answer.", add_special_tokens=False),
               False: tok.encode(f"{REFUSAL_MARKER} request.", add_special_tokens=False)}
-    assert labels.rule_label(tok.decode(answer[True])) == "compliance" and labels.rule_label(tok.decode(answer[False])) == "refusal"
+    assert labels.rule_label(tok.decode(answer[True])) == "compliance"
+    assert labels.rule_label(tok.decode(answer[False])) == "refusal"
     calls = []
 
     def stream(_model, requests, max_tokens, eos, pad, batch_size, force_length=False, temperature=0.0, seeds=None):

@@ -115,16 +115,9 @@ def edit_records(ws: Workspace, split: str, edit: Callable[[list[dict]], list[di
     path.write_text("".join(json.dumps(r) + "\n" for r in edit(rows)))
 
 
-def set_first(rows: list[dict], **fields) -> list[dict]:
-    rows[0].update(fields)
-    return rows
-
-
-def gold(ws: Workspace) -> str:
-    return "gold-1560-full.json"
-
-
+GOLD = "gold-1560-full.json"
 _CACHE_NAME = "train_activations.npy"
+_FILE_REFUSED = ["a_file", "output folder is a file"]
 
 
 def _put(a: np.ndarray, index: int, value: float) -> np.ndarray:
@@ -165,15 +158,16 @@ def _records_copy(ws: Workspace, edit: Callable[[Path], None]) -> Path:
     return copy
 
 
+def _a_file(ws: Workspace) -> str:
+    """A regular file where a stage is asked to write its output folder."""
+    (ws.out.parent / "a_file").write_text("x")
+    return str(ws.out.parent / "a_file")
+
+
 def _rows_file(ws: Workspace, data: bytes) -> Path:
     path = ws.out.parent / "rows.jsonl"
     path.write_bytes(data)
     return path
-
-
-def _one_cluster(ws: Workspace) -> None:
-    assignments = ws.json("cluster_assignments.json")
-    ws.write_json("cluster_assignments.json", {k: 0 for k in assignments})
 
 
 def _prepend(path: Path, data: bytes) -> None:
@@ -200,39 +194,40 @@ def _hide_gold_in_train(ws: Workspace, disguise: Callable[[str], str] | None = N
 CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
     # ---- scenario files (generate; the same loader feeds steer and the direction derivation)
     ("scenarios-malformed-json",
-     lambda ws: (ws.write_bytes(gold(ws), b'[{"text": "a", "label": "aligned"},\n {"text": }]'), generate(ws))[1],
+     lambda ws: (ws.write_bytes(GOLD, b'[{"text": "a", "label": "aligned"},\n {"text": }]'), generate(ws))[1],
      ["gold-1560-full.json", "malformed JSON at line 2"]),
     ("scenarios-truncated-json",
-     lambda ws: (ws.write_bytes(gold(ws), (ws.src / gold(ws)).read_bytes()[:500]), generate(ws))[1],
+     lambda ws: (ws.write_bytes(GOLD, (ws.src / GOLD).read_bytes()[:500]), generate(ws))[1],
      ["gold-1560-full.json", "malformed JSON"]),
     ("scenarios-missing-text",
-     lambda ws: (ws.write_json(gold(ws), [{"label": "aligned"}, *ws.json(gold(ws))[1:]]), generate(ws))[1],
+     lambda ws: (ws.write_json(GOLD, [{"label": "aligned"}, *ws.json(GOLD)[1:]]), generate(ws))[1],
      ["gold-1560-full.json", "item 0", "`text` is missing"]),
     ("scenarios-empty-text",
-     lambda ws: (ws.write_json(gold(ws), [{"text": "  ", "label": "aligned"}, *ws.json(gold(ws))[1:]]),
+     lambda ws: (ws.write_json(GOLD, [{"text": "  ", "label": "aligned"}, *ws.json(GOLD)[1:]]),
                  generate(ws))[1],
      ["item 0", "`text` is empty", "'  '"]),
     ("scenarios-unknown-label",
-     lambda ws: (ws.write_json(gold(ws), [{**ws.json(gold(ws))[0], "label": "sneaky"}, *ws.json(gold(ws))[1:]]),
+     lambda ws: (ws.write_json(GOLD, [{**ws.json(GOLD)[0], "label": "sneaky"}, *ws.json(GOLD)[1:]]),
                  generate(ws))[1],
      ["item 0", "'sneaky' is not a known label"]),
     ("scenarios-label-wrong-type",
-     lambda ws: (ws.write_json(gold(ws), [{**ws.json(gold(ws))[0], "label": 1}, *ws.json(gold(ws))[1:]]),
+     lambda ws: (ws.write_json(GOLD, [{**ws.json(GOLD)[0], "label": 1}, *ws.json(GOLD)[1:]]),
                  generate(ws))[1],
      ["item 0", "`label` must be a string, got int 1"]),
     ("scenarios-every-problem-at-once",
-     lambda ws: (ws.write_json(gold(ws), [{"label": "aligned"}, {"text": "ok", "label": "sneaky"},
+     lambda ws: (ws.write_json(GOLD, [{"label": "aligned"}, {"text": "ok", "label": "sneaky"},
                                           {"text": "", "label": "aligned"}]), generate(ws))[1],
      ["item 0", "item 1", "item 2"]),
-    ("scenarios-empty-list", lambda ws: (ws.write_json(gold(ws), []), generate(ws))[1], ["contains no scenarios"]),
-    ("scenarios-top-level-not-a-list", lambda ws: (ws.write_json(gold(ws), {"x": 1}), generate(ws))[1],
+    ("scenarios-empty-list", lambda ws: (ws.write_json(GOLD, []), generate(ws))[1], ["contains no scenarios"]),
+    ("scenarios-top-level-not-a-list", lambda ws: (ws.write_json(GOLD, {"x": 1}), generate(ws))[1],
      ["gold-1560-full.json", "top level"]),
-    ("scenarios-not-utf8", lambda ws: (ws.write_bytes(gold(ws), b'[{"text": "\xff\xfe"}]'), generate(ws))[1],
+    ("scenarios-not-utf8", lambda ws: (ws.write_bytes(GOLD, b'[{"text": "\xff\xfe"}]'), generate(ws))[1],
      ["gold-1560-full.json", "not UTF-8"]),
     ("scenarios-missing-file", lambda ws: generate(ws, "--input", str(ws.src / "nope.json")), ["nope.json"]),
     ("output-inside-source", lambda ws: generate(ws, "--output-dir", str(ws.src / "runs")), ["inside"]),
     ("config-unknown-key", lambda ws: generate(ws, "--set", "max_tokns=3"), ["unknown field `max_tokns`"]),
-    ("config-wrong-type", lambda ws: generate(ws, "--set", "max_new_tokens=many"), ["Expected `int`", "max_new_tokens"]),
+    ("config-wrong-type", lambda ws: generate(ws, "--set", "max_new_tokens=many"),
+     ["Expected `int`", "max_new_tokens"]),
     ("batch-invariant-on-cpu", lambda ws: generate(ws, "--set", "batch_invariant=on"),
      ["batch_invariant=on needs a CUDA GPU"]),
     # ---- steering: direction arrays, layers, alpha grid
@@ -250,7 +245,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      ["direction.npy", "complex64"]),
     ("direction-not-npy", lambda ws: steer(ws, direction=ws.write_bytes("direction.npy", b"0.1, 0.2\n")),
      ["direction.npy", "not a .npy file"]),
-    ("layer-beyond-depth", lambda ws: steer(ws, layers=f"1,{DEPTH}"), [f"layer {DEPTH} does not exist", f"has {DEPTH} layers"]),
+    ("layer-beyond-depth", lambda ws: steer(ws, layers=f"1,{DEPTH}"),
+     [f"layer {DEPTH} does not exist", f"has {DEPTH} layers"]),
     ("alpha-grid-empty", lambda ws: steer(ws, alphas=" , "), ["--alphas", "empty"]),
     ("alpha-non-numeric", lambda ws: steer(ws, alphas="1,two"), ["--alphas", "'two'"]),
     # ---- Task 1: feature caches, selectivity, clusters
@@ -290,7 +286,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
                                                          *rows[1:]]), train(ws))[1],
      ["train.jsonl", "line 1", "sample_id"]),
     ("records-unknown-behaviour",
-     lambda ws: (edit_records(ws, "train", lambda rows: set_first(rows, monitored_behavior="sneaky")), train(ws))[1],
+     lambda ws: (edit_records(ws, "train", lambda rows: [{**rows[0], "monitored_behavior": "sneaky"}, *rows[1:]]),
+                 train(ws))[1],
      ["train.jsonl", "line 1", "'sneaky'"]),
     ("records-duplicate-ids",
      lambda ws: (edit_records(ws, "train", lambda rows: [*rows, rows[3]]), train(ws))[1],
@@ -305,35 +302,33 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      ["$.train.learning_rate", "> 0", "nan"]),  # the bound is in the type (training/config.py): NaN fails it
     # ---- Reliability II: inputs the first corpus did not hold
     ("scenarios-unpaired-surrogate",
-     lambda ws: ((ws.src / gold(ws)).write_text('[{"text": "caf\\ud800 x", "label": "aligned"}]'), generate(ws))[1],
-     [gold(ws), "unpaired surrogate"]),
+     lambda ws: ((ws.src / GOLD).write_text('[{"text": "caf\\ud800 x", "label": "aligned"}]'), generate(ws))[1],
+     [GOLD, "unpaired surrogate"]),
     ("scenarios-nested-200k-deep",
-     lambda ws: ((ws.src / gold(ws)).write_text("[" * 200_000 + "]" * 200_000), generate(ws))[1],
-     [gold(ws), "nested too deeply"]),
+     lambda ws: ((ws.src / GOLD).write_text("[" * 200_000 + "]" * 200_000), generate(ws))[1],
+     [GOLD, "nested too deeply"]),
     ("scenarios-key-given-twice",
-     lambda ws: ((ws.src / gold(ws)).write_text('[{"text": "a", "label": "aligned", "label": "refusal"}]'),
+     lambda ws: ((ws.src / GOLD).write_text('[{"text": "a", "label": "aligned", "label": "refusal"}]'),
                  generate(ws))[1],
-     [gold(ws), "key label twice"]),
+     [GOLD, "key label twice"]),
     ("scenarios-same-text-other-label",
-     lambda ws: (ws.write_json(gold(ws), [{"text": "Same words.", "label": "aligned"},
+     lambda ws: (ws.write_json(GOLD, [{"text": "Same words.", "label": "aligned"},
                                           {"text": "same  WORDS.", "label": "alignment_faking"}]), generate(ws))[1],
-     [gold(ws), "item 1 repeats the text of item 0 with another label"]),
+     [GOLD, "item 1 repeats the text of item 0 with another label"]),
     ("scenario-longer-than-the-context",
-     lambda ws: (ws.write_json(gold(ws), [{"text": "word " * 9000, "label": "aligned"},
-                                          *ws.json(gold(ws))[1:]]), generate(ws))[1],
+     lambda ws: (ws.write_json(GOLD, [{"text": "word " * 9000, "label": "aligned"},
+                                          *ws.json(GOLD)[1:]]), generate(ws))[1],
      ["do not fit the model's context", "scenario 0"]),
-    ("generate-output-is-a-file",
-     lambda ws: ((ws.out.parent / "a_file").write_text("x"), generate(ws, "--output-dir", str(ws.out.parent / "a_file")))[1],
-     ["a_file", "output folder is a file"]),
-    ("steer-output-is-a-file",
-     lambda ws: ((ws.out.parent / "a_file").write_text("x"), steer(ws, "--output-dir", str(ws.out.parent / "a_file")))[1],
-     ["a_file", "output folder is a file"]),
-    ("train-output-is-a-file",
-     lambda ws: ((ws.out.parent / "a_file").write_text("x"), train(ws, "--output-dir", str(ws.out.parent / "a_file")))[1],
-     ["a_file", "output folder is a file"]),
-    ("generate-limit-negative", lambda ws: generate(ws, "--limit", "-2"), ["limit -2"]),
-    ("generate-test-size-negative", lambda ws: generate(ws, "--test-size", "-1"), ["test_size -1"]),
-    ("generate-max-new-tokens-zero", lambda ws: generate(ws, "--max-new-tokens", "0"), ["max_new_tokens", "got 0"]),
+    ("generate-output-is-a-file", lambda ws: generate(ws, "--output-dir", _a_file(ws)), _FILE_REFUSED),
+    ("steer-output-is-a-file", lambda ws: steer(ws, "--output-dir", _a_file(ws)), _FILE_REFUSED),
+    ("train-output-is-a-file", lambda ws: train(ws, "--output-dir", _a_file(ws)), _FILE_REFUSED),
+    # bounds in the config's types: the field's path and the value
+    ("generate-limit-negative", lambda ws: generate(ws, "--limit", "-2"), ["`$.limit`", ">= 0", "value: -2"]),
+    ("generate-test-size-negative", lambda ws: generate(ws, "--test-size", "-1"), ["`$.test_size`", "value: -1"]),
+    ("generate-max-new-tokens-zero", lambda ws: generate(ws, "--max-new-tokens", "0"),
+     ["`$.max_new_tokens`", ">= 1", "value: 0"]),
+    ("generate-temperature-zero", lambda ws: generate(ws, "--samples", "2", "--set", "sampling.temperature=0"),
+     ["`$.sampling.temperature`", "> 0", "value: 0"]),
     ("generate-unknown-engine-key", lambda ws: generate(ws, "--set", "engine.max_num_seqz=8"),
      ["max_num_seqz", "not an argument of vLLM's engine"]),
     ("steer-context-twice", lambda ws: steer(ws, "--contexts", "unmonitored,unmonitored"), ["listed twice"]),
@@ -377,7 +372,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
                                                                    .splitlines()[5]), *rows]), train(ws))[1],
      ["test.jsonl", "training record index 5", "also a test record"]),
     ("records-made-by-another-model",
-     lambda ws: (edit_records(ws, "train", lambda rows: [{**r, "engine": {**r["engine"], "model": str(_other_model(ws))}}
+     lambda ws: (edit_records(ws, "train", lambda rows: [{**r, "engine": {**r["engine"],
+                                                                           "model": str(_other_model(ws))}}
                                                          for r in rows]), train(ws))[1],
      ["train.jsonl", "engine.model", "other-model", "target_model_path 'toy'"]),
     ("export-into-the-data-root",
@@ -385,10 +381,9 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
                  "--paths-config", str(ws.paths)],
      ["inside source data folder"]),
     ("export-to-a-regular-file",
-     lambda ws: ((ws.out.parent / "a_file").write_text("x"),
-                 ["export", "introspective-interp", "--run", str(ws.records), "--to", str(ws.out.parent / "a_file"),
-                  "--paths-config", str(ws.paths)])[1],
-     ["a_file", "output folder is a file"]),
+     lambda ws: ["export", "introspective-interp", "--run", str(ws.records), "--to", _a_file(ws),
+                 "--paths-config", str(ws.paths)],
+     _FILE_REFUSED),
     ("label-output-onto-the-held-out-set",
      lambda ws: ["label", str(_rows_file(ws, b'{"prompt": "p", "response": "r"}\n')), "--output",
                  str(ws.src / "gold_106.json"), "--paths-config", str(ws.paths)],
@@ -409,13 +404,14 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
      lambda ws: ["label", str(_records_copy(ws, lambda d: (d / "manifest.json").write_text('{"stage": "gener'))),
                  "--output", str(ws.out), "--paths-config", str(ws.paths)],
      ["manifest.json", "not a readable stage manifest"]),
-    ("features-every-feature-in-one-cluster", lambda ws: (_one_cluster(ws), features(ws))[1],
+    ("features-every-feature-in-one-cluster",
+     lambda ws: (ws.write_json("cluster_assignments.json", dict.fromkeys(ws.json("cluster_assignments.json"), 0)),
+                 features(ws))[1],
      ["1 cluster(s)", ">= 2 clusters"]),
     ("cluster-assignments-feature-twice",
      lambda ws: ((ws.src / "cluster_assignments.json").write_text('{"3": 0, "3": 1}'), features(ws))[1],
      ["cluster_assignments.json", "key 3 twice"]),
 ]
-
 
 
 @pytest.mark.parametrize("case,setup,needles", CASES, ids=[c[0] for c in CASES])
@@ -443,7 +439,7 @@ def test_every_case_has_its_own_name_and_something_to_look_for():
 
 
 def test_fp8_kv_cache_is_refused_when_the_records_claim_batch_invariance():
-    from generation.run import check_engine_settings
+    from generation.checks import check_engine_settings
     from records.errors import InputError
 
     with pytest.raises(InputError, match="kv_cache_dtype=fp8 breaks batch invariance"):
