@@ -113,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from records.assets import load_scenarios
+    from records.hub import local_source
     from records.paths import load_stage_paths
 
     cfg = config_from_args(args)
@@ -129,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
 
     scenarios = load_scenarios(input_path, paths.known_labels)
     direction = cfg.direction or paths.af_intent_direction
-    run(cfg, scenarios, [Path(paths.data_root), input_path, Path(direction)], direction, paths.af_labels,
+    sources = [Path(paths.data_root), *filter(None, [local_source(input_path)]), Path(direction)]
+    run(cfg, scenarios, sources, direction, paths.af_labels,
         overwrite=args.overwrite)
     return 0
 
