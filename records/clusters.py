@@ -87,7 +87,7 @@ def load_cluster_assignments(path: str | Path) -> dict[int, int]:
 def load_cluster_attributes(path: str | Path) -> dict[int, dict[str, str]]:
     """Cluster id -> {attribute: value}, from {"<cluster_id>": {"<attribute>": "<value>", ...}} (the toy's
     cluster_attributes.json: trigger and modifier). The features stage copies it beside its splits
-    (CLUSTER_ATTRIBUTES in records/schema.py), where evaluation reads it for per-attribute accuracy."""
+    (CLUSTER_ATTRIBUTES in records/schema/), where evaluation reads it for per-attribute accuracy."""
     data, problems, where = json_object(path, "{cluster_id: {attribute: value}}")
     out: dict[int, dict[str, str]] = {}
     for key, attrs in data.items():

@@ -1,0 +1,117 @@
+"""The records contract: every stage writes and reads these msgspec Structs, one JSON object per line.
+
+Stages talk only through records on disk, so each can run, resume and be tested alone. Field names of
+`ContextAblationRecord` and `SteeringRecord` include the ones introspective-interp's
+HintAttributionDataset and ActPatchDataset read; `af-introspect export introspective-interp` (interop/)
+writes them in the form its loaders need (docs/interop.md).
+
+One contract, read as one module (`from records.schema import X`), kept in files by job: `items.py` (the
+per-item records and the manifest), `summaries.py` (summary.json of each data stage, and `Interval`),
+`features_index.py` (Task 1's index and coverage), `evaluation.py` (metrics.json, predictions, compare.json).
+"""
+
+from records.schema.evaluation import (
+    EVAL_METRICS_VERSION,
+    AttributeScoring,
+    CompareResult,
+    CompareVerdict,
+    EvalMetrics,
+    PredictionRow,
+    QuestionComparison,
+    read_eval_metrics,
+)
+from records.schema.features_index import (
+    CacheSegment,
+    Coverage,
+    FeatureInCluster,
+    FeaturesIndex,
+    SelectedFeature,
+    SelectionStats,
+)
+from records.schema.items import (
+    _WS,
+    CLUSTER_ATTRIBUTES,
+    SCHEMA_VERSION,
+    CoherenceCheck,
+    ContextAblationRecord,
+    ContextSamples,
+    ControlRecord,
+    EngineInfo,
+    FeatureRecord,
+    PatchPosition,
+    RawCompletion,
+    RunManifest,
+    SampledPair,
+    Scenario,
+    SteeringRecord,
+    content_id,
+    normalise_text,
+)
+from records.schema.summaries import (
+    ArmSummary,
+    ContextAblationSummary,
+    ContextLabels,
+    ControlRate,
+    DirectionInfo,
+    DirectionSummary,
+    DoseResponse,
+    Interval,
+    LabelAgreement,
+    LabelChange,
+    NoiseFloor,
+    NoiseRate,
+    ResidualNorm,
+    SampledSummary,
+    SteeringSummary,
+    read_summary,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "_WS",
+    "normalise_text",
+    "content_id",
+    "Scenario",
+    "EngineInfo",
+    "ContextSamples",
+    "SampledPair",
+    "ContextAblationRecord",
+    "RawCompletion",
+    "ControlRecord",
+    "PatchPosition",
+    "CoherenceCheck",
+    "SteeringRecord",
+    "FeatureRecord",
+    "CLUSTER_ATTRIBUTES",
+    "RunManifest",
+    "Interval",
+    "LabelChange",
+    "ContextLabels",
+    "LabelAgreement",
+    "ControlRate",
+    "SampledSummary",
+    "ContextAblationSummary",
+    "ResidualNorm",
+    "ArmSummary",
+    "NoiseRate",
+    "NoiseFloor",
+    "DirectionSummary",
+    "DoseResponse",
+    "DirectionInfo",
+    "SteeringSummary",
+    "read_summary",
+    "CacheSegment",
+    "SelectedFeature",
+    "SelectionStats",
+    "FeaturesIndex",
+    "FeatureInCluster",
+    "Coverage",
+    "AttributeScoring",
+    "EVAL_METRICS_VERSION",
+    "EvalMetrics",
+    "read_eval_metrics",
+    "QuestionComparison",
+    "CompareVerdict",
+    "CompareResult",
+    "PredictionRow",
+]
