@@ -151,10 +151,11 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     metrics = json.load(open(f"{out}/metrics.json"))
     rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
     assert set(metrics["splits"]["test"]) == {"generative_explanation", "orig_match", "change_match"}
-    fewshot = {"fewshot_k4", "fewshot_k8"}  # the untrained explainer with solved training examples, 3 draws each
+    # the untrained explainer with solved training examples, 3 draws each: free generation and ranked choice
+    fewshot = {"fewshot_k4", "fewshot_k8", "fewshot_k4_ranked", "fewshot_k8_ranked"}
     assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"} | fewshot
     assert all({"target", "prediction", "exact_match", "sample_id"} <= set(r) for r in rows)
-    assert len(rows) == 4 * 6 + 2 * 3 * 6
+    assert len(rows) == 4 * 6 + 4 * 3 * 6
     assert {r["draw"] for r in rows if r["method"] in fewshot} == {0, 1, 2}
     # the paper's strict scores ride along, each with its interval
     gen = metrics["splits"]["test"]["generative_explanation"]["explainer"]
@@ -176,7 +177,7 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     few = metrics["splits"]["test"]["generative_explanation"]["fewshot_k4"]
     assert few["n"] == gen["n"] and few["draws"] == 3 and "gap_lo" in few
     assert few["strict_exact_match_draw_min"] <= few["strict_exact_match"] <= few["strict_exact_match_draw_max"]
-    assert set(metrics["seconds"]) >= {"fewshot", "calibration"}
+    assert set(metrics["seconds"]) >= {"fewshot", "fewshot_ranked", "calibration"}
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
