@@ -265,33 +265,46 @@ def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Ex
         return
     shown = [examples[i] for i in out.ranked_positions]
     shown_groups = [groups[i] for i in out.ranked_positions] if groups is not None else None
+    # chance on these same items: the most common training answer of each question type, strictly scored
+    common = {key: Counter(ex.target for ex in train if (ex.task, ex.question_type) == key).most_common(1)[0][0]
+              for key in sets}
+    chance = {q: row["strict_exact_match"] for q, row in strict_by_question(
+        shown, [common[ex.task, ex.question_type] for ex in shown], shown_groups, n_boot=1).items()}
     for k in cfg.test.fewshot_k:
         draws = ranked_predictions(explainer, train, shown, k, cfg.test.fewshot_draws, cfg.train.seed)
         out.fewshot[fewshot_method(k, ranked=True)] = draws
         for q, row in fewshot_metrics(shown, [answers[i] for i in out.ranked_positions], draws, shown_groups,
                                       embed).items():
-            row["choices"] = float(len(sets[next(ex.task for ex in shown if ex.question_type == q), q]))
+            row.update(choices=float(len(sets[next(ex.task for ex in shown if ex.question_type == q), q])),
+                       distinct_answers=float(len({p for d in draws for p, ex in zip(d, shown)
+                                                   if ex.question_type == q})))
+            if q in chance:
+                row["chance_same_items"] = chance[q]
             out.rows.setdefault(q, {})[fewshot_method(k, ranked=True)] = row
 
 
 def ranked_lines(methods: dict[str, dict[str, float]], indent: str = "") -> list[str]:
-    """The ranked-choice few-shot scores beside chance (the majority answer): near chance when the majority's
-    score lies inside the ranked score's interval."""
+    """The ranked-choice few-shot scores beside chance (the most common training answer, on the same items
+    where known, else the majority baseline's score): near chance when chance lies inside the ranked score's
+    interval; "one answer" when the base gave the same answer to every item in every draw."""
     ranked = {m: v for m, v in methods.items() if m.endswith("_ranked") and "strict_exact_match_lo" in v}
-    chance = methods.get("majority", {}).get("strict_exact_match")
+    first = next(iter(ranked.values()), {})
+    chance = first.get("chance_same_items", methods.get("majority", {}).get("strict_exact_match"))
     if not ranked or chance is None:
         return []
 
     def verdict(v: dict[str, float]) -> str:
         lo, hi = v["strict_exact_match_lo"], v["strict_exact_match_hi"]
-        return "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
+        where = "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
+        return where + ", one answer for every item" if v.get("distinct_answers") == 1 else where
 
     n = int(next(iter(ranked.values())).get("choices", 0))
     return [indent + f"few-shot ranked choice (the untrained base's most likely of the {n} training answers after "
             "the same k-shot prompt; strict exact match [95% CI]): " + "; ".join(
                 f"{m} {v['strict_exact_match']:.2f} [{v['strict_exact_match_lo']:.2f}, "
                 f"{v['strict_exact_match_hi']:.2f}] ({verdict(v)})" for m, v in ranked.items())
-            + f"; chance (majority answer) {chance:.2f}"
+            + f"; chance (the most common training answer{' on these items' if 'chance_same_items' in first else ''})"
+            f" {chance:.2f}"
             + (f", explainer {methods['explainer']['strict_exact_match']:.2f}"
                if "strict_exact_match" in methods.get("explainer", {}) else "")]
 

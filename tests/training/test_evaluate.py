@@ -178,6 +178,8 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert few["n"] == gen["n"] and few["draws"] == 3 and "gap_lo" in few
     assert few["strict_exact_match_draw_min"] <= few["strict_exact_match"] <= few["strict_exact_match_draw_max"]
     assert set(metrics["seconds"]) >= {"fewshot", "fewshot_ranked", "calibration"}
+    ranked = metrics["splits"]["test"]["orig_match"]["fewshot_k4_ranked"]  # ranked choice among training answers
+    assert ranked["choices"] == 2 and {"chance_same_items", "distinct_answers", "gap_lo"} <= set(ranked)
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
