@@ -38,7 +38,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _ex(q: str, original: str, new: str, text: str = "", task: str = "hint_attribution") -> Example:
-    target = causal_target(original, new) if q == "generative_explanation" else " " + (original if q == "orig_match" else new)
+    target = (causal_target(original, new) if q == "generative_explanation"
+              else " " + (original if q == "orig_match" else new))
     return Example(task=task, question_type=q, sample_id=text or f"{original}->{new}", messages=[], target=target,
                    input_text=text, meta={"original": original, "new": new, "changed": original != new})
 
@@ -129,7 +130,8 @@ def test_feature_descriptions_scored_by_minilm_similarity():
     assert embed(["x"]).shape == (1, 384)
     good = score(exs, ["fires on phishing email requests", "fires on birthday poems for a grandmother"], embed)
     bad = score(exs, ["fires on birthday poems for a grandmother", "fires on phishing email requests"], embed)
-    assert good["generative_explanation"]["semantic_similarity"] > bad["generative_explanation"]["semantic_similarity"] + 0.2
+    good_sim = good["generative_explanation"]["semantic_similarity"]
+    assert good_sim > bad["generative_explanation"]["semantic_similarity"] + 0.2
 
 
 def test_table_lists_every_method():
