@@ -160,23 +160,30 @@ def answer_ids(tokenizer, messages: list[dict], prompt: list[int], answer: str) 
 def candidate_logliks(explainer, prompt: list[int], vectors: np.ndarray | None,
                       answers: list[list[int]]) -> np.ndarray:
     """Per candidate answer (token ids), the sum of its tokens' log-probabilities after `prompt` [n_answers].
-    The prompt runs once; each candidate continues from a copy of its key/value cache. Call with the adapter
-    in the state to be scored (the few-shot baseline: off)."""
+    The prompt runs once; the candidates continue together from its key/value cache, one row each. Call with
+    the adapter in the state to be scored (the few-shot baseline: off)."""
     lm, dev = explainer.causal_lm, explainer.device
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     vt = torch.from_numpy(np.atleast_2d(vectors)).to(dev) if vectors is not None else None
     out = decoder(inputs_embeds=explainer.embed(torch.tensor([prompt], device=dev), vt), use_cache=True)
     first = torch.log_softmax(head(out.last_hidden_state[0, -1]).float(), dim=-1)  # [vocab]
-    scores = []
-    for ids in answers:
-        total = float(first[ids[0]])
-        if len(ids) > 1:  # tokens 0..n-2 predict tokens 1..n-1
-            rest = decoder(inputs_embeds=explainer.embed(torch.tensor([ids[:-1]], device=dev), None),
-                           past_key_values=copy.deepcopy(out.past_key_values), use_cache=True).last_hidden_state[0]
-            logp = torch.log_softmax(head(rest).float(), dim=-1)  # [n-1, vocab]
-            total += float(logp.gather(1, torch.tensor(ids[1:], device=dev)[:, None]).sum())
-        scores.append(total)
-    return np.array(scores)
+    scores = np.array([float(first[ids[0]]) for ids in answers])
+    width = max(len(ids) for ids in answers) - 1
+    if width == 0:
+        return scores
+    # tokens 0..n-2 of each candidate predict its tokens 1..n-1; right padding is never read, and causal
+    # attention keeps a real token from seeing a later pad
+    rows = torch.full((len(answers), width), answers[0][0], dtype=torch.long)  # [n_answers, width]
+    for r, ids in enumerate(answers):
+        rows[r, :len(ids) - 1] = torch.tensor(ids[:-1])
+    cache = copy.deepcopy(out.past_key_values)
+    cache.batch_repeat_interleave(len(answers))
+    hidden = decoder(inputs_embeds=explainer.embed(rows.to(dev), None), past_key_values=cache,
+                     use_cache=True).last_hidden_state  # [n_answers, width, hidden]
+    logp = torch.log_softmax(head(hidden).float(), dim=-1)  # [n_answers, width, vocab]
+    for r, ids in enumerate(answers):
+        scores[r] += float(logp[r, torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+    return scores
 
 
 def ranked_predictions(explainer, train: list[Example], examples: list[Example], k: int, draws: int,
