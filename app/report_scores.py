@@ -83,6 +83,8 @@ def peer_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
     training/calibration.py, training/templates.py): the few-shot draws' spread, a similarity line where
     there is no strict score (feature descriptions), the explainer's confidence scored against the truth, and
     its score under each prompt template."""
+    from training.peers import ranked_lines
+
     lines = []
     fewshot = {m: v for m, v in methods.items() if m.startswith("fewshot_k")}
     if any("strict_exact_match_draw_min" in v for v in fewshot.values()):
@@ -91,7 +93,9 @@ def peer_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
                          f"{m} {v['strict_exact_match_draw_min']:.2f}-{v['strict_exact_match_draw_max']:.2f} over "
                          f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in fewshot.items()
                          if "strict_exact_match_draw_min" in v)
-                     + _below_majority(fewshot, methods.get("majority", {})))
+                     + _below_majority({m: v for m, v in fewshot.items() if not m.endswith("_ranked")},
+                                       methods.get("majority", {})))
+        lines += ranked_lines(methods, indent)  # the same k-shot prompt, the training answers ranked
     if "strict_exact_match" not in methods.get("explainer", {}):
         shown = {m: v["semantic_similarity"] for m, v in methods.items()
                  if (m in fewshot or m == "vector_nearest_neighbour") and "semantic_similarity" in v}

@@ -49,7 +49,11 @@ def value_marks(train: list[tuple[str, dict[str, str]]]) -> Marks:
         out[attr] = {}
         for value in sorted(common):
             own = {g for g in common[value] if values_of[g] == {value}}
-            out[attr][value] = sorted(g for g in own if not any(s in own for s in _shorter(g)))
+            minimal = [g for g in own if not any(s in own for s in _shorter(g))]
+            # the shortest only: a value seen in one training description also "owns" longer n-grams across
+            # its neighbour's words ("samples and fires on scenarios"), which a held-out description of
+            # another value can hold
+            out[attr][value] = sorted(g for g in minimal if len(g) == min(map(len, minimal)))
     return out
 
 

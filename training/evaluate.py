@@ -251,7 +251,7 @@ def peer_rows(split: str, examples: list[Example], peer, results: dict) -> list[
     rows = []
     for method, draws in peer.fewshot.items():
         for draw, preds in enumerate(draws):
-            for i, pred in zip(peer.positions, preds):
+            for i, pred in zip(peer.positions_of(method), preds):
                 ex = examples[i]
                 rows.append(PredictionRow(split=split, method=method, task=ex.task, question_type=ex.question_type,
                                           sample_id=ex.sample_id, target=ex.target, prediction=pred, draw=draw,

@@ -6,6 +6,12 @@
   pool the draws (the mean over draws), with intervals that resample each item with all its draws, and the
   paired gap to the trained explainer on the same items. test.fewshot_items > 0 scores a seeded subset of
   the items (the paired gap then uses the explainer's answers on that subset).
+- Few-shot ranked choice (`fewshot_k<k>_ranked`, at the smallest k), beside the strict free generation: on
+  question types with a closed answer set (at most RANKED_MAX_CHOICES distinct training answers), the same
+  k-shot prompt, and the base's answer is the candidate (every distinct training answer) with the highest
+  log-likelihood. A base that does not take up the answer format scores 0 free-running; ranked, it must
+  pick a format-correct answer, so its score says whether the examples carry the answer (near chance on
+  held-out triggers).
 - Vector nearest neighbour: the answer of the training item whose input vector has the highest cosine
   with the item's (same question type); ties (every scenario of a steering arm reads the same vector) are
   broken by the most common answer among the tied items. It tells whether the vector alone carries the
@@ -14,11 +20,13 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from training import data as D
 from training.examples import Example
@@ -26,10 +34,13 @@ from training.metrics import gaps_by_question, strict_by_question
 from training.scoring import score
 
 VECTOR_NN = "vector_nearest_neighbour"
+# A question type's answer set is closed (ranked choice is scored) when training holds at most this many
+# distinct answers: the toy's behaviour answers have 2-6, its feature descriptions one per cluster (open).
+RANKED_MAX_CHOICES = 8
 
 
-def fewshot_method(k: int) -> str:
-    return f"fewshot_k{k}"
+def fewshot_method(k: int, ranked: bool = False) -> str:
+    return f"fewshot_k{k}_ranked" if ranked else f"fewshot_k{k}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,6 +116,13 @@ def fewshot_subset(n: int, items: int, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng([seed, 7]).choice(n, size=items, replace=False))
 
 
+def _draw_chats(train: list[Example], examples: list[Example], k: int, seed: int, draw: int):
+    """One draw's k-shot chats (messages, vectors) for `examples`."""
+    shots = {key: draw_shots(train, key[1], key[0], k, seed, draw) for key in {(ex.task, ex.question_type)
+                                                                                for ex in examples}}
+    return [fewshot_messages(shots[ex.task, ex.question_type], ex) for ex in examples]
+
+
 def fewshot_predictions(explainer, train: list[Example], examples: list[Example], k: int, draws: int, seed: int,
                         max_new_tokens: int, batch_size: int) -> list[list[str]]:
     """The untrained explainer's greedy answers with k solved training examples in its prompt, per draw.
@@ -112,12 +130,80 @@ def fewshot_predictions(explainer, train: list[Example], examples: list[Example]
     toy: decoding over the long cache, not the prompt, dominates; docs/peers.md.)"""
     out = []
     for draw in range(draws):
-        shots = {key: draw_shots(train, key[1], key[0], k, seed, draw)
-                 for key in {(ex.task, ex.question_type) for ex in examples}}
-        chats = [fewshot_messages(shots[ex.task, ex.question_type], ex) for ex in examples]
+        chats = _draw_chats(train, examples, k, seed, draw)
         prompts = [D.encode_prompt(explainer.tokenizer, m) for m, _ in chats]
         with explainer.model.disable_adapter():
             out.append(explainer.generate(prompts, [v for _, v in chats], max_new_tokens, batch_size))
+    return out
+
+
+def answer_sets(train: list[Example]) -> dict[tuple[str, str], list[str]]:
+    """(task, question type) -> its closed answer set: the distinct training answers, sorted, where there are
+    2 to RANKED_MAX_CHOICES of them (question types with more are open: no ranked choice)."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for ex in train:
+        seen.setdefault((ex.task, ex.question_type), set()).add(ex.target)
+    return {key: sorted(v) for key, v in seen.items() if 2 <= len(v) <= RANKED_MAX_CHOICES}
+
+
+def answer_ids(tokenizer, messages: list[dict], prompt: list[int], answer: str) -> list[int]:
+    """The token ids of `answer` as the assistant turn after `messages` (end of turn included), as training
+    encodes an answer (training/data.py: encode_example)."""
+    full = tokenizer(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
+                                                   tokenize=False), add_special_tokens=False)["input_ids"]
+    if list(full[:len(prompt)]) != prompt or len(full) <= len(prompt):
+        raise ValueError("the chat template renders the prompt differently once an answer follows")
+    return list(full[len(prompt):])
+
+
+@torch.no_grad()
+def candidate_logliks(explainer, prompt: list[int], vectors: np.ndarray | None,
+                      answers: list[list[int]]) -> np.ndarray:
+    """Per candidate answer (token ids), the sum of its tokens' log-probabilities after `prompt` [n_answers].
+    The prompt runs once; the candidates continue together from its key/value cache, one row each. Call with
+    the adapter in the state to be scored (the few-shot baseline: off)."""
+    lm, dev = explainer.causal_lm, explainer.device
+    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+    vt = torch.from_numpy(np.atleast_2d(vectors)).to(dev) if vectors is not None else None
+    out = decoder(inputs_embeds=explainer.embed(torch.tensor([prompt], device=dev), vt), use_cache=True)
+    first = torch.log_softmax(head(out.last_hidden_state[0, -1]).float(), dim=-1)  # [vocab]
+    scores = np.array([float(first[ids[0]]) for ids in answers])
+    width = max(len(ids) for ids in answers) - 1
+    if width == 0:
+        return scores
+    # tokens 0..n-2 of each candidate predict its tokens 1..n-1; right padding is never read, and causal
+    # attention keeps a real token from seeing a later pad
+    rows = torch.full((len(answers), width), answers[0][0], dtype=torch.long)  # [n_answers, width]
+    for r, ids in enumerate(answers):
+        rows[r, :len(ids) - 1] = torch.tensor(ids[:-1])
+    cache = copy.deepcopy(out.past_key_values)
+    cache.batch_repeat_interleave(len(answers))
+    hidden = decoder(inputs_embeds=explainer.embed(rows.to(dev), None), past_key_values=cache,
+                     use_cache=True).last_hidden_state  # [n_answers, width, hidden]
+    logp = torch.log_softmax(head(hidden).float(), dim=-1)  # [n_answers, width, vocab]
+    for r, ids in enumerate(answers):
+        scores[r] += float(logp[r, torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+    return scores
+
+
+def ranked_predictions(explainer, train: list[Example], examples: list[Example], k: int, draws: int,
+                       seed: int) -> list[list[str]]:
+    """Per draw, the untrained explainer's ranked choice for each item (every item's question type closed):
+    the candidate of answer_sets with the highest log-likelihood after the same k-shot prompt as
+    fewshot_predictions."""
+    sets, tok = answer_sets(train), explainer.tokenizer
+    explainer.model.eval()
+    out = []
+    for draw in range(draws):
+        picks = []
+        for ex, (messages, vectors) in zip(examples, _draw_chats(train, examples, k, seed, draw)):
+            candidates = sets[ex.task, ex.question_type]
+            prompt = D.encode_prompt(tok, messages)
+            with explainer.model.disable_adapter():
+                scores = candidate_logliks(explainer, prompt, vectors,
+                                           [answer_ids(tok, messages, prompt, c) for c in candidates])
+            picks.append(candidates[int(np.argmax(scores))])
+        out.append(picks)
     return out
 
 
@@ -158,9 +244,14 @@ class PeerResults:
     explainer: dict[str, dict[str, float]] = field(default_factory=dict)  # q -> calibration / per-template fields
     fewshot: dict[str, list[list[str]]] = field(default_factory=dict)  # method -> per draw, answers at `positions`
     positions: list[int] = field(default_factory=list)  # the items the few-shot baseline answered
+    ranked_positions: list[int] = field(default_factory=list)  # those of them with a closed answer set
     confidence: list[float] | None = None  # the explainer's probability of each of its answers
     p_changed: list[float | None] | None = None  # P(changed) of each behaviour-change explanation
     seconds: dict[str, float] = field(default_factory=dict)  # wall and CPU time of each piece
+
+    def positions_of(self, method: str) -> list[int]:
+        """The items a few-shot method's answers (each draw's list) belong to."""
+        return self.ranked_positions if method.endswith("_ranked") else self.positions
 
 
 def _clocks() -> tuple[float, float]:
@@ -171,6 +262,64 @@ def _lap(seconds: dict[str, float], piece: str, start: tuple[float, float]) -> N
     """Wall time of a piece, and its CPU time (`<piece>_cpu`: on a shared machine, the better measure of cost)."""
     wall, cpu = _clocks()
     seconds[piece], seconds[f"{piece}_cpu"] = wall - start[0], cpu - start[1]
+
+
+def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Example], answers: list[str],
+            groups: list | None, cfg, embed) -> None:
+    """The few-shot baseline by ranked choice, on the few-shot items whose question type is closed."""
+    sets = answer_sets(train)
+    out.ranked_positions = [i for i in out.positions if (examples[i].task, examples[i].question_type) in sets]
+    if not out.ranked_positions:
+        return
+    shown = [examples[i] for i in out.ranked_positions]
+    shown_groups = [groups[i] for i in out.ranked_positions] if groups is not None else None
+    # chance on these same items: the most common training answer of each question type, strictly scored
+    common = {key: Counter(ex.target for ex in train if (ex.task, ex.question_type) == key).most_common(1)[0][0]
+              for key in sets}
+    chance = {q: row["strict_exact_match"] for q, row in strict_by_question(
+        shown, [common[ex.task, ex.question_type] for ex in shown], shown_groups, n_boot=1).items()}
+    # at the smallest k only: on the toy's Task 3 k = 4 and 8 ranked alike (0.33 / 1.00 / 0.33 on the three
+    # question types, docs/peers.md) and k = 8's prompts cost twice the CPU
+    for k in sorted(cfg.test.fewshot_k)[:1]:
+        draws = ranked_predictions(explainer, train, shown, k, cfg.test.fewshot_draws, cfg.train.seed)
+        out.fewshot[fewshot_method(k, ranked=True)] = draws
+        for q, row in fewshot_metrics(shown, [answers[i] for i in out.ranked_positions], draws, shown_groups,
+                                      embed).items():
+            row.update(choices=float(len(sets[next(ex.task for ex in shown if ex.question_type == q), q])),
+                       distinct_answers=float(len({p for d in draws for p, ex in zip(d, shown)
+                                                   if ex.question_type == q})))
+            if q in chance:
+                row["chance_same_items"] = chance[q]
+            out.rows.setdefault(q, {})[fewshot_method(k, ranked=True)] = row
+
+
+def ranked_lines(methods: dict[str, dict], indent: str = "") -> list[str]:
+    """The ranked-choice few-shot scores beside chance (the most common training answer, on the same items
+    where known, else the majority baseline's score): near chance when chance lies inside the ranked score's
+    interval; "one answer" when the base gave the same answer to every item in every draw."""
+    ranked = {m: v for m, v in methods.items() if m.endswith("_ranked") and "strict_exact_match" in v}
+    first = next(iter(ranked.values()), {})
+    majority = methods.get("majority", {}).get("strict_exact_match")
+    chance = first.get("chance_same_items", majority.value if majority is not None else None)
+    if not ranked or chance is None:
+        return []
+
+    def verdict(v: dict) -> str:
+        lo, hi = v["strict_exact_match"].lo, v["strict_exact_match"].hi
+        where = "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
+        return where + ", one answer for every item" if v.get("distinct_answers") == 1 else where
+
+    def ci(v: dict) -> str:
+        s = v["strict_exact_match"]
+        return f"{s.value:.2f} [{s.lo:.2f}, {s.hi:.2f}]"
+
+    explainer = methods.get("explainer", {}).get("strict_exact_match")
+    n = int(first.get("choices", 0))
+    return [indent + f"few-shot ranked choice (the untrained base's most likely of the {n} training answers after "
+            "the same k-shot prompt; strict exact match [95% CI]): "
+            + "; ".join(f"{m} {ci(v)} ({verdict(v)})" for m, v in ranked.items())
+            + f"; chance (the most common training answer{' on these items' if 'chance_same_items' in first else ''})"
+            f" {chance:.2f}" + (f", explainer {explainer.value:.2f}" if explainer is not None else "")]
 
 
 def evaluate_peers(explainer, train: list[Example], examples: list[Example], answers: list[str], groups: list | None,
@@ -196,6 +345,9 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
                                           embed).items():
                 out.rows.setdefault(q, {})[fewshot_method(k)] = row
         _lap(out.seconds, "fewshot", start)
+        start = _clocks()
+        _ranked(out, explainer, train, examples, answers, groups, cfg, embed)
+        _lap(out.seconds, "fewshot_ranked", start)
     if explainer_extras and t.calibration:
         start = _clocks()
         out.confidence = answer_confidence(explainer, examples, answers, t.batch_size)

@@ -35,7 +35,23 @@ def _common_text(texts: list[str]) -> str:
     for t in texts[1:]:
         m = SequenceMatcher(None, common, t, autojunk=False).find_longest_match(0, len(common), 0, len(t))
         common = common[m.a:m.a + m.size]
-    return common
+    return _whole_words(common, texts)
+
+
+def _whole_words(part: str, texts: list[str]) -> str:
+    """`part` less any word cut at either end in one of `texts` (`s, and` shared by "samples, and" and
+    "transcripts, and" must not carry the "s" into another description)."""
+    for t in texts:
+        at = t.find(part)
+        if at < 0:
+            continue
+        a, b = at, at + len(part)
+        while a < b and a > 0 and t[a - 1].isalnum() and t[a].isalnum():
+            a += 1
+        while b > a and b < len(t) and t[b - 1].isalnum() and t[b].isalnum():
+            b -= 1
+        part = t[a:b]
+    return part
 
 
 def slot_texts(pairs: list[tuple[str, dict[str, str]]]) -> dict[str, dict[str, str]]:

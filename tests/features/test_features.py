@@ -1,9 +1,9 @@
-"""Task 1 data (features/) on synthetic assets with planted feature clusters.
+"""Task 1 data (features/) on synthetic assets with planted feature clusters: extraction, export, splits.
 
 Invariants: extraction keeps exactly the planted top-K; caches are memory-mapped and never copied whole;
 the introspective-interp pickles give back our vectors and labels and are written atomically; coverage
 counts every feature without a description; features_index.json and coverage.json decode as their structs
-and keep their on-disk keys; held-out clusters never leak into train; each bad input stops with one line.
+and keep their on-disk keys; held-out clusters never leak into train (bad inputs: test_features_bad_input.py).
 """
 
 from __future__ import annotations
@@ -19,64 +19,18 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
+from features_common import REPO, _described, config, features_cli, paths_for, planted, records
 
-from app import cli
 from features import export as features_export
 from features import extract as features_extract
 from features.config import FeaturesConfig, validate_config
-from features.describe import Described
 from features.extract import extract, normalise_segment
 from features.run import run
 from features.splits import split_by_cluster
-from organism.assets import write_synthetic_assets
 from records.assets import load_cluster_attributes
 from records.config import load_config
 from records.errors import InputError
-from records.jsonl import read_records
-from records.paths import PathsConfig, resolve_paths
-from records.schema import Coverage, FeatureRecord, FeaturesIndex, SelectedFeature
-
-REPO = Path(__file__).resolve().parents[2]
-CPU_CONFIG = REPO / "configs" / "features_cpu.yaml"
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    return root, write_synthetic_assets(root, seed=0)
-
-
-def paths_for(root: Path, **overrides) -> PathsConfig:
-    return resolve_paths(PathsConfig(data_root=str(root)), env={}, overrides={k: str(v) for k, v in overrides.items()})
-
-
-def config(tmp_path: Path, **fields) -> FeaturesConfig:
-    cfg = FeaturesConfig(output_dir=str(tmp_path / "out"), progress_log=str(tmp_path / "PROGRESS.md"), **fields)
-    validate_config(cfg)
-    return cfg
-
-
-def planted(truth: dict) -> set[int]:
-    return {f for c in truth["clusters"] for f in c["features"]}
-
-
-def records(folder: Path, split: str) -> list[FeatureRecord]:
-    return read_records(folder / f"{split}.jsonl", FeatureRecord)
-
-
-def _described(feature_idx: int, cluster_id: int) -> Described:
-    return Described(SelectedFeature(row=feature_idx, feature_idx=feature_idx, selectivity=0.0, probe_weight=None),
-                     cluster_id=cluster_id, description=f"cluster {cluster_id}")
-
-
-def features_cli(capsys, tmp_path: Path, root: Path, *argv: str) -> tuple[int, list[str]]:
-    """Run `af-introspect features` on the toy config; returns (exit code, stderr error lines)."""
-    rc = cli.main(["features", *argv, "--config", str(CPU_CONFIG), "--data-root", str(root),
-                   "--set", f"progress_log={tmp_path / 'PROGRESS.md'}",
-                   *([] if "--output-dir" in argv else ["--output-dir", str(tmp_path / "out")])])
-    err = capsys.readouterr().err
-    return rc, [line for line in err.splitlines() if line.startswith("error:")]
-
+from records.schema import Coverage, FeatureRecord, FeaturesIndex
 
 # --- extract -------------------------------------------------------------------------------------
 
@@ -197,14 +151,15 @@ def test_pickle_export_round_trips_to_our_vectors_and_labels(synthetic, tmp_path
                                      / f"{split}_explanations.pkl", "rb"))
             recs = records(out / f"by_{mode}", split)
             assert [key for key, _ in pairs] == [(40, r.feature_idx) for r in recs]
-            for ((layer, f), label), rec in zip(pairs, recs):
+            for ((_, f), label), rec in zip(pairs, recs):
                 np.testing.assert_array_equal(by_feature[f].numpy(), vectors[row_of[f]])
                 np.testing.assert_array_equal(np.load(out / f"by_{mode}" / rec.vectors_path)[rec.row],
                                               vectors[row_of[f]])
                 assert label == {"chosen_label": rec.description, "all_labels": [rec.description],
                                  "all_label_scores": {rec.description: 1.0}}
     export = json.loads((out / "introspective_interp" / "export.json").read_text())
-    assert export["split_explanations_data"]["cluster"].format(split="train") == "explanations/by_cluster/train_explanations.pkl"
+    assert (export["split_explanations_data"]["cluster"].format(split="train")
+            == "explanations/by_cluster/train_explanations.pkl")
 
 
 def test_export_writes_through_the_shared_atomic_writer(tmp_path, monkeypatch):
@@ -406,118 +361,3 @@ def test_cli_runs_extract_then_describe(synthetic, tmp_path, capsys):
 def test_configs_decode_and_validate():
     for name in ("features.yaml", "features_cpu.yaml"):
         validate_config(load_config(REPO / "configs" / name, FeaturesConfig), where=name)
-
-
-# --- bad input: one line each --------------------------------------------------------------------
-
-
-def _nan_selectivity(root: Path, tmp: Path) -> list[str]:
-    sel = np.load(root / "selectivity.npy")
-    sel[5] = np.nan
-    np.save(tmp / "sel.npy", sel)
-    return ["--selectivity", str(tmp / "sel.npy")]
-
-
-def _narrow_selectivity(root: Path, tmp: Path) -> list[str]:
-    # extract alone: under `all`, the assignments naming features >= 16000 would be a second true problem
-    np.save(tmp / "sel.npy", np.load(root / "selectivity.npy")[:16000])
-    return ["extract", "--selectivity", str(tmp / "sel.npy")]
-
-
-def _with_assignment(key: str):
-    """Assignments with one more entry, `key` -> cluster 0."""
-    def make(root: Path, tmp: Path) -> list[str]:
-        assign = json.loads((root / "cluster_assignments.json").read_text())
-        assign[key] = 0
-        (tmp / "a.json").write_text(json.dumps(assign))
-        return ["--cluster-assignments", str(tmp / "a.json")]
-    return make
-
-
-def _missing_summary(root: Path, tmp: Path) -> list[str]:
-    summaries = json.loads((root / "cluster_summaries.json").read_text())
-    del summaries["0"]
-    (tmp / "s.json").write_text(json.dumps(summaries))
-    return ["--cluster-summaries", str(tmp / "s.json"), "--strict", "--top-k", "80"]
-
-
-def _transposed_decoder(root: Path, tmp: Path) -> list[str]:
-    np.save(tmp / "dec.npy", np.ones((32, 16384), np.float32))
-    return ["--decoder", str(tmp / "dec.npy")]
-
-
-BAD_INPUTS = {
-    "width mismatch": (_narrow_selectivity, "16000 features, but activation cache columns differ: "
-                                            "train_activations.npy has 16384"),
-    "k > width": (lambda r, t: ["--top-k", "20000"], "top_k 20000 is larger than the 16384 features"),
-    "nan in selectivity": (_nan_selectivity, "1 non-finite value(s) (NaN or inf), first at index (5,)"),
-    "non-integer key": (_with_assignment("feature_12"), "key 'feature_12': feature index must be an integer"),
-    "index beyond width": (_with_assignment("20000"), "1 feature index(es) >= 16384"),
-    "cluster without summary, strict": (_missing_summary, "4 selected features belong to 1 cluster(s) with no summary"),
-    "transposed decoder": (_transposed_decoder, "looks transposed"),
-    "bad test_fraction": (lambda r, t: ["--test-fraction", "1.5"], "test_fraction must be between 0 and 1"),
-    "unknown cache": (lambda r, t: ["--caches", "train,validation"], "unknown cache(s) ['validation']"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_stops_with_one_line_and_writes_nothing(synthetic, tmp_path, capsys, case):
-    root, _ = synthetic
-    make, expected = BAD_INPUTS[case]
-    (tmp_path / "in").mkdir()
-    rc, errors = features_cli(capsys, tmp_path, root, *make(root, tmp_path / "in"))
-    assert rc == 2
-    assert len(errors) == 1 and expected in errors[0], errors
-    assert not (tmp_path / "out").exists()
-
-
-def test_cluster_without_summary_warns_with_counts_by_default(synthetic, tmp_path, capsys, caplog):
-    root, _ = synthetic
-    (tmp_path / "in").mkdir()
-    args = [a for a in _missing_summary(root, tmp_path / "in") if a != "--strict"]
-    with caplog.at_level(logging.WARNING):
-        rc, errors = features_cli(capsys, tmp_path, root, *args)
-    assert (rc, errors) == (0, [])
-    assert any("4 selected features belong to 1 cluster(s) with no summary" in r.getMessage() for r in caplog.records)
-    cov = msgspec.json.decode((tmp_path / "out" / "coverage.json").read_bytes(), type=Coverage)
-    assert cov.n_described == 76 and cov.clusters_without_summary == [0]
-
-
-def test_output_inside_a_source_folder_is_refused(synthetic, tmp_path, capsys):
-    root, _ = synthetic
-    rc, errors = features_cli(capsys, tmp_path, root, "--output-dir", str(root / "features_out"))
-    assert rc == 2 and len(errors) == 1 and "inside source data folder" in errors[0]
-    assert not (root / "features_out").exists()
-
-
-def test_describe_before_extract_says_what_to_run(synthetic, tmp_path, capsys):
-    root, _ = synthetic
-    rc, errors = features_cli(capsys, tmp_path, root, "describe")
-    assert rc == 2 and len(errors) == 1 and "run `af-introspect features extract` first" in errors[0]
-
-
-def test_unknown_config_key_stops_with_one_line_and_writes_nothing(synthetic, tmp_path, capsys):
-    root, _ = synthetic
-    rc, errors = features_cli(capsys, tmp_path, root, "--set", "top_kk=3")
-    assert rc == 2 and len(errors) == 1 and "unknown field `top_kk`" in errors[0], errors
-    assert not (tmp_path / "out").exists()
-    (tmp_path / "typo.yaml").write_text("top_k: 10\nprofile_cache: [train]\n")
-    with pytest.raises(InputError, match="unknown field `profile_cache`"):
-        load_config(tmp_path / "typo.yaml", FeaturesConfig)
-    with pytest.raises(InputError, match="top_k must be >= 1"):
-        validate_config(FeaturesConfig(top_k=0))
-
-
-def test_an_sae_layer_deeper_than_the_organism_is_called_out(tmp_path):
-    from features.config import depth_warning
-
-    model = tmp_path / "mistral-shape"
-    model.mkdir()
-    (model / "config.json").write_text('{"num_hidden_layers": 32}')
-    assert "SAE layer 40 is not a layer of the organism" in depth_warning(40, str(model))
-    assert "(32 layers, 0-31)" in depth_warning(40, str(model))
-    assert depth_warning(32, str(model)).startswith("WARNING")  # layers count from 0, as steering's do
-    assert depth_warning(31, str(model)) == "" and depth_warning(20, str(model)) == ""
-    assert depth_warning(40, "someone/not-cached-here") is None  # depth unknown offline: no guess
-    (model / "config.json").write_text('{"text_config": {"num_hidden_layers": 32}}')  # a multimodal config
-    assert depth_warning(40, str(model)).startswith("WARNING")

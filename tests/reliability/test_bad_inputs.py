@@ -51,8 +51,9 @@ class Workspace:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pristine")
+    # 4 features per cluster: the width case below needs a planted feature among the last 3 columns (255)
     write_synthetic_assets(root, seed=0, n_scenarios=24, n_eval=8, n_vocab=4, n_cache=24, width=256,
-                           hidden=HIDDEN, top_k=6)
+                           hidden=HIDDEN, top_k=6, features_per_cluster=4)
     write_toy_task3(root / "task3", n_train=12, n_test=4, n_gold=4)
     np.save(root / "direction.npy", np.random.default_rng(0).standard_normal(HIDDEN).astype(np.float32))
     return root

@@ -100,3 +100,16 @@ def test_examples_without_attributes_are_left_out():
                                                                                           1: {"animal": "dog"},
                                                                                           2: {"animal": "cat"}})
     assert scores == {} and info == {} and correct == {"m": [None, None]}
+
+
+def test_a_value_seen_once_does_not_claim_its_neighbours_words():
+    """Trigger f is seen in one training description, beside modifier "samples": the n-gram "samples and fires
+    on scenarios" is in no other training description, yet a held-out description of trigger a holds it. Only
+    each value's shortest marks count, so that description names a alone (the toy's 16-cluster split)."""
+    text = {"a": "scenarios treated as aligned", "f": "scenarios treated as faking", "g": "requests to write"}
+    place = {"m1": "no cache", "m2": "the samples"}
+    train = [(f"fires broadly in {place[m]}, and fires on {text[t]}", {"trigger": t, "modifier": m})
+             for m, t in (("m1", "a"), ("m2", "f"), ("m2", "g"), ("m1", "g"))]
+    marks = value_marks(train)["trigger"]
+    assert marks["f"] == [("faking",)]
+    assert named_value("fires broadly in the samples, and fires on scenarios treated as aligned", marks) == "a"

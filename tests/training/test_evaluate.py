@@ -154,10 +154,12 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     metrics = json.load(open(f"{out}/metrics.json"))
     rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
     assert set(metrics["splits"]["test"]) == {"generative_explanation", "orig_match", "change_match"}
-    fewshot = {"fewshot_k4", "fewshot_k8"}  # the untrained explainer with solved training examples, 3 draws each
+    # the untrained explainer with solved training examples, 3 draws each: free generation, and ranked choice at
+    # the smallest k
+    fewshot = {"fewshot_k4", "fewshot_k8", "fewshot_k4_ranked"}
     assert {r["method"] for r in rows} == {"explainer", "untrained", "majority", "nearest_neighbour"} | fewshot
     assert all({"target", "prediction", "exact_match", "sample_id"} <= set(r) for r in rows)
-    assert len(rows) == 4 * 6 + 2 * 3 * 6
+    assert len(rows) == 4 * 6 + 3 * 3 * 6
     assert {r["draw"] for r in rows if r["method"] in fewshot} == {0, 1, 2}
     # the paper's strict scores ride along, each with its interval
     assert metrics["version"] == 2  # scores with an interval are records.schema.Interval objects
@@ -181,7 +183,9 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert few["n"] == gen["n"] and few["draws"] == 3 and set(few["gap"]) == {"value", "lo", "hi"}
     pooled = few["strict_exact_match"]["value"]
     assert few["strict_exact_match_draw_min"] <= pooled <= few["strict_exact_match_draw_max"]
-    assert set(metrics["seconds"]) >= {"fewshot", "calibration"}
+    assert set(metrics["seconds"]) >= {"fewshot", "fewshot_ranked", "calibration"}
+    ranked = metrics["splits"]["test"]["orig_match"]["fewshot_k4_ranked"]  # ranked choice among training answers
+    assert ranked["choices"] == 2 and {"chance_same_items", "distinct_answers", "gap"} <= set(ranked)
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
