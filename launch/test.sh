@@ -9,4 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 source launch/cpu_env.sh
+# Lint first (pyproject.toml [tool.ruff]): CI fails on a finding before spending minutes on tests.
+.venv/bin/ruff check --quiet . || { echo "ruff found the problems above (fix them, or \`.venv/bin/ruff check --fix .\`)" >&2; exit 1; }
 exec .venv/bin/python -m pytest -n "${AF_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

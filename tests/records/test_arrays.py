@@ -1,13 +1,14 @@
-"""The .npy loaders (records/arrays.py): memory-mapped, checked in blocks, one test per bad array."""
+"""The .npy loaders (records/arrays.py): memory-mapped, checked in blocks, one case per bad array."""
 
 from __future__ import annotations
 
+import operator
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from asset_files import only_problem, problems_of, write
+from asset_files import only_problem, problems_of
 
 from records import arrays
 from records.arrays import load_array, npy_header
@@ -39,17 +40,31 @@ def test_finite_check_reads_in_blocks_not_a_full_copy(tmp_path, monkeypatch):
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB while checking a 16 MiB memmap"
 
 
-def test_array_missing(tmp_path):
-    with pytest.raises(InputError) as e:
-        load_array(tmp_path / "x.npy")
-    assert only_problem(e) == f"{tmp_path / 'x.npy'}: file not found"
+# --- one case per bad array: the file (None: absent; bytes: written as is; an array: np.save'd), load_array's
+# arguments, its one-line problem with `{path}` for the file's path, how the line must match it
+BAD_ARRAYS = [
+    pytest.param(None, {}, "{path}: file not found", operator.eq, id="missing"),
+    pytest.param(b"hello, I am text", {}, "{path}: not a .npy file: the magic string is not correct", str.startswith,
+                 id="not-npy"),
+    pytest.param(np.zeros(8, np.float32), {"expect_ndim": 2}, "{path}: expected 2-D array, got 1-D with shape (8,)",
+                 operator.eq, id="wrong-ndim"),
+    pytest.param(np.zeros((3, 8), np.float32), {"expect_shape": (None, 16384)},
+                 "{path}: expected shape (any, 16384), got (3, 8)", operator.eq, id="wrong-shape"),
+    pytest.param(np.zeros((0, 8), np.float32), {}, "{path}: array is empty (shape (0, 8))", operator.eq,
+                 id="zero-size"),
+]
 
 
-def test_array_not_npy(tmp_path):
-    path = write(tmp_path / "x.npy", "hello, I am text")
+@pytest.mark.parametrize("content, kwargs, expected, compare", BAD_ARRAYS)
+def test_bad_array_is_one_line(tmp_path, content, kwargs, expected, compare):
+    path = tmp_path / "x.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
     with pytest.raises(InputError) as e:
-        load_array(path)
-    assert only_problem(e).startswith(f"{path}: not a .npy file: the magic string is not correct")
+        load_array(path, **kwargs)
+    assert compare(only_problem(e), expected.replace("{path}", str(path)))
 
 
 def test_array_npz_gets_a_hint(tmp_path):
@@ -59,20 +74,6 @@ def test_array_npz_gets_a_hint(tmp_path):
     with pytest.raises(InputError) as e:
         load_array(path)
     assert only_problem(e).startswith(f"{path}: not a .npy file (an .npz archive: save each array with np.save)")
-
-
-def test_array_wrong_ndim(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros(8, np.float32))
-    with pytest.raises(InputError) as e:
-        load_array(tmp_path / "x.npy", expect_ndim=2)
-    assert only_problem(e) == f"{tmp_path / 'x.npy'}: expected 2-D array, got 1-D with shape (8,)"
-
-
-def test_array_wrong_shape(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros((3, 8), np.float32))
-    with pytest.raises(InputError) as e:
-        load_array(tmp_path / "x.npy", expect_shape=(None, 16384))
-    assert only_problem(e) == f"{tmp_path / 'x.npy'}: expected shape (any, 16384), got (3, 8)"
 
 
 def test_array_wrong_dtype(tmp_path):
@@ -107,13 +108,6 @@ def test_array_inf_across_blocks(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e:
         load_array(tmp_path / "x.npy")
     assert only_problem(e).endswith("2 non-finite value(s) (NaN or inf), first at index (1, 0)")
-
-
-def test_array_zero_size(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros((0, 8), np.float32))
-    with pytest.raises(InputError) as e:
-        load_array(tmp_path / "x.npy")
-    assert only_problem(e) == f"{tmp_path / 'x.npy'}: array is empty (shape (0, 8))"
 
 
 def test_array_of_objects(tmp_path):

@@ -1,9 +1,11 @@
-"""The clustering's JSON files (records/clusters.py): both summary forms, one test per bad file."""
+"""The clustering's JSON files (records/clusters.py): both summary forms, one case per bad file."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
-from asset_files import only_problem, problems_of, write, write_json
+from asset_files import only_problem, problems_of, write_json
 
 from records.clusters import load_cluster_assignments, load_cluster_attributes, load_cluster_summaries
 from records.errors import InputError
@@ -46,51 +48,6 @@ def test_summaries_non_integer_key(tmp_path):
                               f"{path}: key '1.5': cluster id must be an integer"]
 
 
-def test_summaries_empty_text(tmp_path):
-    path = write_json(tmp_path / "s.json", {"0": "fires on x", "3": "  "})
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e) == f"{path}: cluster 3: summary is empty"
-
-
-def test_summaries_non_string_text(tmp_path):
-    path = write_json(tmp_path / "s.json", {"0": {"text": "x"}})
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e) == f"{path}: cluster 0: summary must be a string, got dict {{'text': 'x'}}"
-
-
-def test_summaries_repeated_id(tmp_path):
-    path = write_json(tmp_path / "s.json", {"1": "a", "01": "b"})
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e) == f"{path}: key '01': cluster id 1 appears twice"
-
-
-def test_summaries_wrong_top_level(tmp_path):
-    path = write_json(tmp_path / "s.json", "fires on x")
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e) == f"{path}: expected an object {{cluster_id: summary}}, got str"
-
-
-def test_summaries_empty(tmp_path):
-    path = write_json(tmp_path / "s.json", {})
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e) == f"{path}: contains no clusters"
-
-
-def test_summaries_malformed_and_missing(tmp_path):
-    path = write(tmp_path / "s.json", '{"0": "a",}')
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(path)
-    assert only_problem(e).startswith(f"{path}: malformed JSON at line 1 col 11")
-    with pytest.raises(InputError) as e:
-        load_cluster_summaries(tmp_path / "none.json")
-    assert only_problem(e).endswith("none.json: file not found")
-
-
 def test_assignments_non_integer_and_negative_keys(tmp_path):
     path = write_json(tmp_path / "a.json", {"12": 0, "feat_3": 1, "-4": 2})
     with pytest.raises(InputError) as e:
@@ -99,26 +56,49 @@ def test_assignments_non_integer_and_negative_keys(tmp_path):
                               f"{path}: key '-4': feature index must be >= 0"]
 
 
-@pytest.mark.parametrize(
-    "value, shown", [("3", "str '3'"), (1.5, "float 1.5"), (True, "bool True"), (None, "NoneType None")]
-)
-def test_assignments_non_integer_cluster(tmp_path, value, shown):
-    path = write_json(tmp_path / "a.json", {"12": value})
-    with pytest.raises(InputError) as e:
-        load_cluster_assignments(path)
-    assert only_problem(e) == f"{path}: feature 12: cluster id must be an integer, got {shown}"
-
-
 def test_assignments_allow_noise_cluster(tmp_path):
     assert load_cluster_assignments(write_json(tmp_path / "a.json", {"5": -1})) == {5: -1}
 
 
-def test_assignments_wrong_top_level_and_empty(tmp_path):
-    path = write_json(tmp_path / "a.json", [1, 2])
+# --- one case per bad file: (case id, the file's content (None: absent; bytes: written as is; else written as
+# JSON), its one-line problem with `{path}` for the file's path, how the line must match it)
+BAD_SUMMARIES = [
+    ("empty-text", {"0": "fires on x", "3": "  "}, "{path}: cluster 3: summary is empty", operator.eq),
+    ("non-string-text", {"0": {"text": "x"}}, "{path}: cluster 0: summary must be a string, got dict {'text': 'x'}",
+     operator.eq),
+    ("repeated-id", {"1": "a", "01": "b"}, "{path}: key '01': cluster id 1 appears twice", operator.eq),
+    ("wrong-top-level", "fires on x", "{path}: expected an object {cluster_id: summary}, got str", operator.eq),
+    ("empty", {}, "{path}: contains no clusters", operator.eq),
+    ("malformed", b'{"0": "a",}', "{path}: malformed JSON at line 1 col 11", str.startswith),
+    ("missing", None, "s.json: file not found", str.endswith),
+]
+BAD_ASSIGNMENTS = [
+    *[(f"non-integer-cluster-{type(value).__name__}", {"12": value},
+       f"{{path}}: feature 12: cluster id must be an integer, got {shown}", operator.eq)
+      for value, shown in [("3", "str '3'"), (1.5, "float 1.5"), (True, "bool True"), (None, "NoneType None")]],
+    ("wrong-top-level", [1, 2], "{path}: expected an object {feature_idx: cluster_id}, got list", operator.eq),
+    ("empty", {}, "{path}: contains no assignments", operator.eq),
+]
+
+
+def bad_file(tmp_path, content):
+    path = tmp_path / "s.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        write_json(path, content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "loader, content, expected, compare",
+    [pytest.param(load_cluster_summaries, *rest, id=f"summaries-{name}") for name, *rest in BAD_SUMMARIES]
+    + [pytest.param(load_cluster_assignments, *rest, id=f"assignments-{name}") for name, *rest in BAD_ASSIGNMENTS],
+)
+def test_bad_cluster_file_is_one_line(tmp_path, loader, content, expected, compare):
+    path = bad_file(tmp_path, content)
     with pytest.raises(InputError) as e:
-        load_cluster_assignments(path)
-    assert only_problem(e) == f"{path}: expected an object {{feature_idx: cluster_id}}, got list"
-    path = write_json(tmp_path / "b.json", {})
-    with pytest.raises(InputError) as e:
-        load_cluster_assignments(path)
-    assert only_problem(e) == f"{path}: contains no assignments"
+        loader(path)
+    assert compare(only_problem(e), expected.replace("{path}", str(path)))
+
+

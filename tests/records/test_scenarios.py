@@ -1,10 +1,11 @@
-"""Scenario sets (records/scenarios.py): every accepted form, one test per bad input (an InputError whose
+"""Scenario sets (records/scenarios.py): every accepted form, one case per bad input (an InputError whose
 line names the file, the place and the problem; nothing written).
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 
 import pytest
 from asset_files import LABELS, only_problem, problems_of, write, write_json
@@ -72,36 +73,59 @@ def test_duplicates_warn_once_and_keep_first(tmp_path, caplog):
     assert "2 duplicate" in warnings[0] and "item 2 repeats item 0" in warnings[0] and str(path) in warnings[0]
 
 
-def test_a_duplicate_with_another_label_is_refused_naming_both(tmp_path):
-    items = [{"text": "Same text", "label": "aligned"}, {"text": "  same   TEXT ", "label": "refusal"}]
-    path = write_json(tmp_path / "g.json", items)
+# --- load_scenarios: one case per bad input ------------------------------------------------------------
+
+
+def case(name: str, content, expected: str, compare=operator.eq, labels=LABELS):
+    """A bad file (None: absent; bytes: written as is; else written as JSON) and its one-line problem, in which
+    `{path}` stands for the file's path; compare: operator.eq (the whole line) or str.startswith."""
+    return pytest.param(content, labels, compare, expected, id=name)
+
+
+BAD_SCENARIO_FILES = [
+    case("missing-file", None, "{path}: file not found"),
+    case("malformed-json-names-line-and-col", b'[\n  {"text": "a", "label": "aligned"},\n  {"text": "b" "label": 1}\n]',
+         "{path}: malformed JSON at line 3 col 16: Expecting ',' delimiter", str.startswith),
+    case("not-utf8", b'[{"text": "\xff\xfe", "label": "aligned"}]', "{path}: not UTF-8 text (byte 11)"),
+    case("top-level-int", 5, "{path}: top level must be a list of objects, got int"),
+    case("top-level-str", "text", "{path}: top level must be a list of objects, got str"),
+    case("object-without-samples-list", {"items": [], "version": 2},
+         "{path}: top level is an object without a `samples` or `data` list (keys: items, version)"),
+    case("item-not-an-object", [{"text": "a", "label": "aligned"}, "just text"],
+         "{path}: item 1: expected an object, got str 'just text'"),
+    case("missing-text", [{"label": "aligned"}], "{path}: item 0: `text` is missing"),
+    case("empty-text", [{"text": "", "label": "aligned"}],
+         "{path}: item 0: `text` is empty or whitespace only ('')"),
+    case("whitespace-text", [{"text": "   \n\t", "label": "aligned"}],
+         "{path}: item 0: `text` is empty or whitespace only ('   \\n\\t')"),
+    case("non-string-text", [{"text": 42, "label": "aligned"}], "{path}: item 0: `text` must be a string, got int 42"),
+    case("missing-label", [{"text": "a"}], "{path}: item 0: `label` is missing"),
+    case("unknown-label-lists-allowed", [{"text": "a", "label": "AF"}],
+         "{path}: item 0: `label` 'AF' is not a known label (known: alignment_faking, aligned; edit known_labels "
+         "in configs/paths.yaml)", labels=["alignment_faking", "aligned"]),
+    case("non-string-label", [{"text": "a", "label": 1}], "{path}: item 0: `label` must be a string, got int 1"),
+    case("non-string-source", [{"text": "a", "label": "aligned", "category": ["x"]}],
+         "{path}: item 0: `category` must be a string, got list ['x']"),
+    case("empty-list", [], "{path}: contains no scenarios"),
+    case("duplicate-text-with-another-label-names-both",
+         [{"text": "Same text", "label": "aligned"}, {"text": "  same   TEXT ", "label": "refusal"}],
+         "{path}: item 1 repeats the text of item 0 with another label ('refusal' vs 'aligned'): which one is "
+         "true is unknown"),
+    case("key-given-twice-in-one-item", b'[{"text": "x", "label": "aligned", "label": "refusal"}]',
+         "{path}: an object gives the key label twice (which value was meant is unknown)"),
+]
+
+
+@pytest.mark.parametrize("content, labels, compare, expected", BAD_SCENARIO_FILES)
+def test_bad_scenario_file_is_one_line(tmp_path, content, labels, compare, expected):
+    path = tmp_path / "g.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        write_json(path, content)
     with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == (f"{path}: item 1 repeats the text of item 0 with another label ('refusal' vs "
-                               "'aligned'): which one is true is unknown")
-
-
-def test_a_key_given_twice_in_one_item_is_refused(tmp_path):
-    path = write(tmp_path / "g.json", '[{"text": "x", "label": "aligned", "label": "refusal"}]')
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: an object gives the key label twice (which value was meant is unknown)"
-
-
-# --- load_scenarios: one test per bad input ------------------------------------------------------------
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(InputError) as e:
-        load_scenarios(tmp_path / "nope.json", LABELS)
-    assert only_problem(e) == f"{tmp_path / 'nope.json'}: file not found"
-
-
-def test_malformed_json_names_line_and_col(tmp_path):
-    path = write(tmp_path / "g.json", '[\n  {"text": "a", "label": "aligned"},\n  {"text": "b" "label": 1}\n]')
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e).startswith(f"{path}: malformed JSON at line 3 col 16: Expecting ',' delimiter")
+        load_scenarios(path, labels)
+    assert compare(only_problem(e), expected.replace("{path}", str(path)))
 
 
 def test_malformed_jsonl_lines_all_reported(tmp_path):
@@ -112,95 +136,6 @@ def test_malformed_jsonl_lines_all_reported(tmp_path):
     assert len(problems) == 2
     assert problems[0].startswith(f"{path}: line 2: malformed JSON at col")
     assert problems[1].startswith(f"{path}: line 3: malformed JSON at col")
-
-
-def test_not_utf8(tmp_path):
-    path = tmp_path / "g.json"
-    path.write_bytes(b'[{"text": "\xff\xfe", "label": "aligned"}]')
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: not UTF-8 text (byte 11)"
-
-
-@pytest.mark.parametrize("data, kind", [(5, "int"), ("text", "str")])
-def test_top_level_not_a_list(tmp_path, data, kind):
-    path = write_json(tmp_path / "g.json", data)
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: top level must be a list of objects, got {kind}"
-
-
-def test_object_without_samples_list(tmp_path):
-    path = write_json(tmp_path / "g.json", {"items": [], "version": 2})
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == (f"{path}: top level is an object without a `samples` or `data` list "
-                               "(keys: items, version)")
-
-
-def test_item_not_an_object(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": "a", "label": "aligned"}, "just text"])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 1: expected an object, got str 'just text'"
-
-
-def test_missing_text(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"label": "aligned"}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `text` is missing"
-
-
-@pytest.mark.parametrize("text", ["", "   \n\t"])
-def test_empty_or_whitespace_text(tmp_path, text):
-    path = write_json(tmp_path / "g.json", [{"text": text, "label": "aligned"}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `text` is empty or whitespace only ({text!r})"
-
-
-def test_non_string_text(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": 42, "label": "aligned"}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `text` must be a string, got int 42"
-
-
-def test_missing_label(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": "a"}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `label` is missing"
-
-
-def test_unknown_label_lists_allowed(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": "a", "label": "AF"}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, ["alignment_faking", "aligned"])
-    assert only_problem(e) == (f"{path}: item 0: `label` 'AF' is not a known label (known: alignment_faking, "
-                               "aligned; edit known_labels in configs/paths.yaml)")
-
-
-def test_non_string_label(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": "a", "label": 1}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `label` must be a string, got int 1"
-
-
-def test_non_string_source(tmp_path):
-    path = write_json(tmp_path / "g.json", [{"text": "a", "label": "aligned", "category": ["x"]}])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: item 0: `category` must be a string, got list ['x']"
-
-
-def test_empty_list(tmp_path):
-    path = write_json(tmp_path / "g.json", [])
-    with pytest.raises(InputError) as e:
-        load_scenarios(path, LABELS)
-    assert only_problem(e) == f"{path}: contains no scenarios"
 
 
 def test_all_problems_of_a_file_reported_together_and_nothing_written(tmp_path):

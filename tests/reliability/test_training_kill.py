@@ -82,6 +82,20 @@ def run_child(toy, out: Path, kill: dict | None, resume: bool = False, extra: li
     return proc.returncode
 
 
+def resume_matches_straight(toy, out: Path, straight: Path, resume_step: int, extra: list[str] | None = None,
+                            steps: int = STEPS) -> None:
+    """Resume the killed run in `out` from its checkpoint `resume_step` to the end: the adapter matches the
+    uninterrupted run's bit for bit, and every step is logged once, with the same loss, schedule and example
+    ids (the example-order log)."""
+    cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, extra), str(out))
+    summary = T.main(cfg, force=True, resume=True, max_steps=steps)
+    assert summary["resumed_from"].endswith(f"checkpoint-{resume_step:08d}"), summary["resumed_from"]
+    a = load_file(straight / "final" / "adapter" / "adapter_model.safetensors")
+    b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_entries(out) == train_entries(straight)
+
+
 # (what is killed, at which call, where that lands; steps/checkpoint the resume must start from)
 KILL_POINTS = [
     ("training.data.collate", 7, "mid-epoch, at the start of step 4 (last checkpoint: step 2)", 2),
@@ -101,15 +115,7 @@ def test_killed_training_resumes_exactly(toy, straight, tmp_path, function, call
     out = tmp_path / "killed"
     assert run_child(toy, out, {"function": function, "call": call}) == -signal.SIGKILL, f"no kill {where}"
     assert not (out / "final").exists()
-    cfg = load_train_config(str(CPU_CONFIG), config_sets(toy), str(out))
-    summary = T.main(cfg, force=True, resume=True, max_steps=STEPS)
-    assert summary["resumed_from"].endswith(f"checkpoint-{resume_step:08d}"), summary["resumed_from"]
-
-    a = load_file(straight / "final" / "adapter" / "adapter_model.safetensors")
-    b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # every step logged once, with the same loss, schedule and example ids as the uninterrupted run
-    assert train_entries(out) == train_entries(straight)
+    resume_matches_straight(toy, out, straight, resume_step)
     assert [p.name for p in C.complete_checkpoints(out / "checkpoints")] == [
         f"checkpoint-{s:08d}" for s in (STEPS - 2, STEPS)]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # partial saves gone
@@ -134,14 +140,7 @@ def test_killed_packed_training_resumes_exactly(toy, straight_packed, tmp_path, 
     out = tmp_path / "killed"
     kill = {"function": "training.packing.collate", "call": call}
     assert run_child(toy, out, kill, extra=PACKED, steps=PACKED_STEPS) == -signal.SIGKILL, f"no kill {where}"
-    cfg = load_train_config(str(CPU_CONFIG), config_sets(toy, PACKED), str(out))
-    summary = T.main(cfg, force=True, resume=True, max_steps=PACKED_STEPS)
-    assert summary["resumed_from"].endswith(f"checkpoint-{resume_step:08d}"), summary["resumed_from"]
-    a = load_file(straight_packed / "final" / "adapter" / "adapter_model.safetensors")
-    b = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # the example-order log: the same examples, steps, losses as the uninterrupted packed run
-    assert train_entries(out) == train_entries(straight_packed)
+    resume_matches_straight(toy, out, straight_packed, resume_step, extra=PACKED, steps=PACKED_STEPS)
 
 
 def test_kills_during_checkpoint_saves_always_leave_a_loadable_checkpoint(toy, tmp_path):
