@@ -4,6 +4,7 @@ line names the file, the place and the problem; nothing written).
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 
@@ -119,10 +120,8 @@ BAD_SCENARIO_FILES = [
 @pytest.mark.parametrize("content, labels, compare, expected", BAD_SCENARIO_FILES)
 def test_bad_scenario_file_is_one_line(tmp_path, content, labels, compare, expected):
     path = tmp_path / "g.json"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        write_json(path, content)
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
     with pytest.raises(InputError) as e:
         load_scenarios(path, labels)
     assert compare(only_problem(e), expected.replace("{path}", str(path)))
