@@ -3,8 +3,8 @@
 organism (build or reuse) -> synthetic assets -> preflight -> Task 3 paired pass on vLLM -> a steering
 direction derived from the organism and a steering grid -> Task 1 features -> train the self-explainer
 on each task -> evaluate against baselines -> for Tasks 3 and 2, also the cross explainer (the organism's
-twin, another secret) and the text-only baselines: `compare` -> report. Every stage is the same subcommand a user runs by
-hand, called with the CPU configs; the real thing is the same sequence with the GPU configs and
+twin, another secret) and the text-only baselines: `compare` -> report. Every stage is the same subcommand a
+user runs by hand, called with the CPU configs; the real thing is the same sequence with the GPU configs and
 configs/paths.yaml pointing at the real assets (see README).
 """
 
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,17 +63,66 @@ def _cli(argv: list) -> None:
     """One stage through the CLI; its failure keeps its kind (exit 2: bad input, exit 1: the stage failed)."""
     from app.cli import main as cli_main
 
-    code = cli_main([str(a) for a in argv])
+    _check_exit(argv[0], cli_main([str(a) for a in argv]), "above")
+
+
+def _check_exit(command: str, code: int, where: str) -> None:
     if code == EXIT_BAD_INPUT:
-        raise InputError(f"demo stage `{argv[0]}` refused its input (exit {code}); its message is above")
+        raise InputError(f"demo stage `{command}` refused its input (exit {code}); its message is {where}")
     if code:
-        raise StageFailure(f"demo stage `{argv[0]}` failed (exit {code}); its message is above")
+        raise StageFailure(f"demo stage `{command}` failed (exit {code}); its message is {where}")
+
+
+class Beside:
+    """Stages run in turn in child processes of one torch thread, beside the demo's own stages (toy profile:
+    Task 1's explainer beside the two comparisons, whose trainings leave a core idle while each scores its
+    arms, so the demo ends sooner than with Task 1 after them). Their output goes to `log`, printed by `join`."""
+
+    def __init__(self, stages: list[tuple[str, list]], log: Path):
+        self.stages, self.log, self.timings = stages, log, {}
+        self.failed: tuple[str, int] | None = None
+        self.proc: subprocess.Popen | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: the same bits as a test worker's run
+        with open(self.log, "w") as out:
+            for name, argv in self.stages:
+                t = time.perf_counter()
+                if self.stopped:
+                    return
+                self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", *map(str, argv)], stdout=out,
+                                             stderr=subprocess.STDOUT, env=env)
+                code = self.proc.wait()
+                self.timings[name] = time.perf_counter() - t
+                if code:
+                    self.failed = (argv[0], code)
+                    return
+
+    def stop(self) -> None:
+        """The demo failed elsewhere: end the running stage (a training resumes from its checkpoints)."""
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+        self.thread.join()
+
+    def join(self) -> dict[str, float]:
+        """Wait for the stages, print their output; a failure keeps its kind, as in `_cli`."""
+        self.thread.join()
+        print(f"\n=== beside the comparisons: {', '.join(name for name, _ in self.stages)} (output: {self.log}) ===")
+        print(self.log.read_text(errors="replace"), flush=True)
+        if self.failed:
+            _check_exit(*self.failed, f"in {self.log}")
+        return self.timings
 
 
 def _paths_yaml(run: Path, assets: Path) -> Path:
     """A paths config for the synthetic assets (the toy stand-in for configs/paths.yaml)."""
     path = run / "paths.yaml"
-    path.write_text(f"# written by af-introspect demo: the synthetic assets of this run\ndata_root: {assets.resolve()}\n")
+    path.write_text("# written by af-introspect demo: the synthetic assets of this run\n"
+                    f"data_root: {assets.resolve()}\n")
     return path
 
 
@@ -87,7 +140,7 @@ def check_explainer_folder(config: str, sets: list[str], out: Path, max_steps: i
     write_json_atomic(out / ARM_FINGERPRINT, fp)
 
 
-def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
+def _final_table(run: Path, timings: dict[str, float], total: float | None = None) -> list[str]:
     """Per task: records, % behaviour changed, explainer score vs baselines on held-out data."""
     lines = [f"{'task':<8} {'records':>8} {'changed':>8}  {'metric':<22} {'explainer':>9} {'untrained':>9} "
              f"{'majority':>9} {'nearest':>9}"]
@@ -112,7 +165,10 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
         key = "semantic_similarity" if task == "task1" else "exact_match"
         q = "generative_explanation" if "generative_explanation" in test else next(iter(test), "-")
         methods = test.get(q, {})
-        cell = lambda m: f"{methods[m][key]:.2f}" if m in methods and key in methods[m] else "-"  # noqa: E731
+
+        def cell(m: str, methods: dict = methods, key: str = key) -> str:
+            return f"{methods[m][key]:.2f}" if m in methods and key in methods[m] else "-"
+
         lines.append(f"{task:<8} {n:>8} {changed:>8}  {q + ' ' + key[:5]:<22} {cell('explainer'):>9} "
                      f"{cell('untrained'):>9} {cell('majority'):>9} {cell('nearest_neighbour'):>9}")
         if "zeroed_vectors" in methods and task == "task1":  # Task 2's are in the strict line below
@@ -133,7 +189,8 @@ def _final_table(run: Path, timings: dict[str, float]) -> list[str]:
                       "scores, bootstrap 95% intervals over groups):",
                       *(change_rate_lines(run / "task3") if task == "task3" else []),
                       *format_table(read_result(compare)).splitlines()]
-    lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
+    total = sum(timings.values()) if total is None else total  # stages run beside others overlap: the real wall
+    lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
     return lines
 
 
@@ -166,12 +223,32 @@ def _task1_lines(evaluation: EvalMetrics, q: str) -> list[str]:
     return lines + gap_lines(methods, indent="         ")
 
 
+def explainer_stages(run: Path, task: str, stem: str, folder: str, paths: Path, log, args) -> list[tuple[str, list]]:
+    """An explainer outside a comparison: debug run, training, evaluation; only the evaluation when the folder
+    holds a finished explainer of this same recipe and data (check_explainer_folder refuses any other)."""
+    out = run / f"explainer_{task}"
+    sets = [f"train.dataset={run / folder}", f"train.paths={paths}"]
+    common = ["--config", config_path(stem, args.profile), "--output-dir", out,
+              *[arg for item in sets for arg in ("--set", item)]]
+    check_explainer_folder(config_path(stem, args.profile), sets, out, int(args.max_steps or 0))
+    stages: list[tuple[str, list]] = []
+    if (out / "final" / "COMPLETE").is_file():
+        print(f"\n=== train-{task}: reusing {out / 'final'} ===")
+    else:
+        resume = ["--resume"] if any((out / "checkpoints").glob("*/COMPLETE")) else []
+        stages += [(f"train-{task}-debug", ["train", *common, "--debug"]),
+                   (f"train-{task}", ["train", *common, *resume, "--progress-log", log]
+                    + (["--max-steps", args.max_steps] if args.max_steps else []))]
+    return stages + [(f"evaluate-{task}", ["evaluate", *common, "--progress-log", log])]
+
+
 def main(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     assets = run / "assets"
     log = args.progress_log or run / "PROGRESS.md"
     timings: dict[str, float] = {}
+    t_start = time.perf_counter()
 
     def stage(name: str, argv: list) -> None:
         print(f"\n=== {name} ===", flush=True)
@@ -197,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
     if args.profile == "toy" and args.sampled_scenarios:
         stage("generate-sampled", ["generate", "--config", cfg["generate"], "--paths-config", paths,
                                    "--output-dir", run / "sampled" / "task3", "--samples", 8, "--max-new-tokens", 32,
-                                   "--limit", args.sampled_scenarios, "--test-size", max(1, args.sampled_scenarios // 4),
+                                   "--limit", args.sampled_scenarios,
+                                   "--test-size", max(1, args.sampled_scenarios // 4),
                                    "--set", f"progress_log={log}"])
     if args.profile == "toy":  # the real run steers along the user's af_intent_direction.npy
         stage("steer-direction", ["steer", "--config", cfg["steer"], "--paths-config", paths,
@@ -213,29 +291,27 @@ def main(args: argparse.Namespace) -> int:
     stage("features", ["features", "--config", cfg["features"], "--paths-config", paths,
                        "--output-dir", run / "task1", "--set", f"progress_log={log}"])
     wanted = set(args.tasks.split(","))
-    for task, stem, folder in EXPLAINERS:
-        if task not in wanted:
-            continue
-        if task in COMPARED:  # self vs cross: the self arm is this task's explainer
-            sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
-            stage(f"compare-{task}", ["compare", "--config", config_path(f"compare_{task}", args.profile),
-                                      "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
-                                      "--set", f"max_steps={args.max_steps}", "--progress-log", log])
-            continue
-        out = run / f"explainer_{task}"
-        sets = [f"train.dataset={run / folder}", f"train.paths={paths}"]
-        common = ["--config", config_path(stem, args.profile), "--output-dir", out,
-                  *[arg for item in sets for arg in ("--set", item)]]
-        check_explainer_folder(config_path(stem, args.profile), sets, out, int(args.max_steps or 0))
-        if (out / "final" / "COMPLETE").is_file():  # a finished explainer of this same recipe and data: reuse it
-            print(f"\n=== train-{task}: reusing {out / 'final'} ===")
-        else:
-            stage(f"train-{task}-debug", ["train", *common, "--debug"])
-            resume = ["--resume"] if any((out / "checkpoints").glob("*/COMPLETE")) else []
-            stage(f"train-{task}", ["train", *common, *resume, "--progress-log", log]
-                  + (["--max-steps", args.max_steps] if args.max_steps else []))
-        stage(f"evaluate-{task}", ["evaluate", *common, "--progress-log", log])
+    alone = [s for task, stem, folder in EXPLAINERS if task in wanted and task not in COMPARED
+             for s in explainer_stages(run, task, stem, folder, paths, log, args)]
+    # toy: beside the comparisons (one thread, the rest of the CPU); real: after them, on the GPU they free
+    beside = Beside(alone, run / "explainers_beside.log") if alone and args.profile == "toy" else None
+    try:
+        for task, _, folder in EXPLAINERS:
+            if task in wanted and task in COMPARED:  # self vs cross: the self arm is this task's explainer
+                sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
+                stage(f"compare-{task}", ["compare", "--config", config_path(f"compare_{task}", args.profile),
+                                          "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
+                                          "--set", f"max_steps={args.max_steps}", "--progress-log", log])
+    except BaseException:
+        if beside:
+            beside.stop()
+        raise
+    if beside:
+        timings.update({f"{name} (beside)": t for name, t in beside.join().items()})
+    else:
+        for name, argv in alone:
+            stage(name, argv)
     stage("report", ["report", run, "--progress-log", log])
-    print("\n" + "\n".join(_final_table(run, timings)))
+    print("\n" + "\n".join(_final_table(run, timings, time.perf_counter() - t_start)))
     print(f"\nreport: {run / 'report.md'} (plots in {run / 'plots'}); research log: {log}")
     return 0

@@ -51,7 +51,8 @@ def write_explanations(out: Path, mode: str, layer: int, splits: dict[str, list[
         "explanation_dir": str(root),
         "sae_save_path": "features",
         "layers": [int(layer)],
-        "split_explanations_data": {m: f"explanations/by_{m}/{{split}}_explanations.pkl" for m in ("cluster", "feature")},
+        "split_explanations_data": {m: f"explanations/by_{m}/{{split}}_explanations.pkl"
+                                    for m in ("cluster", "feature")},
         "columns": "column f of features/layer_<L>.pkl is SAE feature f (original index); unselected columns are zero",
     })
 

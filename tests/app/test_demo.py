@@ -47,7 +47,8 @@ def test_demo_recovers_the_planted_truth(tmp_path, organism_dir):
 
     # Task 2: the steering explainer is the self arm of its own comparison; random3 is held out of training
     compare2 = read_summary(run / "compare_task2" / "compare.json", CompareResult)
-    assert {"self", "cross", "lookup", "no_effect", "zeroed_vectors"} <= set(compare2.scores["generative_explanation"].methods)
+    methods2 = set(compare2.scores["generative_explanation"].methods)
+    assert {"self", "cross", "lookup", "no_effect", "zeroed_vectors"} <= methods2
     assert "Task 2, self vs cross" in proc.stdout and "held-out direction (never trained on)" in proc.stdout
     # the peers' baselines (training/peers.py) and the explainer's calibration, in the table
     assert "few-shot in context" in proc.stdout and "vector_nearest_neighbour" in proc.stdout
@@ -91,6 +92,20 @@ def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
     monkeypatch.setattr(app.cli, "main", lambda argv: code)
     with pytest.raises(kind):
         app.demo._cli(["generate"])
+
+
+def test_stages_beside_the_others_run_in_turn_and_keep_their_failure_kind(tmp_path):
+    """Task 1's explainer runs beside the comparisons (toy profile): its stages in turn, their output in a
+    log that join prints, bad input still exit 2 (InputError), and nothing after a failed stage runs."""
+    from app.demo import Beside
+
+    done = Beside([("help", ["organism", "--help"])], tmp_path / "ok.log")
+    assert set(done.join()) == {"help"} and "usage:" in (tmp_path / "ok.log").read_text()
+    failed = Beside([("bad", ["train", "--config", str(tmp_path / "missing.yaml")]), ("never", ["organism", "--help"])],
+                    tmp_path / "bad.log")
+    with pytest.raises(InputError, match="bad.log"):
+        failed.join()
+    assert set(failed.timings) == {"bad"} and "config file not found" in (tmp_path / "bad.log").read_text()
 
 
 def test_the_table_says_so_when_a_baseline_reaches_the_explainer():

@@ -10,10 +10,10 @@ tells them apart. Held-out scenarios are whole held-out triggers (group_pattern)
 comes from a trigger only the organism's own weights map to a family: the lookup table (arm and context)
 cannot know it, and the explainer with its vectors zeroed cannot know the direction.
 
-Measured (2026-12-07, trigger-held-out split, seed 0; docs/evidence.md "Evidence II"): explainer 0.93
-strict exact match, lookup 0.62 (paired gap +0.31 [+0.07, +0.54]), no-effect bound 0.85, zeroed vectors 0.85
-(gap +0.08 [+0.05, +0.12]), shuffled 0.77, majority 0.52 (gap +0.41 [+0.20, +0.62]); held-out direction (60
-items) explainer 1.00 = no-effect bound, no change predicted. With one random direction in training (the
+Measured (2026-12-07, trigger-held-out split, seed 0, 8 epochs; docs/evidence.md "Task 2 at fewer epochs"):
+explainer 0.92 strict exact match, lookup 0.62 (paired gap +0.30 [+0.07, +0.53]), no-effect bound 0.85, zeroed
+vectors 0.85 (gap +0.08 [+0.04, +0.12]), shuffled 0.76, majority 0.52 (gap +0.40 [+0.20, +0.61]); held-out
+direction (60 items) explainer 1.00 = no-effect bound, no change predicted. With one random direction in training (the
 grid before) the explainer predicted a change along the held-out one on 15 of 60 items: 0.75, gap to the
 bound -0.25 [-0.45, -0.07].
 """
@@ -86,13 +86,13 @@ def test_toy_steering_explainer_beats_the_lookup_table_and_needs_its_vectors(tmp
     for broken in ("zeroed_vectors", "shuffled_vectors"):
         assert test[broken]["gap"].lo > 0, (broken, test[broken])
     # the vector nearest neighbour (the most common answer of the training items with the most similar vector)
-    # reads the arm, so it predicts changes (measured strict changed F1 0.61, majority 0), but not the scenario's
-    # trigger family: the explainer beats it on the same scenarios (measured 0.93 vs 0.51, gap +0.42 [+0.27, +0.57])
+    # reads the arm, so it predicts changes (measured strict changed F1 0.60, majority 0), but not the scenario's
+    # trigger family: the explainer beats it on the same scenarios (measured 0.92 vs 0.54, gap +0.38 [+0.19, +0.57])
     nn = test["vector_nearest_neighbour"]
     assert nn["strict_changed_f1"].value >= 0.3 and nn["gap"].lo > 0, nn
     # calibration, bug injection on the explainer's own answers: its confidences and P(changed) paired with
-    # the wrong items give a worse Brier score and an AUROC of "changed" near 0.5 (measured: Brier 0.05 -> 0.09,
-    # AUROC 0.99 -> 0.49 over 20 shuffles)
+    # the wrong items give a worse Brier score and an AUROC of "changed" near 0.5 (measured at 8 epochs: Brier
+    # 0.081 -> 0.105, AUROC 0.94 -> 0.50 over 20 shuffles)
     assert test["explainer"]["auroc_changed"].value >= 0.9, test["explainer"]
     _shuffled_calibration_is_worse(Path(result["out_dir"]) / "predictions.jsonl")
     # a direction never trained on (random3), along which nothing changes: the explainer does not invent an
