@@ -276,7 +276,7 @@ def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Ex
     # chance on these same items: the most common training answer of each question type, strictly scored
     common = {key: Counter(ex.target for ex in train if (ex.task, ex.question_type) == key).most_common(1)[0][0]
               for key in sets}
-    chance = {q: row["strict_exact_match"] for q, row in strict_by_question(
+    chance = {q: row["strict_exact_match"].value for q, row in strict_by_question(
         shown, [common[ex.task, ex.question_type] for ex in shown], shown_groups, n_boot=1).items()}
     # at the smallest k only: on the toy's Task 3 k = 4 and 8 ranked alike (0.33 / 1.00 / 0.33 on the three
     # question types, docs/peers.md) and k = 8's prompts cost twice the CPU

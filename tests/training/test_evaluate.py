@@ -186,6 +186,13 @@ def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
     assert set(metrics["seconds"]) >= {"fewshot", "fewshot_ranked", "calibration"}
     ranked = metrics["splits"]["test"]["orig_match"]["fewshot_k4_ranked"]  # ranked choice among training answers
     assert ranked["choices"] == 2 and {"chance_same_items", "distinct_answers", "gap"} <= set(ranked)
+    assert isinstance(ranked["chance_same_items"], float)  # a rate, not an Interval
+    # what the report prints from this very file (the demo once failed here on an Interval where a rate was due)
+    from app.report_scores import peer_lines
+    from records.schema import read_eval_metrics
+
+    decoded = read_eval_metrics(f"{out}/metrics.json").splits["test"]
+    assert any(line.startswith("few-shot ranked choice") for q in decoded for line in peer_lines(decoded[q]))
 
 
 def test_lookup_baseline_answers_each_steering_cell_with_its_training_majority():
