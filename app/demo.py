@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,51 +67,6 @@ def _check_exit(command: str, code: int, where: str) -> None:
         raise InputError(f"demo stage `{command}` refused its input (exit {code}); its message is {where}")
     if code:
         raise StageFailure(f"demo stage `{command}` failed (exit {code}); its message is {where}")
-
-
-class Beside:
-    """Stages run in turn in child processes of one torch thread, beside the demo's own stages (toy profile:
-    Task 1's explainer beside the two comparisons, whose trainings leave a core idle while each scores its
-    arms, so the demo ends sooner than with Task 1 after them). Their output goes to `log`, printed by `join`."""
-
-    def __init__(self, stages: list[tuple[str, list]], log: Path):
-        self.stages, self.log, self.timings = stages, log, {}
-        self.failed: tuple[str, int] | None = None
-        self.proc: subprocess.Popen | None = None
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: the same bits as a test worker's run
-        with open(self.log, "w") as out:
-            for name, argv in self.stages:
-                t = time.perf_counter()
-                if self.stopped:
-                    return
-                self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", *map(str, argv)], stdout=out,
-                                             stderr=subprocess.STDOUT, env=env)
-                code = self.proc.wait()
-                self.timings[name] = time.perf_counter() - t
-                if code:
-                    self.failed = (argv[0], code)
-                    return
-
-    def stop(self) -> None:
-        """The demo failed elsewhere: end the running stage (a training resumes from its checkpoints)."""
-        self.stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-        self.thread.join()
-
-    def join(self) -> dict[str, float]:
-        """Wait for the stages, print their output; a failure keeps its kind, as in `_cli`."""
-        self.thread.join()
-        print(f"\n=== beside the comparisons: {', '.join(name for name, _ in self.stages)} (output: {self.log}) ===")
-        print(self.log.read_text(errors="replace"), flush=True)
-        if self.failed:
-            _check_exit(*self.failed, f"in {self.log}")
-        return self.timings
 
 
 def _paths_yaml(run: Path, assets: Path) -> Path:
@@ -189,7 +140,7 @@ def _final_table(run: Path, timings: dict[str, float], total: float | None = Non
                       "scores, bootstrap 95% intervals over groups):",
                       *(change_rate_lines(run / "task3") if task == "task3" else []),
                       *format_table(read_result(compare)).splitlines()]
-    total = sum(timings.values()) if total is None else total  # stages run beside others overlap: the real wall
+    total = sum(timings.values()) if total is None else total  # the real wall, setup between stages included
     lines.append("wall: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
     return lines
 
@@ -293,24 +244,16 @@ def main(args: argparse.Namespace) -> int:
     wanted = set(args.tasks.split(","))
     alone = [s for task, stem, folder in EXPLAINERS if task in wanted and task not in COMPARED
              for s in explainer_stages(run, task, stem, folder, paths, log, args)]
-    # toy: beside the comparisons (one thread, the rest of the CPU); real: after them, on the GPU they free
-    beside = Beside(alone, run / "explainers_beside.log") if alone and args.profile == "toy" else None
-    try:
-        for task, _, folder in EXPLAINERS:
-            if task in wanted and task in COMPARED:  # self vs cross: the self arm is this task's explainer
-                sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
-                stage(f"compare-{task}", ["compare", "--config", config_path(f"compare_{task}", args.profile),
-                                          "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
-                                          "--set", f"max_steps={args.max_steps}", "--progress-log", log])
-    except BaseException:
-        if beside:
-            beside.stop()
-        raise
-    if beside:
-        timings.update({f"{name} (beside)": t for name, t in beside.join().items()})
-    else:
-        for name, argv in alone:
-            stage(name, argv)
+    # Task 1 after the comparisons: run beside them (one thread, in a child process) it cost the demo ~50 s on
+    # 2 cores, since each comparison's two arms already train one thread each (2026-12-07, launch/demo.sh)
+    for task, _, folder in EXPLAINERS:
+        if task in wanted and task in COMPARED:  # self vs cross: the self arm is this task's explainer
+            sets = json.dumps([f"train.dataset={run / folder}", f"train.paths={paths}"])
+            stage(f"compare-{task}", ["compare", "--config", config_path(f"compare_{task}", args.profile),
+                                      "--output-dir", run / f"compare_{task}", "--set", f"sets={sets}",
+                                      "--set", f"max_steps={args.max_steps}", "--progress-log", log])
+    for name, argv in alone:
+        stage(name, argv)
     stage("report", ["report", run, "--progress-log", log])
     print("\n" + "\n".join(_final_table(run, timings, time.perf_counter() - t_start)))
     print(f"\nreport: {run / 'report.md'} (plots in {run / 'plots'}); research log: {log}")

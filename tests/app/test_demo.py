@@ -94,20 +94,6 @@ def test_a_failing_stage_keeps_its_kind_and_exit_code(monkeypatch, code, kind):
         app.demo._cli(["generate"])
 
 
-def test_stages_beside_the_others_run_in_turn_and_keep_their_failure_kind(tmp_path):
-    """Task 1's explainer runs beside the comparisons (toy profile): its stages in turn, their output in a
-    log that join prints, bad input still exit 2 (InputError), and nothing after a failed stage runs."""
-    from app.demo import Beside
-
-    done = Beside([("help", ["organism", "--help"])], tmp_path / "ok.log")
-    assert set(done.join()) == {"help"} and "usage:" in (tmp_path / "ok.log").read_text()
-    failed = Beside([("bad", ["train", "--config", str(tmp_path / "missing.yaml")]), ("never", ["organism", "--help"])],
-                    tmp_path / "bad.log")
-    with pytest.raises(InputError, match="bad.log"):
-        failed.join()
-    assert set(failed.timings) == {"bad"} and "config file not found" in (tmp_path / "bad.log").read_text()
-
-
 def test_the_table_says_so_when_a_baseline_reaches_the_explainer():
     from app.report import strict_lines
     from records.schema import Interval
