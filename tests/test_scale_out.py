@@ -83,7 +83,8 @@ def test_each_worker_gets_its_own_block_of_gpus():
 
 def test_no_workers_is_refused(assets, organism_dir, tmp_path, capsys):
     assert generate(assets, organism_dir, tmp_path / "o", "--data-parallel", "0") == 2
-    assert "--data-parallel 0: must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err  # a bound in the config's type: the field, the bound and the value
+    assert "`$.data_parallel`" in err and ">= 1" in err and "(value: 0)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
