@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # cached): test_sampled 34 s, test_rehearsal 27 s; test_collapse (9 s) and test_ii_markers (1 s) need no place.
 # launch/test.sh turns off xdist's own reordering (most test cases first), which would override this.
 LONGEST_FIRST = ("training/test_compare.py", "app/test_demo.py", "test_scale_out.py", "steering/test_task2_heldout.py",
-                 "steering/test_steering.py", "organism/test_organism.py", "features/test_task1_heldout.py",
+                 "steering/test_steering_run.py", "organism/test_organism.py", "features/test_task1_heldout.py",
                  "generation/test_generation.py", "reliability/test_records_kill.py", "generation/test_sampled.py",
                  "organism/test_rehearsal.py")
 
