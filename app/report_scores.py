@@ -83,8 +83,6 @@ def peer_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
     training/calibration.py, training/templates.py): the few-shot draws' spread, a similarity line where
     there is no strict score (feature descriptions), the explainer's confidence scored against the truth, and
     its score under each prompt template."""
-    from training.peers import ranked_lines
-
     lines = []
     fewshot = {m: v for m, v in methods.items() if m.startswith("fewshot_k")}
     if any("strict_exact_match_draw_min" in v for v in fewshot.values()):
@@ -187,3 +185,28 @@ def task1_scores(metrics: EvalMetrics) -> list[str]:
                   else "LM judge: not configured (set test.feature_judge.model in the training config to score "
                        "descriptions with the paper's 1-5 judge)", ""]
     return lines
+
+
+def ranked_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
+    """The ranked-choice few-shot scores beside chance (the most common training answer, on the same items
+    where known, else the majority baseline's score): near chance when chance lies inside the ranked score's
+    interval; "one answer" when the base gave the same answer to every item in every draw."""
+    ranked = {m: v for m, v in methods.items() if m.endswith("_ranked") and "strict_exact_match" in v}
+    first = next(iter(ranked.values()), {})
+    majority = methods.get("majority", {}).get("strict_exact_match")
+    chance = first.get("chance_same_items", majority.value if majority is not None else None)
+    if not ranked or chance is None:
+        return []
+
+    def verdict(v: Scores) -> str:
+        lo, hi = v["strict_exact_match"].lo, v["strict_exact_match"].hi
+        where = "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
+        return where + ", one answer for every item" if v.get("distinct_answers") == 1 else where
+
+    explainer = methods.get("explainer", {}).get("strict_exact_match")
+    n = int(first.get("choices", 0))
+    return [indent + f"few-shot ranked choice (the untrained base's most likely of the {n} training answers after "
+            "the same k-shot prompt; strict exact match [95% CI]): "
+            + "; ".join(f"{m} {_ci(v['strict_exact_match'])} ({verdict(v)})" for m, v in ranked.items())
+            + f"; chance (the most common training answer{' on these items' if 'chance_same_items' in first else ''})"
+            f" {chance:.2f}" + (f", explainer {explainer.value:.2f}" if explainer is not None else "")]

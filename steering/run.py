@@ -28,7 +28,7 @@ from lm import judge as lm_judge
 from lm.judge_config import for_stage
 from lm.labels import DEGENERATE
 from lm.models import is_toy
-from records.config import config_hash, convert_config, encode_config
+from records.config import config_hash, revalidate
 from records.errors import InputError
 from records.jsonl import write_atomic, write_json_atomic, write_records_atomic
 from records.lock import output_lock
@@ -59,7 +59,7 @@ def check_config(cfg: SteerConfig) -> None:
     """The config's type bounds (also for a config built in Python, which msgspec does not check), then what a
     type cannot say: the held-out directions must be directions of this run and leave some to train on, and
     no context may be listed twice."""
-    convert_config(encode_config(cfg), SteerConfig, where="steer config")
+    revalidate(cfg, "steer config")
     names = [n for n, _ in dirmod.direction_names(cfg)]
     for name in cfg.test_directions:
         if name not in names:

@@ -293,35 +293,6 @@ def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Ex
             out.rows.setdefault(q, {})[fewshot_method(k, ranked=True)] = row
 
 
-def ranked_lines(methods: dict[str, dict], indent: str = "") -> list[str]:
-    """The ranked-choice few-shot scores beside chance (the most common training answer, on the same items
-    where known, else the majority baseline's score): near chance when chance lies inside the ranked score's
-    interval; "one answer" when the base gave the same answer to every item in every draw."""
-    ranked = {m: v for m, v in methods.items() if m.endswith("_ranked") and "strict_exact_match" in v}
-    first = next(iter(ranked.values()), {})
-    majority = methods.get("majority", {}).get("strict_exact_match")
-    chance = first.get("chance_same_items", majority.value if majority is not None else None)
-    if not ranked or chance is None:
-        return []
-
-    def verdict(v: dict) -> str:
-        lo, hi = v["strict_exact_match"].lo, v["strict_exact_match"].hi
-        where = "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
-        return where + ", one answer for every item" if v.get("distinct_answers") == 1 else where
-
-    def ci(v: dict) -> str:
-        s = v["strict_exact_match"]
-        return f"{s.value:.2f} [{s.lo:.2f}, {s.hi:.2f}]"
-
-    explainer = methods.get("explainer", {}).get("strict_exact_match")
-    n = int(first.get("choices", 0))
-    return [indent + f"few-shot ranked choice (the untrained base's most likely of the {n} training answers after "
-            "the same k-shot prompt; strict exact match [95% CI]): "
-            + "; ".join(f"{m} {ci(v)} ({verdict(v)})" for m, v in ranked.items())
-            + f"; chance (the most common training answer{' on these items' if 'chance_same_items' in first else ''})"
-            f" {chance:.2f}" + (f", explainer {explainer.value:.2f}" if explainer is not None else "")]
-
-
 def evaluate_peers(explainer, train: list[Example], examples: list[Example], answers: list[str], groups: list | None,
                    cfg, embed, fewshot: bool = True, explainer_extras: bool = True) -> PeerResults:
     """Few-shot baselines (when `fewshot`) and, when `explainer_extras`, the explainer's calibration and its

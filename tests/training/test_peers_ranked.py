@@ -11,6 +11,7 @@ import pytest
 import torch
 from toy_records import tiny_random_explainer
 
+from app.report_scores import ranked_lines
 from records.schema import Interval
 from training import data as D
 from training import peers as P
@@ -109,13 +110,13 @@ def test_ranked_scores_sit_beside_chance_in_the_report_line():
                "majority": {"strict_exact_match": Interval(0.42, 0.31, 0.55)},
                "fewshot_k4_ranked": {"strict_exact_match": Interval(0.45, 0.30, 0.60), "choices": 3.0},
                "fewshot_k8_ranked": {"strict_exact_match": Interval(0.70, 0.55, 0.85), "choices": 3.0}}
-    (line,) = P.ranked_lines(methods)
+    (line,) = ranked_lines(methods)
     assert "of the 3 training answers" in line and "chance (the most common training answer) 0.42" in line
     assert "fewshot_k4_ranked 0.45 [0.30, 0.60] (near chance)" in line
     assert "fewshot_k8_ranked 0.70 [0.55, 0.85] (above chance)" in line
     for row in methods.values():  # chance on the few-shot items themselves; one answer for all of them
         row.update(chance_same_items=0.75, distinct_answers=1.0)
-    (line,) = P.ranked_lines(methods)
+    (line,) = ranked_lines(methods)
     assert "chance (the most common training answer on these items) 0.75" in line
     assert "fewshot_k4_ranked 0.45 [0.30, 0.60] (below chance, one answer for every item)" in line
     assert P.PeerResults(positions=[1, 2, 3], ranked_positions=[2]).positions_of("fewshot_k4_ranked") == [2]
