@@ -8,6 +8,7 @@ file's values win, lists and scalars are replaced whole.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,7 +51,16 @@ def load_config(path: str | Path, config_type: type[T], overrides: dict | None =
     raw = read_yaml(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    return convert_config(raw, config_type, where=str(path))
+    try:
+        return convert_config(raw, config_type, where=str(path))
+    except InputError as e:
+        # a value given on the command line is named as such: the file never said it
+        field = _error_field(str(e))
+        hit = next((k for k in (overrides or {}) if field == k or field.startswith(k + ".")), None)
+        if hit is None:
+            raise
+        raise InputError(f"command line {hit}={overrides[hit]!r} (over {path}): "
+                         f"{str(e).removeprefix(f'{path}: ')}") from None
 
 
 def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
@@ -121,11 +131,18 @@ def revalidate(config: T, where: str = "config") -> T:
 _MISSING = object()
 
 
+_ERROR_PATH = re.compile(r"at `\$((?:\.[\w-]+|\[\d+\])*)`")
+
+
+def _error_field(message: str) -> str:
+    """The dotted field a msgspec error's `$.a.b[0]` path names ("a.b"), or ""."""
+    match = _ERROR_PATH.search(message)
+    return ".".join(re.findall(r"\.([\w-]+)", match.group(1))) if match else ""
+
+
 def _value_at(raw: dict, message: str):
     """The offending value named by a msgspec error's `$.a.b[0]` path, or _MISSING."""
-    import re
-
-    match = re.search(r"at `\$((?:\.[\w-]+|\[\d+\])*)`", message)
+    match = _ERROR_PATH.search(message)
     if not match:
         return _MISSING
     node = raw

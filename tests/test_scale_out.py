@@ -84,7 +84,8 @@ def test_each_worker_gets_its_own_block_of_gpus():
 def test_no_workers_is_refused(assets, organism_dir, tmp_path, capsys):
     assert generate(assets, organism_dir, tmp_path / "o", "--data-parallel", "0") == 2
     err = capsys.readouterr().err  # a bound in the config's type: the field, the bound and the value
-    assert "`$.data_parallel`" in err and ">= 1" in err and "(value: 0)" in err and len(err.splitlines()) == 1
+    assert "command line data_parallel=0" in err and "`$.data_parallel`" in err and ">= 1" in err
+    assert "(value: 0)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
