@@ -85,14 +85,14 @@ def peer_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
     its score under each prompt template."""
     lines = []
     fewshot = {m: v for m, v in methods.items() if m.startswith("fewshot_k")}
-    if any("strict_exact_match_draw_min" in v for v in fewshot.values()):
+    free = {m: v for m, v in fewshot.items() if not m.endswith("_ranked")}  # ranked choice: ranked_lines
+    if any("strict_exact_match_draw_min" in v for v in free.values()):
         lines.append(indent + "few-shot in context (the untrained explainer, k solved training examples; strict exact "
                      "match of each draw): " + "; ".join(
                          f"{m} {v['strict_exact_match_draw_min']:.2f}-{v['strict_exact_match_draw_max']:.2f} over "
-                         f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in fewshot.items()
+                         f"{int(v['draws'])} draws, n {int(v['n'])}" for m, v in free.items()
                          if "strict_exact_match_draw_min" in v)
-                     + _below_majority({m: v for m, v in fewshot.items() if not m.endswith("_ranked")},
-                                       methods.get("majority", {})))
+                     + _below_majority(free, methods.get("majority", {})))
         lines += ranked_lines(methods, indent)  # the same k-shot prompt, the training answers ranked
     if "strict_exact_match" not in methods.get("explainer", {}):
         shown = {m: v["semantic_similarity"] for m, v in methods.items()

@@ -112,9 +112,15 @@ def test_peer_lines_show_few_shot_draws_calibration_and_templates():
         "majority": {"strict_exact_match": Interval(0.47, 0.2, 0.7)},
         "fewshot_k4": {"n": 24, "draws": 3, "strict_exact_match": Interval(0.0, 0.0, 0.0),
                        "strict_exact_match_draw_min": 0.0, "strict_exact_match_draw_max": 0.0},
+        "fewshot_k4_ranked": {"n": 24, "draws": 3, "choices": 2, "strict_exact_match": Interval(0.5, 0.3, 0.7),
+                              "strict_exact_match_draw_min": 0.4, "strict_exact_match_draw_max": 0.6},
     }
     text = "\n".join(peer_lines(methods))
     assert "fewshot_k4 0.00-0.00 over 3 draws, n 24" in text and "below the majority answer's 0.47" in text
+    # the "below the majority" clause is about the free-running draws: the ranked score has its own line
+    draws = next(line for line in text.splitlines() if line.startswith("few-shot in context"))
+    assert "fewshot_k4_ranked" not in draws
+    assert "fewshot_k4_ranked 0.50 [0.30, 0.70] (near chance)" in text
     assert "Brier 0.050 [0.020, 0.080]" in text and "ECE (10 bins) 0.100" in text and "AUROC of 'changed'" in text
     assert "0: 0.90, 1: 0.70; spread 0.20" in text
     # feature descriptions: similarity, no strict score
