@@ -67,6 +67,10 @@ class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     weight: float = 1.0
     question_types: dict[str, QuestionType]
     dataset: str = ""  # ours: records folder for this task; "" = train.dataset
+    # ours, act_patch only: of each random control direction, this many arms per scenario and context are
+    # trained on (a seeded draw; the test split keeps every arm); 0 = every arm. On the toy, 540 of Task 2's
+    # 930 training examples were these "no change" rows (docs/evidence.md, "Task 2: fewer null rows").
+    random_arms: NonNegative = 0
 
 
 class ContinuousTokens(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -227,6 +231,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if task not in TASK_SLOTS:
             p.add(where, f"train.tasks.{task}: unknown task (known: {', '.join(TASK_SLOTS)})")
             continue
+        if tc.random_arms and task != "act_patch":
+            p.add(where, f"train.tasks.{task}.random_arms: only act_patch has random control directions")
         if not (tc.dataset or t.dataset):
             p.add(where, f"train.tasks.{task}: no dataset (set train.dataset or the task's dataset)")
         if not any(q.weight for q in tc.question_types.values()):

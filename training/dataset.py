@@ -49,6 +49,7 @@ def load_data(cfg: TrainConfig, tokenizer, markers: dict[str, str], *, paths: Pa
         folder = E.dataset_dir(cfg, task)
         vectors = E.VectorStore(folder)
         tr, te = E.load_split(folder, task, "train"), E.load_split(folder, task, "test")
+        tr = E.thin_random_arms(tr, tc.random_arms, cfg.train.seed)
         records[task] = tr
         n_test = cfg.test.tasks[task].num_samples if task in cfg.test.tasks else 0
         te = te[:n_test] if n_test else te

@@ -132,6 +132,21 @@ def validate_records(records: list, path: Path) -> None:
     problems.raise_if_any()
 
 
+def thin_random_arms(records: list, keep: int, seed: int) -> list:
+    """Of each random control direction, `keep` arms per scenario and context (a seeded draw, stable across
+    runs), in record order; other records as they are. keep 0: every record."""
+    if not keep:
+        return records
+    arms: dict[tuple, list[str]] = {}
+    for r in records:
+        if isinstance(r, SteeringRecord) and r.direction_kind == "random":
+            arms.setdefault((r.sample_id, r.context, r.direction_name), []).append(r.arm)
+    kept = {key: set(random.Random(f"{seed}:{':'.join(key)}").sample(sorted(names), min(keep, len(names))))
+            for key, names in arms.items()}
+    return [r for r in records if not (isinstance(r, SteeringRecord) and r.direction_kind == "random")
+            or r.arm in kept[(r.sample_id, r.context, r.direction_name)]]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Building examples
 

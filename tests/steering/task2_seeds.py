@@ -1,6 +1,7 @@
 """Task 2 on several seeds: held-out scenarios (whole triggers) and the held-out direction, per recipe.
 
     python tests/steering/task2_seeds.py --seeds 0 1 2 --recipe base --recipe nulls --out /tmp/task2_seeds
+    python tests/steering/task2_seeds.py --seeds 0 --recipe nulls --train-set train.num_epochs=6 --out DIR
 
 The steering grid is configs/steer_cpu.yaml's on the demo's scenarios (40, about 10 held out by trigger),
 the explainer recipe configs/af_steering_cpu.yaml; a seed sets the steering seed (random directions, the
@@ -30,7 +31,7 @@ RECIPES = {"base": ["random_directions=2", "test_directions=[random1]"],
 SCENARIOS, TEST = 40, 10
 
 
-def run(recipe: str, seed: int, out: Path, organism_dir: str) -> dict:
+def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[str]) -> dict:
     import torch
 
     from app import cli
@@ -55,12 +56,12 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str) -> dict:
                      "--output-dir", str(records), *sets]) == 0
     torch.set_num_threads(1)
     cfg = load_train_config(str(REPO / "configs/af_steering_cpu.yaml"),
-                            [f"train.dataset={records}", f"train.paths={paths}", f"train.seed={seed}"],
+                            [f"train.dataset={records}", f"train.paths={paths}", f"train.seed={seed}", *train_sets],
                             str(root / "explainer"))
     T.main(cfg, debug=True)
     T.main(cfg)
     result = run_evaluation(cfg, untrained=False)
-    row = {"recipe": recipe, "seed": seed, "wall_s": round(time.time() - t0)}
+    row = {"recipe": recipe, "seed": seed, "train_sets": train_sets, "wall_s": round(time.time() - t0)}
     for split, name in (("test", "test"), (HELD_OUT_DIRECTION, "held_out_direction")):
         methods = result["splits"].get(split, {}).get("generative_explanation", {})
         row[name] = {m: _flat(v) for m, v in methods.items()}
@@ -88,6 +89,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipe", action="append", choices=sorted(RECIPES))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the explainer recipe, e.g. train.num_epochs=6 (repeatable)")
     args = p.parse_args()
     from organism.build import OrganismConfig, build_organism, default_cache_root
 
@@ -95,7 +98,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for recipe in args.recipe or ["base", "nulls"]:
         for seed in args.seeds:
-            row = run(recipe, seed, args.out, organism_dir)
+            row = run(recipe, seed, args.out, organism_dir, args.train_set)
             print(json.dumps(row), flush=True)
             with open(args.out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -140,9 +140,11 @@ def test_self_explainer_reads_the_organism_and_cross_does_not(compared):
     gap = gen.gaps["self-cross"]
     assert gap.value >= 0.30 and gap.lo > 0
     assert result.verdict.privileged_access
-    for q in ("orig_match", "change_match"):  # each context's own behaviour, on triggers never trained on
-        assert result.scores[q].methods["self"]["strict_exact_match"].value >= 0.9, q
-        assert result.scores[q].gaps["self-text_classifier"].lo > 0, q
+    # the monitored behaviour, on triggers never trained on (the CPU recipe does not ask change_match: the
+    # unmonitored label is the generative answer's when it changes)
+    assert "change_match" not in result.scores
+    assert result.scores["orig_match"].methods["self"]["strict_exact_match"].value >= 0.9
+    assert result.scores["orig_match"].gaps["self-text_classifier"].lo > 0
     table = (Path(cc.output_dir) / "compare_table.txt").read_text()
     assert "privileged access shown" in table and "NO privileged" not in table
 

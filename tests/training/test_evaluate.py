@@ -20,6 +20,10 @@ from training.scoring import lenient_first_word, lenient_item, parse_change, sco
 REPO = Path(__file__).resolve().parents[2]
 
 
+# the CPU recipe does not ask change_match (configs/af_context_ablation_cpu.yaml); these tests need all three
+ASK_CHANGE_MATCH = "train.tasks.hint_attribution.question_types.change_match.weight=0.5"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A few training steps of a random tiny explainer on toy Task 3 records (mechanics, not quality)."""
@@ -34,7 +38,8 @@ def tiny_run(tmp_path_factory):
     cfg = load_train_config(str(Path(__file__).resolve().parents[2] / "configs" / "af_context_ablation_cpu.yaml"), [
         f"model_path={model}", "target_model_path=toy", f"train.dataset={info['records']}",
         f"train.paths={info['paths']}", "train.num_epochs=1", "train.batch_size=8",
-        "train.eval_samples=4", "test.max_new_tokens=8"], str(root / "out"))
+        "train.eval_samples=4", "test.max_new_tokens=8",
+        ASK_CHANGE_MATCH], str(root / "out"))
     return cfg, train(cfg, force=True, max_steps=2)
 
 
