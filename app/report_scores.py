@@ -190,7 +190,8 @@ def task1_scores(metrics: EvalMetrics) -> list[str]:
 def ranked_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
     """The ranked-choice few-shot scores beside chance (the most common training answer, on the same items
     where known, else the majority baseline's score): near chance when chance lies inside the ranked score's
-    interval; "one answer" when the base gave the same answer to every item in every draw."""
+    interval. When the base gave the same answer to every item in every draw it is a constant, whatever it
+    scores (its score is that answer's share of the items): said so, with no verdict against chance."""
     ranked = {m: v for m, v in methods.items() if m.endswith("_ranked") and "strict_exact_match" in v}
     first = next(iter(ranked.values()), {})
     majority = methods.get("majority", {}).get("strict_exact_match")
@@ -199,9 +200,10 @@ def ranked_lines(methods: dict[str, Scores], indent: str = "") -> list[str]:
         return []
 
     def verdict(v: Scores) -> str:
+        if v.get("distinct_answers") == 1:
+            return "one answer for every item: a constant, reading nothing from the items"
         lo, hi = v["strict_exact_match"].lo, v["strict_exact_match"].hi
-        where = "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
-        return where + ", one answer for every item" if v.get("distinct_answers") == 1 else where
+        return "near chance" if lo <= chance <= hi else "above chance" if lo > chance else "below chance"
 
     explainer = methods.get("explainer", {}).get("strict_exact_match")
     n = int(first.get("choices", 0))

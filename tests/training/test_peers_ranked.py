@@ -115,8 +115,10 @@ def test_ranked_scores_sit_beside_chance_in_the_report_line():
     assert "fewshot_k4_ranked 0.45 [0.30, 0.60] (near chance)" in line
     assert "fewshot_k8_ranked 0.70 [0.55, 0.85] (above chance)" in line
     for row in methods.values():  # chance on the few-shot items themselves; one answer for all of them
-        row.update(chance_same_items=0.75, distinct_answers=1.0)
+        row.update(chance_same_items=0.20, distinct_answers=1.0)
     (line,) = ranked_lines(methods)
-    assert "chance (the most common training answer on these items) 0.75" in line
-    assert "fewshot_k4_ranked 0.45 [0.30, 0.60] (below chance, one answer for every item)" in line
+    assert "chance (the most common training answer on these items) 0.20" in line
+    # a constant is never "above chance", even where its answer happens to be common among these items
+    assert "fewshot_k8_ranked 0.70 [0.55, 0.85] (one answer for every item: a constant" in line
+    assert "above chance" not in line and "near chance" not in line
     assert P.PeerResults(positions=[1, 2, 3], ranked_positions=[2]).positions_of("fewshot_k4_ranked") == [2]
