@@ -19,15 +19,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The longest test files, started first: with two workers taking whole files in collection order, one
 # of them left for the end would run alone while the other worker idles (longest-first scheduling).
-# Measured on a fresh clone (seconds, the organism builds included): 275, 180, 157, 150, 128, 89, 87, 73, 66;
-# the files of issues #26-#29 alone on 2 idle cores (2026-12-07, `pytest FILE --durations=5`, organisms
-# cached): test_sampled 34 s, test_rehearsal 27 s; test_collapse (9 s) and test_ii_markers (1 s) need no place.
+# Measured in the full suite (2026-12-07 21:16 UTC, `bash launch/test.sh --durations=30`, organisms cached;
+# seconds per file, two workers): task2_heldout 262, demo 233, compare 200, scale_out ~130,
+# task1_heldout 102, records_kill 83, generation ~85, printed_commands ~40, steering_run ~35.
 # launch/test.sh turns off xdist's own reordering (most test cases first), which would override this.
-LONGEST_FIRST = ("training/test_compare.py", "app/test_demo.py", "test_scale_out.py", "steering/test_task2_heldout.py",
-                 "steering/test_steering_run.py", "organism/test_organism.py", "features/test_task1_heldout.py",
-                 "generation/test_generation.py", "reliability/test_records_kill.py", "generation/test_sampled.py",
-                 "organism/test_rehearsal.py")
-
+LONGEST_FIRST = ("steering/test_task2_heldout.py", "app/test_demo.py", "training/test_compare.py", "test_scale_out.py",
+                 "features/test_task1_heldout.py", "reliability/test_records_kill.py", "generation/test_generation.py",
+                 "app/test_printed_commands.py", "steering/test_steering_run.py", "organism/test_organism.py",
+                 "generation/test_sampled.py", "organism/test_rehearsal.py")
 
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
