@@ -69,7 +69,8 @@ class TaskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dataset: str = ""  # ours: records folder for this task; "" = train.dataset
     # ours, act_patch only: of each random control direction, this many arms per scenario and context are
     # trained on (a seeded draw; the test split keeps every arm); 0 = every arm. On the toy, 540 of Task 2's
-    # 930 training examples were these "no change" rows (docs/evidence.md, "Task 2: fewer null rows").
+    # 930 training examples were these "no change" rows; tried and not kept there (docs/evidence.md, "Task 2:
+    # fewer null rows, or batches of 8").
     random_arms: NonNegative = 0
 
 
