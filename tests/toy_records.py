@@ -22,6 +22,9 @@ from records.schema import ContextAblationRecord, EngineInfo, content_id
 ENGINE = EngineInfo(backend="planted", model="toy", dtype="float32", max_tokens=64)
 # configs/steer_cpu.yaml steers along four directions (the Task 2 explainer's grid); tests of the stage's
 # mechanics (resume, kill, sharding, bad input) steer along the file's alone, with these overrides.
+# the CPU recipe (configs/af_context_ablation_cpu.yaml) does not ask change_match; a test of Task 3's
+# mechanics that needs every question type asks it with this override
+ASK_CHANGE_MATCH = "train.tasks.hint_attribution.question_types.change_match.weight=0.5"
 ONE_DIRECTION = ("--set", "negate=false", "--set", "random_directions=0", "--set", "test_directions=[]")
 
 

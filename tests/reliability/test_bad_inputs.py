@@ -324,7 +324,8 @@ CASES: list[tuple[str, Callable[[Workspace], list[str]], list[str]]] = [
     ("steer-output-is-a-file", lambda ws: steer(ws, "--output-dir", _a_file(ws)), _FILE_REFUSED),
     ("train-output-is-a-file", lambda ws: train(ws, "--output-dir", _a_file(ws)), _FILE_REFUSED),
     # bounds in the config's types: the field's path and the value, named as the command line's (flag or --set)
-    ("generate-limit-negative", lambda ws: generate(ws, "--limit", "-2"), ["command line limit=-2", ">= 0", "-2"]),
+    ("generate-limit-negative", lambda ws: generate(ws, "--limit", "-2"),
+     ["command line limit=-2", "`$.limit`", ">= 0", "value: -2"]),
     ("generate-test-size-negative", lambda ws: generate(ws, "--test-size", "-1"), ["`$.test_size`", "value: -1"]),
     ("generate-max-new-tokens-zero", lambda ws: generate(ws, "--max-new-tokens", "0"),
      ["`$.max_new_tokens`", ">= 1", "value: 0"]),

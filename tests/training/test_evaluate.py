@@ -20,14 +20,10 @@ from training.scoring import lenient_first_word, lenient_item, parse_change, sco
 REPO = Path(__file__).resolve().parents[2]
 
 
-# the CPU recipe does not ask change_match (configs/af_context_ablation_cpu.yaml); these tests need all three
-ASK_CHANGE_MATCH = "train.tasks.hint_attribution.question_types.change_match.weight=0.5"
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A few training steps of a random tiny explainer on toy Task 3 records (mechanics, not quality)."""
-    from toy_records import tiny_random_explainer, write_toy_task3
+    from toy_records import ASK_CHANGE_MATCH, tiny_random_explainer, write_toy_task3
 
     from training.config import load_train_config
     from training.train import main as train

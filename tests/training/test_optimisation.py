@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_records import tiny_random_explainer, write_toy_task3
+from toy_records import ASK_CHANGE_MATCH, tiny_random_explainer, write_toy_task3
 
 from records.config import config_hash
 from training import checkpoint as C
@@ -27,8 +27,7 @@ from training.dataset import load_data
 REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "af_context_ablation_cpu.yaml"
 LR, WARMUP, RATIO = 0.01, 3, 4.0
-TOTAL = 18  # 24 records x 3 question types = 72 examples, batch 4, one epoch (change_match asked: the CPU
-# recipe does not ask it)
+TOTAL = 18  # 24 records x 3 question types (ASK_CHANGE_MATCH) = 72 examples, batch 4, one epoch
 
 
 def make_cfg(toy, out: Path, *sets: str):
@@ -37,8 +36,7 @@ def make_cfg(toy, out: Path, *sets: str):
         f"train.paths={toy['paths']}", "train.num_epochs=1", "train.batch_size=4", f"train.learning_rate={LR}",
         f"train.warmup_steps={WARMUP}", "train.lr_scheduler_type=linear", f"train.loraplus_lr_ratio={RATIO}",
         "train.trainable_answer_tokens=true", "train.save_steps=3", "train.eval_steps=1000", "train.eval_samples=2",
-        "test.max_new_tokens=4", "train.tasks.hint_attribution.question_types.change_match.weight=0.5", *sets],
-        str(out))
+        "test.max_new_tokens=4", ASK_CHANGE_MATCH, *sets], str(out))
 
 
 def train_rows(out: Path) -> list[dict]:

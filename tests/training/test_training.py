@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_records import tiny_random_explainer, write_toy_task3
+from toy_records import ASK_CHANGE_MATCH, tiny_random_explainer, write_toy_task3
 
 from records.config import config_hash
 from records.errors import InputError
@@ -29,8 +29,6 @@ from training.runlog import debug_marker
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "af_context_ablation_cpu.yaml"
-# the CPU recipe does not ask change_match; the examples' tests need every question type of Task 3
-ASK_CHANGE_MATCH = "train.tasks.hint_attribution.question_types.change_match.weight=0.5"
 
 
 @pytest.fixture(scope="module")
