@@ -93,6 +93,10 @@ def build_vllm(model: str, tokenizer: str, dtype: str, seed: int, batch_invarian
     if not on_gpu:
         kwargs["enforce_eager"] = True
     kwargs.update(engine)
+    if on_gpu and os.environ["VLLM_BATCH_INVARIANT"] == "1" and kwargs.get("enforce_eager"):
+        log.warning("engine.enforce_eager with batch invariance: measured not invariant (vLLM 0.26, H100, "
+                    "2026-12-07: 64 of 128 control outputs changed at another batch position, 0 of 128 without "
+                    "eager); the control pairs' noise floor will show it")
     from vllm import LLM
 
     return LLM(**kwargs)

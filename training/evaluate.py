@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import msgspec
@@ -99,12 +100,15 @@ def run_evaluation(cfg, checkpoint: str | Path | None = None, out_dir: str | Pat
     answers: dict[tuple[str, str], tuple[list[Example], list[str]]] = {}  # (split, method) -> examples, predictions
     peers = {}  # split -> the peers' baselines and the explainer's calibration (training/peers.py)
     seconds: dict[str, float] = {}
+    sizes = {split: min(len(v), limit) if limit else len(v) for split, v in splits.items()}
+    log.info("evaluate: %s (each method's time is logged as it finishes)",
+             ", ".join(f"{split} {n} items" for split, n in sizes.items() if n))
     for split, examples in splits.items():
         examples = examples[:limit] if limit else examples
         if not examples:
             continue
         preds, peers[split] = answer_split(explainer, data.train, examples, cfg, embed, attributes, untrained,
-                                           controls)
+                                           controls, split)
         for piece, t in peers[split].seconds.items():
             seconds[piece] = seconds.get(piece, 0.0) + t
         answers.update({(split, method): (examples, p) for method, p in preds.items()})
@@ -163,14 +167,21 @@ def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[
 
 
 def answer_split(explainer, train: list[Example], examples: list[Example], cfg, embed, attributes: dict,
-                 untrained: bool, controls: bool) -> tuple[dict[str, list[str]], object]:
+                 untrained: bool, controls: bool, split: str = "test") -> tuple[dict[str, list[str]], object]:
     """Every method's answers to one split's examples (method -> predictions), and the peers' results."""
     n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
-    preds = {"explainer": predict(explainer, examples, n, bs)}
+
+    def timed(method: str, answer):
+        start = time.perf_counter()
+        result = answer()
+        log.info("evaluate %s: %s on %d items in %.1f s", split, method, len(examples), time.perf_counter() - start)
+        return result
+
+    preds = {"explainer": timed("explainer", lambda: predict(explainer, examples, n, bs))}
     if untrained:
-        preds["untrained"] = predict(explainer, examples, n, bs, adapter=False)
+        preds["untrained"] = timed("untrained", lambda: predict(explainer, examples, n, bs, adapter=False))
     if controls:  # off for a comparison's cross arm, whose broken-vector answers nobody reads
-        preds.update(vector_controls(explainer, examples, cfg, cfg.train.seed))
+        preds.update(timed("vector controls", lambda: vector_controls(explainer, examples, cfg, cfg.train.seed)))
     preds["majority"] = majority_predictions(train, examples)
     if any(ex.task == "act_patch" for ex in examples):
         preds["lookup"] = lookup_predictions(train, examples)
@@ -181,7 +192,7 @@ def answer_split(explainer, train: list[Example], examples: list[Example], cfg, 
         preds[VECTOR_NN] = vector_nn_predictions(train, examples)
     # the few-shot baseline runs with the untrained one; calibration and templates not for a cross arm
     peer = evaluate_peers(explainer, train, examples, preds["explainer"], _groups(examples), cfg, embed,
-                          fewshot=untrained, explainer_extras=controls)
+                          fewshot=untrained, explainer_extras=controls, split=split)
     probe = vector_probe_predictions(train, examples, attributes, cfg.train.seed) if attributes else None
     if probe is not None:  # Task 1 with cluster attributes: the vectors read by linear probes, no LM
         preds["vector_probe"] = probe

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ VECTOR_NN = "vector_nearest_neighbour"
 # A question type's answer set is closed (ranked choice is scored) when training holds at most this many
 # distinct answers: the toy's behaviour answers have 2-6, its feature descriptions one per cluster (open).
 RANKED_MAX_CHOICES = 8
+
+log = logging.getLogger(__name__)
 
 
 def fewshot_method(k: int, ranked: bool = False) -> str:
@@ -258,10 +261,12 @@ def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _lap(seconds: dict[str, float], piece: str, start: tuple[float, float]) -> None:
-    """Wall time of a piece, and its CPU time (`<piece>_cpu`: on a shared machine, the better measure of cost)."""
+def _lap(seconds: dict[str, float], piece: str, start: tuple[float, float], split: str) -> None:
+    """Wall time of a piece, and its CPU time (`<piece>_cpu`: on a shared machine, the better measure of cost),
+    logged as the piece ends (a long evaluation shows where it is)."""
     wall, cpu = _clocks()
     seconds[piece], seconds[f"{piece}_cpu"] = wall - start[0], cpu - start[1]
+    log.info("evaluate %s: %s in %.1f s", split, piece, seconds[piece])
 
 
 def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Example], answers: list[str],
@@ -294,7 +299,8 @@ def _ranked(out: PeerResults, explainer, train: list[Example], examples: list[Ex
 
 
 def evaluate_peers(explainer, train: list[Example], examples: list[Example], answers: list[str], groups: list | None,
-                   cfg, embed, fewshot: bool = True, explainer_extras: bool = True) -> PeerResults:
+                   cfg, embed, fewshot: bool = True, explainer_extras: bool = True, split: str = "test"
+                   ) -> PeerResults:
     """Few-shot baselines (when `fewshot`) and, when `explainer_extras`, the explainer's calibration and its
     per-template scores on one split."""
     from training.calibration import answer_confidence, calibration_by_question, changed_probability
@@ -315,10 +321,10 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
             for q, row in fewshot_metrics(shown, [answers[i] for i in out.positions], draws, shown_groups,
                                           embed).items():
                 out.rows.setdefault(q, {})[fewshot_method(k)] = row
-        _lap(out.seconds, "fewshot", start)
+        _lap(out.seconds, "fewshot", start, split)
         start = _clocks()
         _ranked(out, explainer, train, examples, answers, groups, cfg, embed)
-        _lap(out.seconds, "fewshot_ranked", start)
+        _lap(out.seconds, "fewshot_ranked", start, split)
     if explainer_extras and t.calibration:
         start = _clocks()
         out.confidence = answer_confidence(explainer, examples, answers, t.batch_size)
@@ -327,10 +333,10 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
                    else strict_item(ex.question_type, a, ex.target).strict for ex, a in zip(examples, answers)]
         for q, fields in calibration_by_question(examples, correct, out.confidence, out.p_changed, groups).items():
             out.explainer.setdefault(q, {}).update(fields)
-        _lap(out.seconds, "calibration", start)
+        _lap(out.seconds, "calibration", start, split)
     if explainer_extras:
         start = _clocks()
         for q, fields in template_scores(explainer, examples, cfg, embed).items():
             out.explainer.setdefault(q, {}).update(fields)
-        _lap(out.seconds, "templates", start)
+        _lap(out.seconds, "templates", start, split)
     return out

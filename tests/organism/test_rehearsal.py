@@ -59,7 +59,7 @@ def test_the_rehearsal_runs_the_readme_block_as_printed(tmp_path):
     printed = readme_gpu_commands()
     run = stage_commands("/plain/base", tmp_path, [20, 29], compare_max_steps=300)
     eager = dict((n, a) for n, a, _ in stage_commands("/plain/base", tmp_path, [20, 29], 300, eager=True))
-    assert eager["generate"] == [*printed[1], "--", "--set", "engine.enforce_eager=true"]  # the one engine departure
+    assert eager["generate"] == [*printed[1], "--", "--set", "engine.enforce_eager=true"]  # --eager's engine departure
     assert [argv for name, argv, _ in run if name != "derive direction"][0] == printed[0]
     names = [name for name, _, _ in run]
     assert names.index("derive direction") == names.index("steer") - 1 and len(run) == len(printed) + 1

@@ -2,6 +2,7 @@
 
     python tests/steering/task2_seeds.py --seeds 0 1 2 --recipe base --recipe nulls --out /tmp/task2_seeds
     python tests/steering/task2_seeds.py --seeds 0 --recipe nulls --train-set train.num_epochs=6 --out DIR
+    python tests/steering/task2_seeds.py --seeds 0 --recipe nulls --train-config my_recipe.yaml --out DIR
 
 The steering grid is configs/steer_cpu.yaml's on the demo's scenarios (40, about 10 held out by trigger),
 the explainer recipe configs/af_steering_cpu.yaml; a seed sets the steering seed (random directions, the
@@ -31,7 +32,7 @@ RECIPES = {"base": ["random_directions=2", "test_directions=[random1]"],
 SCENARIOS, TEST = 40, 10
 
 
-def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[str]) -> dict:
+def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[str], train_config: Path) -> dict:
     import torch
 
     from app import cli
@@ -55,13 +56,14 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[s
     assert cli.main(["steer", *common, "--direction", str(root / "dirs" / "direction_monitoring_L2.npy"),
                      "--output-dir", str(records), *sets]) == 0
     torch.set_num_threads(1)
-    cfg = load_train_config(str(REPO / "configs/af_steering_cpu.yaml"),
+    cfg = load_train_config(str(train_config),
                             [f"train.dataset={records}", f"train.paths={paths}", f"train.seed={seed}", *train_sets],
                             str(root / "explainer"))
     T.main(cfg, debug=True)
     T.main(cfg)
     result = run_evaluation(cfg, untrained=False)
-    row = {"recipe": recipe, "seed": seed, "train_sets": train_sets, "wall_s": round(time.time() - t0)}
+    row = {"recipe": recipe, "seed": seed, "train_config": str(train_config), "train_sets": train_sets,
+           "steps": cfg_steps(root / "explainer"), "wall_s": round(time.time() - t0)}
     for split, name in (("test", "test"), (HELD_OUT_DIRECTION, "held_out_direction")):
         methods = result["splits"].get(split, {}).get("generative_explanation", {})
         row[name] = {m: _flat(v) for m, v in methods.items()}
@@ -71,6 +73,12 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[s
             and p["question_type"] == "generative_explanation"]
     row["held_out_direction_predicted_change"] = f"{sum(bool(s and s[1]) for s in said)}/{len(said)}"
     return row
+
+
+def cfg_steps(explainer: Path) -> int:
+    """Optimizer steps the explainer trained (the last training row of its metrics.jsonl)."""
+    rows = [json.loads(x) for x in (explainer / "metrics.jsonl").read_text().splitlines()]
+    return max(r["step"] for r in rows if "loss" in r)
 
 
 def _flat(v: dict) -> dict:
@@ -89,6 +97,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipe", action="append", choices=sorted(RECIPES))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train-config", type=Path, default=REPO / "configs/af_steering_cpu.yaml",
+                   help="the explainer recipe (default: configs/af_steering_cpu.yaml)")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the explainer recipe, e.g. train.num_epochs=6 (repeatable)")
     args = p.parse_args()
@@ -98,7 +108,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for recipe in args.recipe or ["base", "nulls"]:
         for seed in args.seeds:
-            row = run(recipe, seed, args.out, organism_dir, args.train_set)
+            row = run(recipe, seed, args.out, organism_dir, args.train_set, args.train_config)
             print(json.dumps(row), flush=True)
             with open(args.out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")

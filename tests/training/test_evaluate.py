@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import msgspec
@@ -145,12 +146,19 @@ def test_table_lists_every_method():
         assert m in table
 
 
-def test_evaluate_writes_predictions_next_to_metrics(tiny_run):
+def test_evaluate_writes_predictions_next_to_metrics(tiny_run, caplog):
     """run_evaluation on a (briefly) trained tiny explainer: metrics.json beside predictions.jsonl."""
     from training.evaluate import run_evaluation
 
     cfg, summary = tiny_run
-    result = run_evaluation(cfg, summary["final"], limit=6)
+    with caplog.at_level(logging.INFO):
+        result = run_evaluation(cfg, summary["final"], limit=6)
+    # a long evaluation says where it is: its splits up front, then each method as it finishes (on the GPU the
+    # rehearsal's evaluate ran 5 minutes without a line)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate")]
+    assert said[0].startswith("evaluate: test 6 items")
+    assert {"evaluate test: explainer on 6 items", "evaluate test: untrained on 6 items", "evaluate test: fewshot",
+            "evaluate test: calibration"} <= {m.split(" in ")[0] for m in said}, said
     out = result["out_dir"]
     metrics = json.load(open(f"{out}/metrics.json"))
     rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
