@@ -4,8 +4,8 @@
 #   launch/steer.sh [--nohup] [flags of `af-introspect steer`]
 #
 # Every flag goes to `af-introspect steer` (see `af-introspect steer --help`), e.g.
-#   launch/steer.sh --alphas 0.5,1,2,5 --layers 20,30                       # configs/steer.yaml, foreground
-#   launch/steer.sh --nohup --alphas 0.5,1,2,5 --layers 20,30 --layers-together   # long run, detached
+#   launch/steer.sh --alphas 0.125,0.25,0.5,1 --layers 20,30                # configs/steer.yaml, foreground
+#   launch/steer.sh --nohup --alphas 0.125,0.25,0.5,1 --layers 20,30 --layers-together   # long run, detached
 #   launch/steer.sh --config configs/steer_cpu.yaml                          # toy organism on CPU
 #   launch/steer.sh --nohup --data-parallel 4                                 # 4 GPUs, scenarios sharded
 # Without --config, $AF_CONFIG or configs/steer.yaml is used. Output goes to logs/steer_<timestamp>.log

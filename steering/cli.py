@@ -11,7 +11,7 @@ DEFAULT_CONFIG = "configs/steer.yaml"
 
 EXAMPLES = """examples:
   # the grid on the real organism (configs/steer.yaml), layers 20 and 30 alone and together:
-  af-introspect steer --alphas 0.5,1,2,5 --layers 20,30 --layers-together
+  af-introspect steer --alphas 0.125,0.25,0.5,1 --layers 20,30 --layers-together
   # the toy organism on CPU: first derive its monitoring direction, then steer along it
   af-introspect steer --config configs/steer_cpu.yaml --derive-direction --layer 2 --out runs/toy/directions
   af-introspect steer --config configs/steer_cpu.yaml
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="organism: local folder, cached hub id, or 'toy'")
     p.add_argument("--direction", metavar="PATH", help=".npy of shape (hidden_size,); default: the config's, else "
                                                        "af_intent_direction of the paths config")
-    p.add_argument("--alphas", metavar="A,B,..", help="comma-separated alphas, e.g. 0.5,1,2,5")
+    p.add_argument("--alphas", metavar="A,B,..", help="comma-separated alphas, e.g. 0.125,0.25,0.5,1")
     p.add_argument("--layers", metavar="L,M,..", help="comma-separated decoder layers (0-based), each steered "
                                                       "alone, e.g. 20,30")
     p.add_argument("--layers-together", action="store_true", help="also steer all --layers at once (one more arm "

@@ -43,7 +43,7 @@ def parse_number_list(text: str, what: str, integer: bool = False) -> list:
     """"0.5,1,2" -> [0.5, 1.0, 2.0]; a non-number names itself in a one-line InputError."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
-        example = "20,30" if integer else "0.5,1,2,5"
+        example = "20,30" if integer else "0.125,0.25,0.5,1"
         raise InputError(f"{what} {text!r}: empty; give a comma-separated list, e.g. {example}")
     out = []
     for item in items:
