@@ -58,6 +58,10 @@ def _args(argv):
                    help="run generate with engine.enforce_eager=true (said in the command table): ~70 s faster to "
                         "start on a 135M model, but not batch-invariant (64 of 128 control outputs changed, H100, "
                         "2026-12-07); default: the README's engine (compile + CUDA graphs, ~4 min to start)")
+    p.add_argument("--rerun-done", action="store_true",
+                   help="rerun the steps an earlier call into the same --run-dir finished (exit 0, same command); "
+                        "by default they are listed from that call and not rerun, so a resumed call starts at the "
+                        "first unfinished step")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -243,6 +247,12 @@ def write_markdown(run: Path, results: dict, samples: dict) -> None:
     (run / "rehearsal_samples.md").write_text("\n".join(out))
 
 
+def finished_steps(run: Path) -> dict[tuple[str, str], dict]:
+    """(step, command) -> its row, for the steps an earlier call into `run` finished with exit 0 (commands.json)."""
+    rows = _load(run / "commands.json") or []
+    return {(r["step"], r["command"]): r for r in rows if r["exit"] == 0 and r["step"] != "organism"}
+
+
 def write_results(run: Path, info: dict, table: list) -> None:
     results = gather(run, info, table)
     (run / "commands.json").write_text(json.dumps(table, indent=1))
@@ -291,19 +301,27 @@ def main(argv: list[str] | None = None) -> int:
                HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     layers, layer_note = _layers(config["num_hidden_layers"])
     cap = size["compare_max_steps"] if args.compare_max_steps is None else args.compare_max_steps
+    done = {} if args.rerun_done else finished_steps(run)
     for name, argv_, wait in stage_commands(str(base), run, layers, cap, eager=args.eager):
         if args.size == "tiny" and name != "preflight":
             table.append({"step": name, "command": shlex.join(argv_), "exit": None, "seconds": 0.0,
                           "note": "skipped (tiny)"})
             continue
-        if name == "steer":
-            found = sorted((run / "directions").glob("*.npy"))
-            if found:
-                env["AF_AF_INTENT_DIRECTION"] = str(found[-1])
         note = {"steer": layer_note, "generate": EAGER_NOTE if args.eager else ""}.get(name, "")
         if args.size == "tiny":  # the CPU test: the repository's PROGRESS.md is for real runs
             argv_ = [*argv_, "--progress-log", str(run / "PROGRESS.md")]
             note = "--progress-log added (tiny)"
+        if (name, shlex.join(argv_)) in done:  # finished in an earlier call: its row, not a second run
+            row, earlier = done[name, shlex.join(argv_)], "from an earlier call, not rerun"
+            table.append({**row, "note": row["note"] if row["note"].endswith(earlier)
+                          else "; ".join(filter(None, [row["note"], earlier]))})
+            print(f"\n=== {name}: finished in an earlier call (exit 0 in {row['seconds']} s); not rerun "
+                  "(--rerun-done reruns it)", flush=True)
+            continue
+        if name == "steer":
+            found = sorted((run / "directions").glob("*.npy"))
+            if found:
+                env["AF_AF_INTENT_DIRECTION"] = str(found[-1])
         ok = run_command(name, argv_, env, table, note=note, wait=wait)
         write_results(run, info, table)  # after every step: a call cut off by its time limit still has them
         if not ok and name in ("generate", "train"):

@@ -174,7 +174,8 @@ def answer_split(explainer, train: list[Example], examples: list[Example], cfg, 
     def timed(method: str, answer):
         start = time.perf_counter()
         result = answer()
-        log.info("evaluate %s: %s on %d items in %.1f s", split, method, len(examples), time.perf_counter() - start)
+        if result:  # a text task has no vector controls: nothing to say
+            log.info("evaluate %s: %s on %d items in %.1f s", split, method, len(examples), time.perf_counter() - start)
         return result
 
     preds = {"explainer": timed("explainer", lambda: predict(explainer, examples, n, bs))}

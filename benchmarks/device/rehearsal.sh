@@ -58,7 +58,7 @@ command -v af-introspect || echo "af-introspect is not on PATH: the launch scrip
 set +e
 # Stop the rehearsal in time to copy its results back within the call's limit (AF_CALL_LIMIT_S, 600 by
 # default); it writes its table after every step, and rerunning this script on the same warm machine resumes
-# (the organism and assets are reused, each stage resumes from its own files).
+# (the organism and assets are reused, finished steps are not rerun, a cut stage resumes from its files).
 left=$(( ${AF_CALL_LIMIT_S:-600} - 25 - ($(date +%s) - t0) ))
 timeout --signal=TERM --kill-after=10 "$left" launch/rehearsal.sh "$@" 2>&1 | tee "$out/rehearsal_log.txt"
 rc=${PIPESTATUS[0]}

@@ -49,6 +49,17 @@ def test_tiny_rehearsal_builds_the_organism_and_runs_its_plumbing(smollm2_dir, t
     assert "--layers 20,29 " in table["steer"]["command"] and table["steer"]["note"] == "skipped (tiny)"
     assert [r for r in table.values() if r["exit"] is None]
     assert "| preflight | 0 |" in (run / "rehearsal.md").read_text()
+    # a second call into the same folder (a device call cut by its time limit, then resumed) lists what the
+    # first finished instead of running it again, unless asked to
+    assert rehearsal(["--base", smollm2_dir, "--run-dir", str(run), "--size", "tiny"]) == 0
+    again = {row["step"]: row for row in json.loads((run / "commands.json").read_text())}
+    assert again["preflight"]["seconds"] == table["preflight"]["seconds"]
+    assert again["preflight"]["note"].endswith("from an earlier call, not rerun")
+    assert rehearsal(["--base", smollm2_dir, "--run-dir", str(run), "--size", "tiny"]) == 0  # said once, not twice
+    assert json.loads((run / "commands.json").read_text())[1]["note"].count("earlier call") == 1
+    assert rehearsal(["--base", smollm2_dir, "--run-dir", str(run), "--size", "tiny", "--rerun-done"]) == 0
+    rerun = {row["step"]: row for row in json.loads((run / "commands.json").read_text())}
+    assert "earlier call" not in rerun["preflight"]["note"] and rerun["preflight"]["exit"] == 0
 
 
 def test_the_rehearsal_runs_the_readme_block_as_printed(tmp_path):
