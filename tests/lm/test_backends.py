@@ -48,3 +48,22 @@ def test_token_id_prompts_on_engines_without_a_renderer():
     llm = fake_llm(with_renderer=False)
     list(backends.vllm_stream(llm, [("a", [5, 6])], max_tokens=4))
     assert llm.llm_engine.added == [{"prompt_token_ids": [5, 6]}]
+
+
+def test_eager_with_batch_invariance_on_a_gpu_is_warned(monkeypatch, caplog):
+    """GPU-only branch of build_vllm, run here with the GPU and vLLM faked: enforce_eager was measured not
+    batch-invariant (docs/rehearsal.md, fourth run), so the engine says so; without eager it stays quiet."""
+    import logging
+    import sys
+
+    made = []
+    monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kw: made.append(kw) or kw))
+    monkeypatch.setattr(backends.os, "environ", dict(backends.os.environ))  # what build_vllm sets stays here
+    with caplog.at_level(logging.WARNING):
+        backends.build_vllm("m", "m", "bfloat16", 0, True, {"enforce_eager": True})
+        backends.build_vllm("m", "m", "bfloat16", 0, True, {})
+        backends.build_vllm("m", "m", "bfloat16", 0, False, {"enforce_eager": True})
+    warned = [r.getMessage() for r in caplog.records if "enforce_eager" in r.getMessage()]
+    assert len(made) == 3 and made[0]["enforce_eager"] is True
+    assert len(warned) == 1 and "not invariant" in warned[0]
