@@ -3,7 +3,7 @@
 GPU (the device machine): a random-weight Mistral-7B-shaped model (32 layers, hidden 4096, GQA 32/8, bf16)
 built from its config (nothing downloaded), the Mistral v0.3 tokenizer (organism.tokenizer) rendering
 synthetic scenarios padded to realistic prompt lengths, every output forced to 256 new tokens. It times a
-slice of the default grid (baseline + layers 20, 30, 20+30 x alphas 0.5, 1, 2, 5 = 13 arms per scenario)
+slice of the seed's grid (baseline + layers 20, 30, 20+30 x alphas 0.5, 1, 2, 5 = 13 arms per scenario)
 on the fast engine and one batch of 128 rows on HF eager, then extrapolates both to the full grid
 (1560 scenarios x 13 arms). Prints a table and appends it to docs/benchmarks.md with date, machine and
 command.
