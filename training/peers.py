@@ -336,7 +336,7 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
         _lap(out.seconds, "calibration", start, split)
     if explainer_extras:
         start = _clocks()
-        for q, fields in template_scores(explainer, examples, cfg, embed).items():
+        for q, fields in template_scores(explainer, examples, cfg, embed, answers).items():
             out.explainer.setdefault(q, {}).update(fields)
         _lap(out.seconds, "templates", start, split)
     return out

@@ -102,6 +102,16 @@ def test_each_item_records_its_drawn_template_and_can_be_asked_under_another(mon
     row = T.template_scores(None, exs, Cfg)["orig_match"]
     assert [row[f"template:{i}"] for i in range(5)] == [1, 1, 0, 1, 1] and row["template_spread"] == 1
 
+    # the explainer's own answers (each item under its drawn template) are reused, not generated again: the
+    # passes ask only the other items, and a reused answer counts where it was asked
+    asked = []
+    monkeypatch.setattr(T, "predict", lambda e, exs_, n, b: asked.extend(exs_) or fake_predict(e, exs_, n, b))
+    own = ["?" if ex.meta["template"] == 4 else ex.target for ex in exs]  # wrong only where asked under template 4
+    row = T.template_scores(None, exs, Cfg, answers=own)["orig_match"]
+    assert len(asked) == 4 * len(exs)  # 5 passes over 40 items, minus the 40 already answered
+    assert row["template:4"] == pytest.approx(1 - drawn.count(4) / len(exs))
+    assert row["template:2"] == pytest.approx(drawn.count(2) / len(exs))  # its own items were answered right
+
 
 @pytest.mark.parametrize("stem", ["af_context_ablation", "af_steering", "af_feature_descriptions"])
 def test_gpu_configs_ship_five_paraphrases_per_question_and_the_toy_keeps_the_first(stem):
