@@ -311,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.size == "tiny":  # the CPU test: the repository's PROGRESS.md is for real runs
             argv_ = [*argv_, "--progress-log", str(run / "PROGRESS.md")]
             note = "--progress-log added (tiny)"
-        if (name, shlex.join(argv_)) in done:  # finished in an earlier call: its row, not a second run
-            row, earlier = done[name, shlex.join(argv_)], "from an earlier call, not rerun"
+        row = done.get((name, shlex.join(argv_)))
+        if row:  # finished in an earlier call: its row, not a second run
+            earlier = "from an earlier call, not rerun"
             table.append({**row, "note": row["note"] if row["note"].endswith(earlier)
                           else "; ".join(filter(None, [row["note"], earlier]))})
             print(f"\n=== {name}: finished in an earlier call (exit 0 in {row['seconds']} s); not rerun "

@@ -62,9 +62,9 @@ class SteerConfig(msgspec.Struct, forbid_unknown_fields=True):
     direction: str = ""  # .npy of shape (hidden_size,); "" = af_intent_direction from the paths config
     layers: Annotated[list[Layer], Meta(min_length=1)] = msgspec.field(default_factory=lambda: [20, 30])  # each alone
     layers_together: bool = False  # also one arm set steering all `layers` at once
-    # in residual-norm units on a real LM (SmolLM2-135M, 2026-12-07: CPU plain, GPU as an organism), 1 already
-    # leaves 88-100% of outputs degenerate and 0.5 is the strongest coherent push: the seed's 0.5, 1, 2, 5 spent
-    # three of four alphas on broken text (docs/rehearsal.md); use it with scale: raw to reproduce the seed
+    # in residual-norm units: on SmolLM2-135M (2026-12-07, as the GPU organism and plain on CPU) alpha >= 1 left
+    # 75-100% of outputs degenerate, so the seed's 0.5, 1, 2, 5 spent three of four alphas on broken text
+    # (docs/rehearsal.md); the seed's grid is meant with scale: raw
     alphas: Annotated[list[Alpha], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
     # raw: alpha multiplies the unit direction; residual_norm: alpha in units of the mean residual norm at

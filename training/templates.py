@@ -44,14 +44,10 @@ def template_scores(explainer, examples: list[Example], cfg, embed=None,
         row = {}
         for i, prompt in enumerate(prompts):
             asked = [under_template(examples[j], prompt, i) for j in positions]
-            known = {k: answers[j] for k, j in enumerate(positions)
-                     if answers is not None and examples[j].meta.get("template") == i}
-            new = [k for k in range(len(asked)) if k not in known]
-            generated = predict(explainer, [asked[k] for k in new], cfg.test.max_new_tokens, cfg.test.batch_size) \
-                if new else []
-            preds = [known[k] if k in known else None for k in range(len(asked))]
-            for k, text in zip(new, generated):
-                preds[k] = text
+            answered = [answers is not None and examples[j].meta.get("template") == i for j in positions]
+            todo = [ex for ex, done in zip(asked, answered) if not done]
+            generated = iter(predict(explainer, todo, cfg.test.max_new_tokens, cfg.test.batch_size) if todo else [])
+            preds = [answers[j] if done else next(generated) for j, done in zip(positions, answered)]
             row[f"template:{i}"] = _score(asked, preds, embed)
         values = list(row.values())
         row["template_spread"] = float(max(values) - min(values))

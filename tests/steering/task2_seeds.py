@@ -63,7 +63,7 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[s
     T.main(cfg)
     result = run_evaluation(cfg, untrained=False)
     row = {"recipe": recipe, "seed": seed, "train_config": str(train_config), "train_sets": train_sets,
-           "steps": cfg_steps(root / "explainer"), "wall_s": round(time.time() - t0)}
+           "steps": trained_steps(root / "explainer"), "wall_s": round(time.time() - t0)}
     for split, name in (("test", "test"), (HELD_OUT_DIRECTION, "held_out_direction")):
         methods = result["splits"].get(split, {}).get("generative_explanation", {})
         row[name] = {m: _flat(v) for m, v in methods.items()}
@@ -75,7 +75,7 @@ def run(recipe: str, seed: int, out: Path, organism_dir: str, train_sets: list[s
     return row
 
 
-def cfg_steps(explainer: Path) -> int:
+def trained_steps(explainer: Path) -> int:
     """Optimizer steps the explainer trained (the last training row of its metrics.jsonl)."""
     rows = [json.loads(x) for x in (explainer / "metrics.jsonl").read_text().splitlines()]
     return max(r["step"] for r in rows if "loss" in r)
