@@ -30,9 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+from records.jsonl import write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
-# Full size: fits ~10 min on one H100 by estimate (organism ~1 min, generate ~2.5, steer ~3, three trainings
-# and their evaluations ~3); measure and update docs/rehearsal.md.
+# Full size: meant for ~10 min on one H100 (organism ~1 min, generate ~2.5, steer ~3, three trainings and their
+# evaluations ~3); measured 2026-12-07 it does not fit: a cold engine start is 3-4 min and evaluate over 4.5
+# (docs/rehearsal.md, fourth GPU run).
 SIZES = {
     "full": {"scenarios": 400, "organism_scenarios": 1200, "organism_steps": 600, "organism_batch": 16,
              "organism_eval": 120, "compare_max_steps": 300},
@@ -255,8 +258,9 @@ def finished_steps(run: Path) -> dict[tuple[str, str], dict]:
 
 def write_results(run: Path, info: dict, table: list) -> None:
     results = gather(run, info, table)
-    (run / "commands.json").write_text(json.dumps(table, indent=1))
-    (run / "rehearsal.json").write_text(json.dumps(results, indent=1))
+    # atomic: a resumed call reads commands.json, and the device call's time guard may stop this one mid-write
+    write_json_atomic(run / "commands.json", table)
+    write_json_atomic(run / "rehearsal.json", results)
     try:
         write_markdown(run, results, label_samples())
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # a summary shaped unlike today's: keep going
