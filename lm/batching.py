@@ -25,3 +25,24 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
             ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
             mask[row, width - len(p):] = 1
     return ids, mask
+
+
+def token_budget_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: int = 0,
+                         extra: int = 0) -> list[list[int]]:
+    """`order` cut into consecutive batches of at most `batch_size` positions and, when `batch_tokens` > 0,
+    at most that many padded tokens (rows x (widest length + `extra`), e.g. the new tokens a generation
+    adds); a position longer than the budget goes alone. A fixed row count that suits short prompts
+    exhausts memory on long ones (few-shot prompts are k times longer); the budget keeps both."""
+    batches: list[list[int]] = []
+    rows: list[int] = []
+    widest = 0
+    for i in order:
+        width = max(widest, lengths[i] + extra)
+        if rows and (len(rows) == batch_size or (batch_tokens and (len(rows) + 1) * width > batch_tokens)):
+            batches.append(rows)
+            rows, width = [], lengths[i] + extra
+        rows.append(i)
+        widest = width
+    if rows:
+        batches.append(rows)
+    return batches

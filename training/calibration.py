@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lm.batching import token_budget_batches
 from records.schema import Interval
 from training import data as D
 from training.examples import CHANGED, UNCHANGED, Example
@@ -96,14 +97,15 @@ def calibration_metrics(confidence: Sequence[float], correct: Sequence[bool], p_
 
 
 @torch.no_grad()
-def _answer_logprobs(explainer, items: list[D.Encoded], batch_size: int, extra: list[list[int]] | None = None):
+def _answer_logprobs(explainer, items: list[D.Encoded], batch_size: int, extra: list[list[int]] | None = None,
+                     batch_tokens: int = 0):
     """Per item: the log-probabilities of its answer tokens [n_answer] and, with `extra`, of those token ids
     at its first answer position [len(extra[i])]."""
     explainer.model.eval()
     scored, picked = [None] * len(items), [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    lengths = [len(item.ids) for item in items]
+    order = sorted(range(len(items)), key=lambda i: lengths[i])
+    for idx in token_budget_batches(order, lengths, batch_size, batch_tokens):
         batch = D.collate([items[i] for i in idx], explainer.tokenizer.pad_token_id).to(explainer.device)
         embeds = explainer.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
         hidden = explainer.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
@@ -119,16 +121,18 @@ def _answer_logprobs(explainer, items: list[D.Encoded], batch_size: int, extra: 
     return scored, picked
 
 
-def answer_confidence(explainer, examples: list[Example], answers: list[str], batch_size: int) -> list[float]:
+def answer_confidence(explainer, examples: list[Example], answers: list[str], batch_size: int,
+                      batch_tokens: int = 0) -> list[float]:
     """The explainer's probability of each of its answers (product of its token probabilities under teacher
     forcing of the answer as training encodes it, end of sequence included)."""
     items = [D.encode_example(explainer.tokenizer, dataclasses.replace(ex, target=a), i)
              for i, (ex, a) in enumerate(zip(examples, answers))]
-    scored, _ = _answer_logprobs(explainer, items, batch_size)
+    scored, _ = _answer_logprobs(explainer, items, batch_size, batch_tokens=batch_tokens)
     return [float(np.exp(s.sum())) for s in scored]
 
 
-def changed_probability(explainer, examples: list[Example], batch_size: int) -> list[float | None]:
+def changed_probability(explainer, examples: list[Example], batch_size: int,
+                        batch_tokens: int = 0) -> list[float | None]:
     """P(changed) of each behaviour-change explanation item (None for the other items): the two sentence
     forms' common start is teacher-forced, then the probabilities of their first differing tokens are
     normalised to one."""
@@ -146,7 +150,7 @@ def changed_probability(explainer, examples: list[Example], batch_size: int) -> 
     out: list[float | None] = [None] * len(examples)
     if not items:
         return out
-    _, picked = _answer_logprobs(explainer, items, batch_size, extra)
+    _, picked = _answer_logprobs(explainer, items, batch_size, extra, batch_tokens)
     for i, lp in zip(where, picked):
         p = np.exp(lp - lp.max())
         out[i] = float(p[1] / p.sum())

@@ -153,6 +153,10 @@ class FeatureJudge(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class TestSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch_size: int = 16
+    # ours: at most this many tokens a generation or scoring batch (rows x (longest prompt + max_new_tokens));
+    # 0 = batch_size alone. With it a GPU config can ask for wide batches of short prompts (HF decoding is
+    # launch-bound: ~same time a step at 32 rows as at 256) without running out of memory on long ones
+    batch_tokens: NonNegative = 0
     max_new_tokens: int = 48  # ours
     tasks: dict[str, TestTask] = {}
     feature_judge: FeatureJudge = msgspec.field(default_factory=FeatureJudge)  # ours

@@ -162,15 +162,12 @@ def load_explainer(cfg, checkpoint: Path, explainer=None) -> tuple:
 
 def vector_controls(explainer, examples: list[Example], cfg, seed: int) -> dict[str, list[str]]:
     """The trained explainer's answers with its input vectors broken (eval_baselines.vector_control_examples)."""
-    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
-    return {name: predict(explainer, exs, n, bs) for name, exs in vector_control_examples(examples, seed).items()}
+    return {name: predict(explainer, exs, cfg.test) for name, exs in vector_control_examples(examples, seed).items()}
 
 
 def answer_split(explainer, train: list[Example], examples: list[Example], cfg, embed, attributes: dict,
                  untrained: bool, controls: bool, split: str = "test") -> tuple[dict[str, list[str]], object]:
     """Every method's answers to one split's examples (method -> predictions), and the peers' results."""
-    n, bs = cfg.test.max_new_tokens, cfg.test.batch_size
-
     def timed(method: str, answer):
         start = time.perf_counter()
         result = answer()
@@ -178,9 +175,9 @@ def answer_split(explainer, train: list[Example], examples: list[Example], cfg, 
             log.info("evaluate %s: %s on %d items in %.1f s", split, method, len(examples), time.perf_counter() - start)
         return result
 
-    preds = {"explainer": timed("explainer", lambda: predict(explainer, examples, n, bs))}
+    preds = {"explainer": timed("explainer", lambda: predict(explainer, examples, cfg.test))}
     if untrained:
-        preds["untrained"] = timed("untrained", lambda: predict(explainer, examples, n, bs, adapter=False))
+        preds["untrained"] = timed("untrained", lambda: predict(explainer, examples, cfg.test, adapter=False))
     if controls:  # off for a comparison's cross arm, whose broken-vector answers nobody reads
         preds.update(timed("vector controls", lambda: vector_controls(explainer, examples, cfg, cfg.train.seed)))
     preds["majority"] = majority_predictions(train, examples)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lm.batching import left_pad, pad_token_id
+from lm.batching import left_pad, pad_token_id, token_budget_batches
 from lm.tokens import CHAT_TEMPLATE
 from records.errors import InputError
 from training import data as D
@@ -81,15 +81,16 @@ class Explainer:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], vectors: list[np.ndarray | None], max_new_tokens: int,
-                 batch_size: int = 16) -> list[str]:
-        """Greedy answers for token-id prompts (left-padded batches, sorted by length for little padding).
+                 batch_size: int = 16, batch_tokens: int = 0) -> list[str]:
+        """Greedy answers for token-id prompts (left-padded batches, sorted by length for little padding; at
+        most `batch_size` prompts and, when `batch_tokens` > 0, that many tokens a batch, new ones included).
         `vectors[i]`: the prompt's vector [dim], or one row per placeholder in prompt order [n, dim], or None."""
         self.model.eval()
         pad = pad_token_id(self.tokenizer)
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        lengths = [len(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         answers: dict[int, str] = {}
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in token_budget_batches(order, lengths, batch_size, batch_tokens, extra=max_new_tokens):
             ids, mask = left_pad([prompts[i] for i in idx], pad)  # [batch, width] each
             ids, mask = ids.to(self.device), mask.to(self.device)
             # a prompt may hold several placeholders (few-shot: one per solved example): [n, dim] rows

@@ -127,7 +127,7 @@ def _draw_chats(train: list[Example], examples: list[Example], k: int, seed: int
 
 
 def fewshot_predictions(explainer, train: list[Example], examples: list[Example], k: int, draws: int, seed: int,
-                        max_new_tokens: int, batch_size: int) -> list[list[str]]:
+                        test) -> list[list[str]]:
     """The untrained explainer's greedy answers with k solved training examples in its prompt, per draw.
     (Running the shared examples once and reusing their cache gave the same answers but no speed-up on the
     toy: decoding over the long cache, not the prompt, dominates; docs/peers.md.)"""
@@ -136,7 +136,8 @@ def fewshot_predictions(explainer, train: list[Example], examples: list[Example]
         chats = _draw_chats(train, examples, k, seed, draw)
         prompts = [D.encode_prompt(explainer.tokenizer, m) for m, _ in chats]
         with explainer.model.disable_adapter():
-            out.append(explainer.generate(prompts, [v for _, v in chats], max_new_tokens, batch_size))
+            out.append(explainer.generate(prompts, [v for _, v in chats], test.max_new_tokens, test.batch_size,
+                                          test.batch_tokens))
     return out
 
 
@@ -315,8 +316,7 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
         shown = [examples[i] for i in out.positions]
         shown_groups = [groups[i] for i in out.positions] if groups is not None else None
         for k in t.fewshot_k:
-            draws = fewshot_predictions(explainer, train, shown, k, t.fewshot_draws, cfg.train.seed,
-                                        t.max_new_tokens, t.batch_size)
+            draws = fewshot_predictions(explainer, train, shown, k, t.fewshot_draws, cfg.train.seed, t)
             out.fewshot[fewshot_method(k)] = draws
             for q, row in fewshot_metrics(shown, [answers[i] for i in out.positions], draws, shown_groups,
                                           embed).items():
@@ -327,8 +327,8 @@ def evaluate_peers(explainer, train: list[Example], examples: list[Example], ans
         _lap(out.seconds, "fewshot_ranked", start, split)
     if explainer_extras and t.calibration:
         start = _clocks()
-        out.confidence = answer_confidence(explainer, examples, answers, t.batch_size)
-        out.p_changed = changed_probability(explainer, examples, t.batch_size)
+        out.confidence = answer_confidence(explainer, examples, answers, t.batch_size, t.batch_tokens)
+        out.p_changed = changed_probability(explainer, examples, t.batch_size, t.batch_tokens)
         correct = [lenient_item(ex, a)["exact_match"] if ex.task == "features_explain"
                    else strict_item(ex.question_type, a, ex.target).strict for ex, a in zip(examples, answers)]
         for q, fields in calibration_by_question(examples, correct, out.confidence, out.p_changed, groups).items():

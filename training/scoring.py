@@ -23,7 +23,7 @@ from lm.judge import JudgeConfig, check_judge
 from lm.models import resolve_model
 from records.errors import InputError
 from training import data as D
-from training.config import TrainConfig
+from training.config import TestSection, TrainConfig
 from training.examples import Example
 from training.model import Explainer
 
@@ -158,15 +158,16 @@ def judge_descriptions(answers: dict[tuple, tuple[list[Example], list[str]]],
     return out
 
 
-def predict(explainer: Explainer, examples: list[Example], max_new_tokens: int, batch_size: int,
-            adapter: bool = True) -> list[str]:
-    """Greedy answers to the examples' prompts; `adapter=False`: the untrained explainer's."""
+def predict(explainer: Explainer, examples: list[Example], test: TestSection, adapter: bool = True) -> list[str]:
+    """Greedy answers to the examples' prompts, batched as `test` says; `adapter=False`: the untrained
+    explainer's."""
     prompts = [D.encode_prompt(explainer.tokenizer, ex.messages) for ex in examples]
     vectors = [ex.vector for ex in examples]
+    args = (prompts, vectors, test.max_new_tokens, test.batch_size, test.batch_tokens)
     if adapter:
-        return explainer.generate(prompts, vectors, max_new_tokens, batch_size)
+        return explainer.generate(*args)
     with explainer.model.disable_adapter():
-        return explainer.generate(prompts, vectors, max_new_tokens, batch_size)
+        return explainer.generate(*args)
 
 
 @torch.no_grad()
@@ -187,5 +188,5 @@ def eval_generation(explainer: Explainer, examples: list[Example], cfg: TrainCon
     picked = examples[:: max(1, len(examples) // n)][:n] if n else []
     if not picked:
         return {}, []
-    preds = predict(explainer, picked, cfg.test.max_new_tokens, cfg.test.batch_size)
+    preds = predict(explainer, picked, cfg.test)
     return score(picked, preds), list(zip(picked, preds))

@@ -46,7 +46,7 @@ def template_scores(explainer, examples: list[Example], cfg, embed=None,
             asked = [under_template(examples[j], prompt, i) for j in positions]
             answered = [answers is not None and examples[j].meta.get("template") == i for j in positions]
             todo = [ex for ex, done in zip(asked, answered) if not done]
-            generated = iter(predict(explainer, todo, cfg.test.max_new_tokens, cfg.test.batch_size) if todo else [])
+            generated = iter(predict(explainer, todo, cfg.test) if todo else [])
             preds = [answers[j] if done else next(generated) for j, done in zip(positions, answered)]
             row[f"template:{i}"] = _score(asked, preds, embed)
         values = list(row.values())

@@ -222,7 +222,7 @@ def test_vector_controls_zero_and_permute_the_vectors_the_explainer_reads(monkey
     import training.evaluate as ev
 
     seen = []
-    monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs: seen.append([e.vector for e in exs]) or
+    monkeypatch.setattr(ev, "predict", lambda explainer, exs, test: seen.append([e.vector for e in exs]) or
                         [f"{float(e.vector.sum()):.0f}" for e in exs])
     exs = [Example(task="features_explain", question_type="generative_explanation", sample_id=str(i), messages=[],
                    target="t", vector=np.full(4, float(i + 1), np.float32), meta={"cluster_id": i // 2})
@@ -319,7 +319,7 @@ def test_feature_descriptions_get_the_lm_judge_and_attribute_accuracy(task1_fold
     cfg = _task1_config(task1_folder, f"test.feature_judge.model={smollm2_dir}", "test.feature_judge.backend=hf",
                         "test.fewshot_k=[]", "test.calibration=false")  # both read the (stubbed) model itself
     # the trained explainer answers each feature's description, the untrained one nothing
-    monkeypatch.setattr(ev, "predict", lambda explainer, exs, n, bs, adapter=True: [ex.target if adapter else ""
+    monkeypatch.setattr(ev, "predict", lambda explainer, exs, test, adapter=True: [ex.target if adapter else ""
                                                                                     for ex in exs])
     asked = []
 

@@ -88,7 +88,7 @@ def test_each_item_records_its_drawn_template_and_can_be_asked_under_another(mon
     assert other.messages == [{"role": "user", "content": "v3: scenario 0"}] and other.meta["template"] == 3
 
     # template 2 is the one the (fake) explainer cannot read: its score falls, and the spread shows it
-    def fake_predict(explainer, examples, max_new_tokens, batch_size):
+    def fake_predict(explainer, examples, test):
         return ["?" if ex.meta["template"] == 2 else ex.target for ex in examples]
 
     class Cfg:
@@ -105,7 +105,7 @@ def test_each_item_records_its_drawn_template_and_can_be_asked_under_another(mon
     # the explainer's own answers (each item under its drawn template) are reused, not generated again: the
     # passes ask only the other items, and a reused answer counts where it was asked
     asked = []
-    monkeypatch.setattr(T, "predict", lambda e, exs_, n, b: asked.extend(exs_) or fake_predict(e, exs_, n, b))
+    monkeypatch.setattr(T, "predict", lambda e, exs_, t: asked.extend(exs_) or fake_predict(e, exs_, t))
     own = ["?" if ex.meta["template"] == 4 else ex.target for ex in exs]  # wrong only where asked under template 4
     row = T.template_scores(None, exs, Cfg, answers=own)["orig_match"]
     assert len(asked) == 4 * len(exs)  # 5 passes over 40 items, minus the 40 already answered

@@ -122,3 +122,22 @@ def test_ranked_scores_sit_beside_chance_in_the_report_line():
     assert "fewshot_k8_ranked 0.70 [0.55, 0.85] (one answer for every item: a constant" in line
     assert "above chance" not in line and "near chance" not in line
     assert P.PeerResults(positions=[1, 2, 3], ranked_positions=[2]).positions_of("fewshot_k4_ranked") == [2]
+
+
+def test_a_token_budget_keeps_every_answer_and_bounds_each_batch(explainer, monkeypatch):
+    """test.batch_tokens changes how prompts are batched, never what is answered; bug injection: a budget
+    that is not applied lets a batch past it."""
+    prompts = [D.encode_prompt(explainer.tokenizer, P._draw_chats([_item(j, " refusal") for j in range(9)],
+                                                                  [_item(i, "")], k, 0, 0)[0][0])
+               for i, k in enumerate([0, 1, 2, 4, 0, 3, 1, 2])]
+    assert len({len(p) for p in prompts}) > 3  # prompts of several lengths
+    budget, new = 2 * max(len(p) for p in prompts) + 2 * 6, 6
+    seen = []
+    generate = type(explainer.model).generate
+    monkeypatch.setattr(type(explainer.model), "generate",
+                        lambda self, **kw: seen.append(kw["inputs_embeds"].shape[:2]) or generate(self, **kw))
+    plain = explainer.generate(prompts, [None] * len(prompts), new, batch_size=8)
+    assert seen == [(8, max(len(p) for p in prompts))]
+    seen.clear()
+    budgeted = explainer.generate(prompts, [None] * len(prompts), new, batch_size=8, batch_tokens=budget)
+    assert budgeted == plain and len(seen) > 1 and all(rows * (width + new) <= budget for rows, width in seen)
