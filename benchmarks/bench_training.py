@@ -14,6 +14,8 @@ this order (a fresh model each; liger patches transformers' module functions, so
   [batch, seq, vocab] logits and the HF loss (peft's default fp32 LoRA weights);
 - today: training/data.py's length-grouped rows of --batch-size, right padding without a mask, logits
   only at answer positions, fp32 LoRA weights (what train.py ran before packing);
+- today-cpu-bf16 (CPU only, in --tiny's set): today's rows with the forward under CPU bf16 autocast and the
+  eager attention kernel (train.cpu_precision: bf16);
 - packed-*: training/packing.py's fixed-width rows holding --batch-size x --accumulation examples on
   average, flex attention's document mask, answer-only logits; then bf16 LoRA weights, liger-kernel's
   RMSNorm/RoPE/SwiGLU, per-layer torch.compile, as the names say.
@@ -49,6 +51,7 @@ VARIANTS = {
     "padded": ("padded", "sdpa", {}),
     "today": ("rows", "sdpa", {}),
     "rows-bf16": ("rows", "sdpa", {"bf16_adapters": True}),
+    "today-cpu-bf16": ("rows", "eager", {"cpu_bf16": True}),  # train.cpu_precision bf16: CPU autocast
     "packed-fp32": ("packed", "flex_attention", {}),
     "packed-bf16": ("packed", "flex_attention", {"bf16_adapters": True}),
     "packed-bf16-compile": ("packed", "flex_attention", {"bf16_adapters": True, "compile_layers": True}),
@@ -60,7 +63,8 @@ DEFAULT_VARIANTS = "padded,today,packed-fp32,packed-bf16,packed-bf16-compile,pac
 
 def speed_options(attn: str, **options) -> SimpleNamespace:
     """The train-section fields training/speed.py reads."""
-    base = {"attn_implementation": attn, "bf16_adapters": False, "liger": False, "compile_layers": False}
+    base = {"attn_implementation": attn, "bf16_adapters": False, "liger": False, "compile_layers": False,
+            "cpu_bf16": False}
     return SimpleNamespace(**{**base, **options})
 
 
@@ -142,8 +146,9 @@ def step_plan(collator: str, examples, args) -> tuple[list[list[list[int]]], int
     return D.epoch_plan(lengths, args.batch_size, args.accumulation, 0, 0, group_by_length=collator == "rows"), 0
 
 
-def run_steps(collator: str, model, examples, args, device, dtype, steps: int):
-    """Yields one optimizer step's (loss, real tokens, padded tokens, examples) after its backward passes."""
+def run_steps(collator: str, model, examples, args, device, dtype, steps: int, cpu_bf16: bool = False):
+    """Yields one optimizer step's (loss, real tokens, padded tokens, examples) after its backward passes;
+    `cpu_bf16`: the forward under CPU bf16 autocast, as Explainer.loss_sum with train.cpu_precision bf16."""
     from training import data as D
     from training import packing as P
 
@@ -159,7 +164,9 @@ def run_steps(collator: str, model, examples, args, device, dtype, steps: int):
                 loss = loss * D.answer_weight(mb) / denom  # HF's loss is the micro-batch mean
             else:
                 b = (P.collate(mb, 0, width) if width else D.collate(mb, 0)).to(device)
-                loss, real, padded = answer_loss_sum(model, b, dtype) / denom, b.n_tokens, b.n_padded
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+                    loss = answer_loss_sum(model, b, dtype) / denom
+                real, padded = b.n_tokens, b.n_padded
             loss.backward()
             total += loss.detach()
             n_tok, n_pad = n_tok + real, n_pad + padded
@@ -194,8 +201,9 @@ def measure(name, model, examples, args, device, dtype, n_base: int, peak_tflops
     tokens = padded = n_examples = 0
     warmup = max(1, args.warmup)  # the first steps pay for compiling, allocation and kernel selection
     t0 = t_start = time.perf_counter()
+    cpu_bf16 = VARIANTS[name][2].get("cpu_bf16", False)
     for k, (_, n_tok, n_pad, n_ex) in enumerate(run_steps(collator, model, examples, args, device, dtype,
-                                                        warmup + args.steps)):
+                                                        warmup + args.steps, cpu_bf16)):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -418,7 +426,8 @@ def main() -> None:
     if args.tiny:
         args.r, args.min_len, args.max_len, args.answer_len = min(args.r, 16), 60, 200, 12
         args.examples, args.warmup, args.steps = min(args.examples, 256), 1, min(args.steps, 4)
-        args.variants = "padded,today,packed-fp32" if args.variants == DEFAULT_VARIANTS else args.variants
+        if args.variants == DEFAULT_VARIANTS:
+            args.variants = "padded,today,today-cpu-bf16,packed-fp32"
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     out = Path(args.out)
@@ -433,6 +442,8 @@ def main() -> None:
     rows, n_base, examples = [], 0, None
     for name in args.variants.split(","):
         collator, attn, options = VARIANTS[name]
+        if options.get("cpu_bf16") and device.type != "cpu":
+            continue  # a CPU precision: nothing to measure on a GPU
         if device.type == "cpu" and attn == "flex_attention":
             attn = "sdpa"  # the CPU run checks the mechanics; flex attention is the GPU's
         model, n_base = build_model(args, device, dtype, speed_options(attn, **options))

@@ -151,10 +151,12 @@ def task3_records(tmp_path_factory):
 
 
 def train_argv(records: dict, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    # the toy organism explains itself; no dropout, so the processes' RNG streams cannot matter
+    # the toy organism explains itself; no dropout, so the processes' RNG streams cannot matter; fp32, so
+    # that the loss curves agree to float rounding (bf16 products round each process's shapes differently)
     return ["train", "--config", str(REPO / "configs/af_context_ablation_cpu.yaml"), "--output-dir", str(out),
             "--force", "--max-steps", "6", "--progress-log", str(out.parent / "P.md"),
             "--set", f"train.dataset={records['records']}", "--set", f"train.paths={records['paths']}",
+            "--set", "train.cpu_precision=fp32",
             "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2", "--set", "train.lora_dropout=0",
             "--set", "train.save_steps=3", "--set", "train.eval_steps=1000", "--set", "train.eval_samples=2",
             "--set", "test.max_new_tokens=4", *extra]

@@ -111,7 +111,14 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # training scenarios' words would let the explainer memorise them. Off for real models.
     trainable_slot_tokens: list[str] = []
     loraplus_lr_ratio: NonNegativeReal = 1.0  # ours: LoRA+ (lr of lora_B = ratio x learning_rate); 1 = plain LoRA
-    bf16: bool = True  # only on GPU; CPU always trains in fp32
+    bf16: bool = True  # only on GPU (bf16 weights); a CPU run's weights stay fp32 (see cpu_precision)
+    # ours: "bf16": on a CPU, the explainer's matrix products in bf16 under torch.autocast (weights, optimizer and
+    # loss stay fp32) with the eager attention kernel (the CPU's bf16 SDPA backward is slower than fp32's).
+    # "auto": only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated.
+    # On a Zen 4 (2026-12-08): a toy Task 2 step on one thread 0.38 -> 0.23 s, Task 3's demo arms ~6,650 ->
+    # ~8,800 tokens a second a thread, the tiny benchmark on 2 threads 1.11x (docs/evidence.md "bf16",
+    # docs/benchmarks.md)
+    cpu_precision: Literal["fp32", "bf16", "auto"] = "fp32"
     gradient_checkpointing: bool = False  # ours
     group_by_length: bool = True  # ours: length-grouped batches (little padding); False = plain shuffle
     # ours, speed (training/packing.py, training/speed.py; the GPU YAMLs turn them on):

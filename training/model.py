@@ -7,6 +7,7 @@ that evaluation scores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -49,6 +50,17 @@ def load_tokenizer(model_dir: str):
     return tok
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles), as torch.cpu reports it."""
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def uses_cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether this run's CPU matrix products run in bf16 under autocast (train.cpu_precision)."""
+    mode = cfg.train.cpu_precision
+    return device.type == "cpu" and (mode == "bf16" or (mode == "auto" and native_bf16()))
+
+
 @dataclass
 class Explainer:
     model: torch.nn.Module  # the peft model
@@ -57,6 +69,7 @@ class Explainer:
     device: torch.device
     dtype: torch.dtype
     markers: dict[str, str]
+    cpu_bf16: bool = False  # matrix products in bf16 under CPU autocast (train.cpu_precision)
 
     @property
     def causal_lm(self):
@@ -69,13 +82,31 @@ class Explainer:
     def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
         return self.embedder(self.causal_lm.get_input_embeddings(), input_ids, vectors)
 
+    @contextlib.contextmanager
+    def _training_precision(self):
+        """train.cpu_precision bf16: the forward under CPU bf16 autocast, with the eager attention kernel for
+        it (the CPU's bf16 SDPA backward is slower than fp32's; SDPA stays for generation, where eager
+        attention over long few-shot prompts doubled the time)."""
+        if not self.cpu_bf16:
+            yield
+            return
+        config = self.causal_lm.config
+        kernel = config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        finally:
+            config._attn_implementation = kernel
+
     def loss_sum(self, batch: D.Batch) -> torch.Tensor:
         """Weighted sum of answer-token cross-entropies of one micro-batch (the caller divides)."""
-        embeds = self.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
-        extra = P.decoder_kwargs(batch, self.causal_lm.config._attn_implementation, self.dtype)  # packed rows
-        hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state
-        # The vocabulary projection only where an answer token is predicted: [n_answer, vocab]
-        logits = self.causal_lm.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
+        with self._training_precision():
+            embeds = self.embed(batch.input_ids, batch.vectors)  # [batch, seq, hidden]
+            extra = P.decoder_kwargs(batch, self.causal_lm.config._attn_implementation, self.dtype)  # packed rows
+            hidden = self.causal_lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **extra).last_hidden_state
+            # The vocabulary projection only where an answer token is predicted: [n_answer, vocab]
+            logits = self.causal_lm.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
         ce = F.cross_entropy(logits, batch.targets, reduction="none")  # [n_answer]
         return (ce * batch.weights).sum()
 
@@ -140,7 +171,7 @@ def build_explainer(cfg: TrainConfig, vector_dim: int | None, device: torch.devi
     if vector_dim is None:
         embedder.projector = None  # text-only tasks: nothing to project
     return Explainer(model=model, tokenizer=tokenizer, embedder=embedder, device=device, dtype=dtype,
-                     markers=markers)
+                     markers=markers, cpu_bf16=uses_cpu_bf16(cfg, device))
 
 
 def trainable_tokens(cfg: TrainConfig, encoded: list[D.Encoded], examples: list, tokenizer) -> list[int] | None:

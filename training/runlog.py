@@ -58,7 +58,8 @@ def print_run_start(cfg: TrainConfig, world: int, device, dtype, explainer, n_tr
     if world > 1:
         print(f"data parallel: {world} processes share each step's examples; effective batch unchanged "
               f"({t.batch_size} x {t.gradient_accumulation})")
-    print(f"explainer {cfg.model_path} on {device} ({str(dtype).replace('torch.', '')}), LoRA r={t.lora_r}, "
+    precision = str(dtype).replace("torch.", "") + (", bf16 matrix products" if explainer.cpu_bf16 else "")
+    print(f"explainer {cfg.model_path} on {device} ({precision}), LoRA r={t.lora_r}, "
           f"{n_trainable:,} trainable parameters; {n_train} train / {n_test} test examples; "
           f"{sched.steps_per_epoch} steps/epoch x {t.num_epochs} epochs = {sched.total_steps} steps; "
           f"running to step {sched.limit}")

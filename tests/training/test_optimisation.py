@@ -153,3 +153,46 @@ def test_config_and_checkpoint_disagreeing_warns_and_says_who_wins(run, tmp_path
     # what the resumed run saves carries the config it ran with
     state = torch.load(again / "checkpoints" / "checkpoint-00000004" / "trainer_state.pt", weights_only=True)
     assert state["config_hash"] == config_hash(other) != config_hash(cfg) and state["step"] == 4
+
+
+def test_cpu_bf16_runs_the_matrix_products_in_bf16_and_only_when_asked(run, monkeypatch):
+    """train.cpu_precision: "bf16" multiplies in bf16 (fp32 weights and loss; eager attention for training's
+    forward only, generation keeps its kernel), "fp32" in fp32, "auto" as the CPU's native bf16 says; the
+    loss is the same computation either way (bf16's tolerance)."""
+    toy, cfg, out = run
+    tok = M.load_tokenizer(cfg.model_path)
+    data = load_data(cfg, tok, {}, paths=train_paths(cfg))
+    batch = D.collate(D.encode_all(tok, data.train[:4], cfg.train.max_length)[0], tok.pad_token_id)
+    seen = {}
+
+    def loss_with(mode: str) -> float:
+        c = make_cfg(toy, out, f"train.cpu_precision={mode}")
+        ex = M.build_explainer(c, None, torch.device("cpu"), torch.float32, tok)
+        layer = ex.causal_lm.get_decoder().layers[0].mlp.down_proj
+        config = ex.causal_lm.config
+        layer.register_forward_hook(lambda m, i, o: seen.__setitem__(mode, (o.dtype, config._attn_implementation)))
+        assert all(p.dtype == torch.float32 for p in ex.model.parameters())
+        loss = float(ex.loss_sum(batch))
+        kernels[mode] = ex.causal_lm.config._attn_implementation  # after training's forward: generation's
+        return loss
+
+    kernels = {}
+    plain, bf16 = loss_with("fp32"), loss_with("bf16")
+    assert seen["fp32"][0] == torch.float32 and seen["bf16"] == (torch.bfloat16, "eager")
+    assert seen["fp32"][1] != "eager" and kernels["bf16"] == kernels["fp32"] != "eager"
+    assert bf16 == pytest.approx(plain, rel=0.05) and bf16 != plain
+    for native in (False, True):
+        monkeypatch.setattr(M, "native_bf16", lambda native=native: native)
+        loss_with("auto")
+        assert seen["auto"][0] == (torch.bfloat16 if native else torch.float32)
+    assert not M.uses_cpu_bf16(make_cfg(toy, out, "train.cpu_precision=bf16"), torch.device("cuda"))
+
+
+def test_native_bf16_reads_the_cpu_as_linux_lists_it():
+    """"auto" is only as good as the detection: it must agree with the kernel's CPU flags (a detector that
+    always says no would leave every CPU run in fp32 without a word)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to check against")
+    flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
+    assert M.native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
