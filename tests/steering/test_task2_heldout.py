@@ -10,9 +10,10 @@ tells them apart. Held-out scenarios are whole held-out triggers (group_pattern)
 comes from a trigger only the organism's own weights map to a family: the lookup table (arm and context)
 cannot know it, and the explainer with its vectors zeroed cannot know the direction.
 
-Measured (2026-12-07, trigger-held-out split, seed 0, 8 epochs; docs/evidence.md "Task 2 at fewer epochs"):
-explainer 0.92 strict exact match, lookup 0.62 (paired gap +0.30 [+0.07, +0.53]), no-effect bound 0.85, zeroed
-vectors 0.85 (gap +0.08 [+0.04, +0.12]), shuffled 0.76, majority 0.52 (gap +0.40 [+0.20, +0.61]); held-out
+Measured (2026-12-08, trigger-held-out split, seed 0, the config's 9 epochs with bf16 products;
+docs/evidence.md "bf16 matrix products on the CPU"): explainer 0.95 strict exact match, lookup 0.62 (paired
+gap +0.33 [+0.08, +0.57]), no-effect bound 0.85, zeroed vectors 0.85 (gap +0.10 [+0.08, +0.12]), shuffled
+0.77, majority 0.52 (gap +0.43 [+0.20, +0.66]); in fp32 at 8 epochs (2026-12-07) 0.92, +0.30, +0.08; held-out
 direction (60 items) explainer 1.00 = no-effect bound, no change predicted. With one random direction in training (the
 grid before) the explainer predicted a change along the held-out one on 15 of 60 items: 0.75, gap to the
 bound -0.25 [-0.45, -0.07].
