@@ -114,7 +114,8 @@ class TrainSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bf16: bool = True  # only on GPU (bf16 weights); a CPU run's weights stay fp32 (see cpu_precision)
     # ours: "bf16": on a CPU, the explainer's matrix products in bf16 under torch.autocast (weights, optimizer and
     # loss stay fp32) with the eager attention kernel (the CPU's bf16 SDPA backward is slower than fp32's).
-    # "auto": only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated.
+    # "auto": only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32 (elsewhere "bf16"
+    # is emulated, slower); summary.json's cpu_bf16 says which ran.
     # On a Zen 4 (2026-12-08): a toy Task 2 step on one thread 0.38 -> 0.23 s, Task 3's demo arms ~6,650 ->
     # ~8,800 tokens a second a thread, the tiny benchmark on 2 threads 1.11x (docs/evidence.md "bf16",
     # docs/benchmarks.md)

@@ -265,7 +265,8 @@ def main(cfg: TrainConfig, *, debug: bool = False, force: bool = False, resume: 
                "last_loss": losses[-1] if losses else None, "eval": last_eval, "output_dir": str(out),
                "final": str(out / "final"), "resumed_from": resumed_from,
                "padding_fraction": 1 - prog.tokens_seen / max(1, prog.padded_seen),
-               "wall_s": time.perf_counter() - t0, "collapse": last_eval.get("collapse", {})}
+               "wall_s": time.perf_counter() - t0, "collapse": last_eval.get("collapse", {}),
+               "cpu_bf16": explainer.cpu_bf16}  # what train.cpu_precision "auto" resolved to on this machine
     if main_process:
         finish_run(cfg, out, summary, losses, debug)
     return summary

@@ -51,6 +51,8 @@ def run(tmp_path_factory):
     cfg = make_cfg(toy, root / "out")
     summary = T.main(cfg, force=True, max_steps=3)
     assert summary["total_steps"] == TOTAL and summary["steps"] == 3
+    assert json.loads((root / "out" / "summary.json").read_text())["cpu_bf16"] == M.uses_cpu_bf16(
+        cfg, torch.device("cpu"))  # what "auto" resolved to is on record
     return toy, cfg, root / "out"
 
 
