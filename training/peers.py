@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from training import data as D
+from training.config import TestSection
 from training.examples import Example
 from training.metrics import gaps_by_question, strict_by_question
-from training.scoring import score
+from training.scoring import generate_as, score
 
 VECTOR_NN = "vector_nearest_neighbour"
 # A question type's answer set is closed (ranked choice is scored) when training holds at most this many
@@ -127,7 +128,7 @@ def _draw_chats(train: list[Example], examples: list[Example], k: int, seed: int
 
 
 def fewshot_predictions(explainer, train: list[Example], examples: list[Example], k: int, draws: int, seed: int,
-                        test) -> list[list[str]]:
+                        test: TestSection) -> list[list[str]]:
     """The untrained explainer's greedy answers with k solved training examples in its prompt, per draw.
     (Running the shared examples once and reusing their cache gave the same answers but no speed-up on the
     toy: decoding over the long cache, not the prompt, dominates; docs/peers.md.)"""
@@ -135,9 +136,7 @@ def fewshot_predictions(explainer, train: list[Example], examples: list[Example]
     for draw in range(draws):
         chats = _draw_chats(train, examples, k, seed, draw)
         prompts = [D.encode_prompt(explainer.tokenizer, m) for m, _ in chats]
-        with explainer.model.disable_adapter():
-            out.append(explainer.generate(prompts, [v for _, v in chats], test.max_new_tokens, test.batch_size,
-                                          test.batch_tokens))
+        out.append(generate_as(explainer, prompts, [v for _, v in chats], test, adapter=False))
     return out
 
 

@@ -158,16 +158,21 @@ def judge_descriptions(answers: dict[tuple, tuple[list[Example], list[str]]],
     return out
 
 
-def predict(explainer: Explainer, examples: list[Example], test: TestSection, adapter: bool = True) -> list[str]:
-    """Greedy answers to the examples' prompts, batched as `test` says; `adapter=False`: the untrained
+def generate_as(explainer: Explainer, prompts: list[list[int]], vectors: list, test: TestSection,
+                adapter: bool = True) -> list[str]:
+    """Greedy answers to token-id prompts, batched and limited as `test` says; `adapter=False`: the untrained
     explainer's."""
-    prompts = [D.encode_prompt(explainer.tokenizer, ex.messages) for ex in examples]
-    vectors = [ex.vector for ex in examples]
     args = (prompts, vectors, test.max_new_tokens, test.batch_size, test.batch_tokens)
     if adapter:
         return explainer.generate(*args)
     with explainer.model.disable_adapter():
         return explainer.generate(*args)
+
+
+def predict(explainer: Explainer, examples: list[Example], test: TestSection, adapter: bool = True) -> list[str]:
+    """Greedy answers to the examples' prompts (generate_as)."""
+    prompts = [D.encode_prompt(explainer.tokenizer, ex.messages) for ex in examples]
+    return generate_as(explainer, prompts, [ex.vector for ex in examples], test, adapter)
 
 
 @torch.no_grad()
